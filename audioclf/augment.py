@@ -1,0 +1,48 @@
+"""Batch-level training augmentation: SpecAugment masking and mixup (both off by default)."""
+from __future__ import annotations
+
+import torch
+import torchaudio
+from torch import nn
+
+
+class SpecAugment(nn.Module):
+    """``n_masks`` frequency and time masks per example, on ``(B, 1, n_mels, n_frames)``.
+
+    Applied after normalisation, so masked cells take the value 0 (the band's training mean).
+    """
+
+    def __init__(self, freq_mask: int, time_mask: int, n_masks: int = 2):
+        super().__init__()
+        self.masks = nn.ModuleList()
+        for _ in range(n_masks):
+            if freq_mask > 0:
+                self.masks.append(torchaudio.transforms.FrequencyMasking(freq_mask, iid_masks=True))
+            if time_mask > 0:
+                self.masks.append(torchaudio.transforms.TimeMasking(time_mask, iid_masks=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for mask in self.masks:
+            x = mask(x)
+        return x
+
+
+def mixup(inputs: torch.Tensor, targets: torch.Tensor, alpha: float
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Mix each example with a shuffled partner: returns (inputs, targets, partner_targets, lam)."""
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    order = torch.randperm(inputs.shape[0], device=inputs.device)
+    mixed = lam * inputs + (1.0 - lam) * inputs[order]
+    return mixed, targets, targets[order], lam
+
+
+def random_time_shift(inputs: torch.Tensor) -> torch.Tensor:
+    """Roll each example of ``(B, C, n_mels, n_frames)`` by its own random number of frames.
+
+    Circular, so a repeat-padded clip stays a plausible clip; teaches the model that where an
+    event starts in the window does not matter.
+    """
+    n_frames = inputs.shape[-1]
+    shifts = torch.randint(n_frames, (inputs.shape[0], 1), device=inputs.device)  # (B, 1)
+    index = (torch.arange(n_frames, device=inputs.device) - shifts) % n_frames  # (B, n_frames)
+    return inputs.gather(-1, index[:, None, None, :].expand_as(inputs))

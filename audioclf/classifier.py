@@ -1,0 +1,61 @@
+"""The deployed model: input normalisation (buffers) + a registry backbone.
+
+Normalisation statistics live inside the model's ``state_dict``, so every script that loads a
+checkpoint normalises exactly as training did.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from models import get_model
+
+
+class InputNormalization(nn.Module):
+    """``(x - mean) / std`` with per-mel-band (or global) statistics stored as buffers."""
+
+    def __init__(self, n_mels: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(1, 1, n_mels, 1))
+        self.register_buffer("std", torch.ones(1, 1, n_mels, 1))
+
+    def set_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """``mean``/``std``: ``(n_mels,)`` per band or ``(1,)`` global (broadcast to every band)."""
+        self.mean.copy_(mean.reshape(1, 1, -1, 1).expand_as(self.mean))
+        self.std.copy_(std.reshape(1, 1, -1, 1).expand_as(self.std))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class AudioClassifier(nn.Module):
+    """Log-mel ``(B, 1, n_mels, n_frames)`` -> logits ``(B, num_classes)``."""
+
+    def __init__(self, model_name: str, num_classes: int, n_mels: int, pretrained: bool = False,
+                 model_args: dict | None = None):
+        super().__init__()
+        self.normalize = InputNormalization(n_mels)
+        self.backbone = get_model(model_name, num_classes, pretrained=pretrained, in_channels=1,
+                                  **(model_args or {}))
+
+    def forward(self, x: torch.Tensor, augment: Callable[[torch.Tensor], torch.Tensor] | None = None
+                ) -> torch.Tensor:
+        x = self.normalize(x)
+        if augment is not None:  # training-time masking acts on normalised input (0 = band mean)
+            x = augment(x)
+        return self.backbone(x)
+
+
+def constructor_args(model_name: str, num_classes: int, n_mels: int, model_args: dict | None) -> dict:
+    """The arguments that rebuild the model (stored in checkpoints; pretrained is not needed)."""
+    return {"model_name": model_name, "num_classes": num_classes, "n_mels": n_mels,
+            "model_args": dict(model_args or {})}
+
+
+def model_from_checkpoint(checkpoint: dict) -> AudioClassifier:
+    """Rebuild the model a checkpoint describes and load its weights (eval mode)."""
+    model = AudioClassifier(**checkpoint["model_args"], pretrained=False)
+    model.load_state_dict(checkpoint["model"])
+    return model.eval()

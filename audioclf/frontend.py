@@ -1,0 +1,307 @@
+"""The feature front end: audio file -> log-mel spectrogram, shared by every script.
+
+Preprocessing, training-time checks and inference all call the functions here with the
+parameters stored beside the features (``feature_config.json``) and in every checkpoint,
+so the features a model sees at serving time are computed exactly as in training.
+
+Formula (documented in the README too)::
+
+    x        = mono(audio)                     # mean over channels, float32 in [-1, 1]
+    x        = resample(x, sample_rate)        # soxr, "HQ" quality
+    x        = fit(x, n_samples(n_frames))     # repeat (default) or zero-pad / truncate
+    mel      = MelSpectrogram(x)               # power 2, Hann window, center=True, HTK mel
+    log_mel  = 10 * log10(max(mel, 1e-10))     # dB, floor at -100 dB
+
+With ``center=True`` a signal of ``n`` samples gives ``1 + n // hop_length`` frames; the
+front end keeps exactly ``n_frames`` of them, shape ``(n_mels, n_frames)``, float32.
+"""
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+import torchaudio
+from torch import nn
+
+AMIN = 1e-10  # power floor before the log: -100 dB
+PAD_MODES = ("repeat", "zeros")
+
+
+class AudioReadError(Exception):
+    """A clip that cannot be used; the message says why (shown in skipped.txt)."""
+
+
+@dataclass(frozen=True)
+class FeatureParams:
+    """Every parameter that defines a feature; travels with features and checkpoints."""
+
+    sample_rate: int = 16000
+    window_ms: float = 25.0
+    hop_ms: float = 10.0
+    n_fft: int = 1024
+    n_mels: int = 128
+    n_frames: int = 250
+    f_min: float = 0.0
+    f_max: float | None = None
+    pad_mode: str = "repeat"
+
+    @property
+    def win_length(self) -> int:
+        """Window length in samples at the target rate."""
+        return int(round(self.sample_rate * self.window_ms / 1000.0))
+
+    @property
+    def hop_length(self) -> int:
+        """Hop length in samples at the target rate."""
+        return int(round(self.sample_rate * self.hop_ms / 1000.0))
+
+    @property
+    def n_samples(self) -> int:
+        """Samples needed for exactly ``n_frames`` frames: the last frame's centre + n_fft/2."""
+        return (self.n_frames - 1) * self.hop_length + self.n_fft // 2 + 1
+
+    @property
+    def clip_seconds(self) -> float:
+        """Duration covered by one feature, ``n_frames * hop``, in seconds."""
+        return self.n_frames * self.hop_length / self.sample_rate
+
+    def validate(self) -> "FeatureParams":
+        """Raise ValueError naming every inconsistent parameter; return self when valid."""
+        problems = []
+        for name in ("sample_rate", "window_ms", "hop_ms", "n_fft", "n_mels", "n_frames"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        if not problems:
+            if self.win_length < 1 or self.hop_length < 1:
+                problems.append(
+                    f"window_ms={self.window_ms} / hop_ms={self.hop_ms} give "
+                    f"{self.win_length} / {self.hop_length} samples at {self.sample_rate} Hz; "
+                    "both must be at least 1 sample")
+            elif self.n_fft < self.win_length:
+                problems.append(
+                    f"n_fft={self.n_fft} is smaller than the window ({self.window_ms} ms = "
+                    f"{self.win_length} samples at {self.sample_rate} Hz); use n_fft >= "
+                    f"{self.win_length}")
+            nyquist = self.sample_rate / 2
+            if self.f_max is not None and not self.f_min < self.f_max <= nyquist:
+                problems.append(f"f_max={self.f_max} must lie in (f_min, {nyquist}]")
+            if self.n_mels > self.n_fft // 2 + 1:
+                problems.append(
+                    f"n_mels={self.n_mels} exceeds the {self.n_fft // 2 + 1} FFT bins of "
+                    f"n_fft={self.n_fft}; lower n_mels or raise n_fft")
+        if self.pad_mode not in PAD_MODES:
+            problems.append(f"pad_mode must be one of {PAD_MODES}, got {self.pad_mode!r}")
+        if problems:
+            raise ValueError("invalid feature parameters:\n  " + "\n  ".join(problems))
+        return self
+
+    def to_dict(self) -> dict:
+        """Plain dict for JSON and checkpoints."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FeatureParams":
+        """Rebuild from ``to_dict`` output, ignoring keys this version does not know."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class LogMel(nn.Module):
+    """Waveform ``(..., n_samples)`` -> log-mel ``(..., n_mels, frames)`` in dB."""
+
+    def __init__(self, params: FeatureParams):
+        super().__init__()
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=params.sample_rate, n_fft=params.n_fft,
+            win_length=params.win_length, hop_length=params.hop_length,
+            f_min=params.f_min, f_max=params.f_max, n_mels=params.n_mels,
+            power=2.0, center=True, pad_mode="reflect", mel_scale="htk")
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        return 10.0 * torch.log10(torch.clamp(self.mel(waveform), min=AMIN))
+
+
+def n_frames_for(n_samples: int, hop_length: int) -> int:
+    """Frames produced from ``n_samples`` with ``center=True``: ``1 + n_samples // hop``."""
+    return 1 + n_samples // hop_length
+
+
+# ---------------------------------------------------------------------------------------
+# Reading audio
+# ---------------------------------------------------------------------------------------
+
+def check_wav_not_truncated(path: Path) -> None:
+    """Raise AudioReadError when a RIFF/WAVE file's data chunk is cut short on disk.
+
+    libsndfile silently reads what is there; a half-copied file should be reported instead.
+    Streamed WAVs that declare a placeholder size (0 or 0xFFFFFFFF) are accepted.
+    """
+    file_size = path.stat().st_size
+    with open(path, "rb") as handle:
+        header = handle.read(12)
+        if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+            return
+        position = 12
+        while position + 8 <= file_size:
+            handle.seek(position)
+            chunk_id, chunk_size = struct.unpack("<4sI", handle.read(8))
+            if chunk_id == b"data":
+                available = file_size - position - 8
+                if chunk_size not in (0, 0xFFFFFFFF) and chunk_size > available:
+                    raise AudioReadError(
+                        f"truncated: header declares {chunk_size} bytes of audio, "
+                        f"file holds {available}")
+                return
+            position += 8 + chunk_size + (chunk_size & 1)
+    raise AudioReadError("truncated: WAV file has no data chunk")
+
+
+def _open_error(path: Path, error: Exception) -> AudioReadError:
+    if not path.exists():
+        return AudioReadError("missing: file not found")
+    if path.stat().st_size == 0:
+        return AudioReadError("empty: file has 0 bytes")
+    return AudioReadError(f"unreadable: not a supported audio file ({error})")
+
+
+def audio_info(path: str | Path) -> sf._SoundFileInfo:
+    """soundfile's info for ``path``; AudioReadError with a reason when it cannot be read."""
+    path = Path(path)
+    try:
+        return sf.info(str(path))
+    except Exception as error:  # libsndfile raises several types
+        raise _open_error(path, error) from None
+
+
+def to_mono(audio: np.ndarray) -> np.ndarray:
+    """``(n,)`` or ``(n, channels)`` -> float32 ``(n,)``, mean over channels."""
+    if audio.ndim == 2:
+        audio = audio.mean(axis=1)
+    return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def resample(audio: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
+    """Band-limited resampling with soxr ("HQ"); identity when the rates match."""
+    if source_rate == target_rate:
+        return audio
+    return soxr.resample(audio, source_rate, target_rate, quality="HQ").astype(np.float32, copy=False)
+
+
+def _resample_margin(source_rate: int) -> int:
+    # soxr's HQ filter reaches a few ms past a sample; read this much extra source audio so the
+    # samples we keep match resampling the whole file (float tolerance).
+    return int(0.02 * source_rate) + 64
+
+
+def read_audio(path: str | Path, target_rate: int, max_samples: int | None = None) -> np.ndarray:
+    """Read ``path`` as mono float32 at ``target_rate``; at most ``max_samples`` output samples.
+
+    Only the source audio needed for ``max_samples`` (plus the resampler's margin) is read
+    and resampled. Raises AudioReadError with a reason for missing, empty, truncated,
+    non-audio or non-finite input.
+    """
+    path = Path(path)
+    info = audio_info(path)
+    if info.format == "WAV":
+        check_wav_not_truncated(path)
+    frames = -1
+    if max_samples is not None:
+        frames = math.ceil(max_samples * info.samplerate / target_rate) + _resample_margin(info.samplerate)
+    try:
+        audio, source_rate = sf.read(str(path), frames=frames, dtype="float32", always_2d=True)
+    except Exception as error:
+        raise _open_error(path, error) from None
+    if audio.shape[0] == 0:
+        raise AudioReadError("empty: file holds no audio samples")
+    if not np.isfinite(audio).all():
+        raise AudioReadError("corrupt: audio contains NaN or infinite samples")
+    audio = resample(to_mono(audio), source_rate, target_rate)
+    return audio[:max_samples] if max_samples is not None else audio
+
+
+def iter_audio_blocks(path: str | Path, target_rate: int, block_seconds: float = 60.0
+                      ) -> Iterator[np.ndarray]:
+    """Yield a long file as consecutive mono float32 blocks at ``target_rate``.
+
+    Memory stays bounded by the block size: the file is read block by block and resampled
+    with a streaming soxr resampler, so the concatenation equals resampling the whole file.
+    """
+    path = Path(path)
+    info = audio_info(path)
+    if info.format == "WAV":
+        check_wav_not_truncated(path)
+    block_frames = max(1, int(block_seconds * info.samplerate))
+    stream = None
+    if info.samplerate != target_rate:
+        stream = soxr.ResampleStream(info.samplerate, target_rate, 1, dtype="float32", quality="HQ")
+    try:
+        blocks = sf.blocks(str(path), blocksize=block_frames, dtype="float32", always_2d=True)
+        for block in blocks:
+            mono = to_mono(block)
+            if not np.isfinite(mono).all():
+                raise AudioReadError("corrupt: audio contains NaN or infinite samples")
+            if stream is not None:
+                mono = stream.resample_chunk(mono, last=False)
+            if mono.size:
+                yield mono
+    except AudioReadError:
+        raise
+    except Exception as error:
+        raise _open_error(path, error) from None
+    if stream is not None:
+        tail = stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+        if tail.size:
+            yield tail
+
+
+# ---------------------------------------------------------------------------------------
+# Waveform -> feature
+# ---------------------------------------------------------------------------------------
+
+def fit_length(audio: np.ndarray, n_samples: int, pad_mode: str = "repeat") -> np.ndarray:
+    """Truncate or pad ``audio`` to ``n_samples``: ``repeat`` tiles the clip, ``zeros`` pads silence.
+
+    Repeating (the default) keeps short clips free of a silent tail whose length would
+    otherwise tell the model the clip's duration rather than its content.
+    """
+    if audio.shape[-1] >= n_samples:
+        return audio[..., :n_samples]
+    if pad_mode == "repeat":
+        repeats = math.ceil(n_samples / audio.shape[-1])
+        return np.tile(audio, repeats)[..., :n_samples]
+    return np.pad(audio, (0, n_samples - audio.shape[-1]))
+
+
+class FeatureExtractor:
+    """Builds the mel transform once, then turns files or waveforms into ``(n_mels, n_frames)``."""
+
+    def __init__(self, params: FeatureParams, device: str | torch.device = "cpu"):
+        self.params = params.validate()
+        self.device = torch.device(device)
+        self.logmel = LogMel(params).to(self.device)
+
+    @torch.inference_mode()
+    def waveforms_to_features(self, waveforms: np.ndarray | torch.Tensor) -> np.ndarray:
+        """``(B, n_samples)`` float32 at the target rate -> ``(B, n_mels, n_frames)`` float32."""
+        batch = torch.as_tensor(waveforms, dtype=torch.float32).to(self.device)
+        features = self.logmel(batch)[..., : self.params.n_frames]  # (B, n_mels, n_frames)
+        return features.cpu().numpy()
+
+    def waveform_to_feature(self, audio: np.ndarray) -> np.ndarray:
+        """Mono float32 waveform at the target rate (any length) -> ``(n_mels, n_frames)``."""
+        if audio.size == 0:
+            raise AudioReadError("empty: file holds no audio samples")
+        fitted = fit_length(audio, self.params.n_samples, self.params.pad_mode)
+        return self.waveforms_to_features(fitted[None])[0]
+
+    def file_to_feature(self, path: str | Path) -> np.ndarray:
+        """Audio file of any rate/channels/length -> ``(n_mels, n_frames)`` float32."""
+        audio = read_audio(path, self.params.sample_rate, max_samples=self.params.n_samples)
+        return self.waveform_to_feature(audio)

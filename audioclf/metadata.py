@@ -1,0 +1,214 @@
+"""Metadata CSV validation and train/validation/evaluation splitting."""
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pandas as pd
+
+from audioclf.listfile import SPLITS
+
+log = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = ("slice_file_name", "classID", "class")
+N_FOLDS = 10
+TRAIN_FOLDS = range(0, 8)  # of the 10 per-class folds: 8 train, 1 validation, 1 evaluation
+VALIDATION_FOLD, EVALUATION_FOLD = 8, 9
+
+
+class MetadataError(ValueError):
+    """The metadata CSV cannot be used as it is; the message names file, rows and columns."""
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One usable CSV row. ``line`` is the CSV line number (header = line 1)."""
+
+    line: int
+    slice_file_name: str
+    class_id: int
+    class_name: str
+    fold: str | None = None
+
+    @property
+    def feature_file(self) -> str:
+        """Feature path relative to the save dir: the CSV's relative path with ``.npy``."""
+        return str(PurePosixPath(self.slice_file_name).with_suffix(".npy"))
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A CSV row that is not processed, with the reason."""
+
+    line: int
+    slice_file_name: str
+    reason: str
+
+
+def _lines(rows: pd.Index | list[int]) -> str:
+    numbers = [int(row) + 2 for row in rows]
+    shown = ", ".join(map(str, numbers[:10])) + (f" (+{len(numbers) - 10} more)" if len(numbers) > 10 else "")
+    return f"CSV line{'s' if len(numbers) > 1 else ''} {shown}"
+
+
+def _check_columns(frame: pd.DataFrame, csv_path: Path) -> None:
+    missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
+    if missing:
+        raise MetadataError(
+            f"{csv_path}: missing required column(s) {', '.join(missing)}; "
+            f"found {', '.join(map(str, frame.columns))}. The CSV needs "
+            f"{', '.join(REQUIRED_COLUMNS)} (extra columns are ignored).")
+
+
+def _check_class_ids(frame: pd.DataFrame, csv_path: Path) -> pd.Series:
+    ids = pd.to_numeric(frame["classID"].str.strip(), errors="coerce")
+    bad = frame.index[ids.isna() | (ids % 1 != 0)]
+    if len(bad):
+        raise MetadataError(f"{csv_path}: classID must be a whole number at {_lines(bad)}")
+    ids = ids.astype(int)
+    problems = []
+    names_per_id = frame.groupby(ids)["class"].unique()
+    for class_id, names in names_per_id.items():
+        if len(names) > 1:
+            rows = frame.index[(ids == class_id)]
+            problems.append(f"classID {class_id} has several class names {sorted(names)} ({_lines(rows)})")
+    ids_per_name = ids.groupby(frame["class"]).unique()
+    for name, class_ids in ids_per_name.items():
+        if len(class_ids) > 1:
+            problems.append(f"class {name!r} has several classIDs {sorted(class_ids.tolist())}")
+    present = sorted(set(ids))
+    expected = list(range(len(present)))
+    if present != expected:
+        missing = sorted(set(range(max(present) + 1)) - set(present))
+        extra = [i for i in present if i < 0 or i >= len(present)]
+        rows = frame.index[ids.isin(extra)]
+        problems.append(
+            f"classIDs must be contiguous from 0 (0..{len(present) - 1} for {len(present)} classes); "
+            f"found {present}" + (f", missing {missing}" if missing else "")
+            + (f"; out-of-range IDs at {_lines(rows)}" if len(rows) else "")
+            + ". Renumber the classID column.")
+    if problems:
+        raise MetadataError(f"{csv_path}: " + "; ".join(problems))
+    return ids
+
+
+def _check_duplicates(frame: pd.DataFrame, csv_path: Path) -> None:
+    duplicated = frame["slice_file_name"].duplicated(keep=False)
+    if duplicated.any():
+        names = sorted(frame.loc[duplicated, "slice_file_name"].unique())
+        raise MetadataError(
+            f"{csv_path}: duplicate slice_file_name {names[:5]} at {_lines(frame.index[duplicated])}; "
+            "each clip must appear once")
+
+
+def refusal_reason(slice_file_name: str) -> str | None:
+    """Why a CSV path may not be read (absolute, escaping the data dir, empty), else None."""
+    if not slice_file_name.strip():
+        return "refused: empty slice_file_name"
+    if os.path.isabs(slice_file_name) or PurePosixPath(slice_file_name).is_absolute() \
+            or (len(slice_file_name) > 1 and slice_file_name[1] == ":"):
+        return "refused: absolute path; slice_file_name must be relative to --data_dir"
+    if ".." in PurePosixPath(slice_file_name.replace("\\", "/")).parts:
+        return "refused: '..' in path escapes --data_dir"
+    return None
+
+
+def _check_feature_collisions(clips: list[Clip], csv_path: Path) -> None:
+    by_feature: dict[str, list[Clip]] = defaultdict(list)
+    for clip in clips:
+        by_feature[clip.feature_file].append(clip)
+    clashes = [group for group in by_feature.values() if len(group) > 1]
+    if clashes:
+        detail = "; ".join(
+            f"{', '.join(c.slice_file_name for c in group)} (CSV lines {', '.join(str(c.line) for c in group)})"
+            for group in clashes[:5])
+        raise MetadataError(f"{csv_path}: these clips would write the same feature file: {detail}")
+
+
+def read_metadata(csv_path: str | Path) -> tuple[list[Clip], list[Refused], list[str]]:
+    """Validate the metadata CSV; return (usable clips, refused rows, class names by ID)."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise MetadataError(f"metadata CSV not found: {csv_path}")
+    try:
+        frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise MetadataError(f"{csv_path}: cannot parse as CSV ({error})") from None
+    frame.columns = [str(column).strip() for column in frame.columns]
+    _check_columns(frame, csv_path)
+    if frame.empty:
+        raise MetadataError(f"{csv_path}: no rows")
+    class_ids = _check_class_ids(frame, csv_path)
+    _check_duplicates(frame, csv_path)
+    class_names = [str(name) for name in frame.groupby(class_ids)["class"].first()]
+    has_fold = "fold" in frame.columns
+    clips, refused = [], []
+    for row, name, class_id, class_name in zip(frame.index, frame["slice_file_name"], class_ids, frame["class"]):
+        line = int(row) + 2
+        reason = refusal_reason(name)
+        if reason:
+            log.warning("%s line %d: %s (%s)", csv_path, line, reason, name)
+            refused.append(Refused(line, name, reason))
+            continue
+        fold = str(frame.at[row, "fold"]).strip() if has_fold else None
+        clips.append(Clip(line, name, int(class_id), str(class_name), fold))
+    _check_feature_collisions(clips, csv_path)
+    return clips, refused, class_names
+
+
+# ---------------------------------------------------------------------------------------
+# Splits
+# ---------------------------------------------------------------------------------------
+
+def split_random(clips: list[Clip], n_classes: int, seed: int) -> dict[str, list[Clip]]:
+    """Seeded shuffle, then per class into 10 folds: folds 0-7 train, 8 validation, 9 evaluation.
+
+    Deterministic for a seed and a set of clips; each class is split on its own (stratified),
+    so every split holds ~80/10/10 % of every class.
+    """
+    rng = np.random.default_rng(seed)
+    splits: dict[str, list[Clip]] = {split: [] for split in SPLITS}
+    for class_id in range(n_classes):
+        members = [clip for clip in clips if clip.class_id == class_id]
+        for position, index in enumerate(rng.permutation(len(members))):
+            fold = position % N_FOLDS
+            split = "train" if fold in TRAIN_FOLDS else ("validation" if fold == VALIDATION_FOLD else "evaluation")
+            splits[split].append(members[index])
+    return {split: sorted(members, key=lambda clip: clip.line) for split, members in splits.items()}
+
+
+def split_by_fold(clips: list[Clip], validation_folds: list[str], evaluation_folds: list[str]
+                  ) -> dict[str, list[Clip]]:
+    """Use the CSV's own ``fold`` column (e.g. UrbanSound8K's official folds or speakers)."""
+    if clips and clips[0].fold is None:
+        raise MetadataError("--val_fold/--eval_fold need a 'fold' column in the metadata CSV")
+    overlap = set(validation_folds) & set(evaluation_folds)
+    if overlap:
+        raise MetadataError(f"fold(s) {sorted(overlap)} named for both validation and evaluation")
+    present = {clip.fold for clip in clips}
+    unknown = [fold for fold in validation_folds + evaluation_folds if fold not in present]
+    if unknown:
+        raise MetadataError(f"fold(s) {unknown} not found in the CSV's fold column (found {sorted(present)})")
+    splits: dict[str, list[Clip]] = {split: [] for split in SPLITS}
+    for clip in clips:
+        split = ("validation" if clip.fold in validation_folds
+                 else "evaluation" if clip.fold in evaluation_folds else "train")
+        splits[split].append(clip)
+    return splits
+
+
+def empty_split_warnings(splits: dict[str, list[Clip]], class_names: list[str]) -> list[str]:
+    """One message per class that some split gets none of (e.g. a class with < 10 clips)."""
+    messages = []
+    for class_id, name in enumerate(class_names):
+        counts = {split: sum(clip.class_id == class_id for clip in members) for split, members in splits.items()}
+        empty = [split for split, count in counts.items() if count == 0]
+        if empty and sum(counts.values()):
+            messages.append(
+                f"class {name!r} (classID {class_id}) has {sum(counts.values())} usable clip(s): "
+                f"the {' and '.join(empty)} split(s) get none of it (10 or more clips give every split some)")
+    return messages

@@ -1,0 +1,306 @@
+"""Feature extraction for a metadata CSV: parallel, resumable, shardable; then split lists.
+
+Layout written under ``save_dir``::
+
+    <relative path of each clip>.npy        float32 (n_mels, n_frames) log-mel
+    filenames/train.txt validation.txt evaluation.txt
+    filenames/skipped.txt                   clips not usable, with the reason
+    filenames/feature_config.json           feature parameters, class names, split counts
+    filenames/metadata.csv                  copy of the CSV the lists were made from
+    filenames/shards/shard-I-of-K.tsv       per-shard status (written / reused / skipped)
+"""
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from audioclf.frontend import AudioReadError, FeatureExtractor, FeatureParams
+from audioclf.listfile import SPLITS, ListEntry, render_list
+from audioclf.metadata import (Clip, MetadataError, Refused, empty_split_warnings, read_metadata,
+                               split_by_fold, split_random)
+from utils import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+LISTS_DIR = "filenames"
+PARAMS_FILE = "feature_params.json"
+CONFIG_FILE = "feature_config.json"
+SKIPPED_FILE = "skipped.txt"
+
+
+class PreprocessError(RuntimeError):
+    """The run cannot produce usable lists; the message says why."""
+
+
+@dataclass
+class PreprocessOptions:
+    """Everything one preprocessing run needs (the CLI flags, resolved)."""
+
+    csv_file: Path
+    data_dir: Path
+    save_dir: Path
+    params: FeatureParams = field(default_factory=FeatureParams)
+    seed: int = 42
+    num_workers: int = 1
+    overwrite: bool = False
+    num_shards: int = 1
+    shard_index: int = 0
+    extract: bool = True
+    write_lists: bool = True
+    validation_folds: list[str] = field(default_factory=list)
+    evaluation_folds: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ClipResult:
+    """Outcome for one clip: status is ``written``, ``reused`` or ``skipped``."""
+
+    line: int
+    status: str
+    reason: str = ""
+
+
+# ---------------------------------------------------------------------------------------
+# Per-clip work (runs in worker processes)
+# ---------------------------------------------------------------------------------------
+
+_worker_extractor: FeatureExtractor | None = None
+
+
+def _ensure_extractor(params: FeatureParams) -> None:
+    global _worker_extractor
+    if _worker_extractor is None or _worker_extractor.params != params:
+        _worker_extractor = FeatureExtractor(params)
+
+
+def _init_worker(params: FeatureParams) -> None:
+    torch.set_num_threads(1)  # parallelism comes from processes; threads would oversubscribe
+    _ensure_extractor(params)
+
+
+def save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` to ``path`` via a temp file + rename: never a truncated ``.npy``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            np.save(stream, array)
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def process_clip(task: tuple[Clip, Path, Path, bool]) -> ClipResult:
+    """Compute and save one clip's feature unless it already exists (and not overwrite)."""
+    clip, audio_path, feature_path, overwrite = task
+    if feature_path.exists() and not overwrite:
+        return ClipResult(clip.line, "reused")
+    try:
+        feature = _worker_extractor.file_to_feature(audio_path)
+    except AudioReadError as error:
+        return ClipResult(clip.line, "skipped", str(error))
+    except Exception as error:  # a bad file must never stop the run
+        return ClipResult(clip.line, "skipped", f"unreadable: {type(error).__name__}: {error}")
+    save_npy_atomic(feature_path, feature)
+    return ClipResult(clip.line, "written")
+
+
+def _chunksize(n_tasks: int, n_workers: int) -> int:
+    return max(1, min(32, n_tasks // (n_workers * 8)))
+
+
+def run_tasks(tasks: list[tuple], params: FeatureParams, num_workers: int) -> list[ClipResult]:
+    """Run ``process_clip`` over ``tasks`` with a progress bar, in-process or on a worker pool."""
+    progress = tqdm(total=len(tasks), unit="clip", desc="features", smoothing=0.1,
+                    disable=not tasks, mininterval=0.5)
+    results = []
+    if num_workers <= 1 or len(tasks) < 2:
+        _ensure_extractor(params)
+        for task in tasks:
+            results.append(process_clip(task))
+            progress.update()
+    else:
+        context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        with context.Pool(num_workers, initializer=_init_worker, initargs=(params,)) as pool:
+            for result in pool.imap_unordered(process_clip, tasks, _chunksize(len(tasks), num_workers)):
+                results.append(result)
+                progress.update()
+    progress.close()
+    return results
+
+
+# ---------------------------------------------------------------------------------------
+# Run bookkeeping
+# ---------------------------------------------------------------------------------------
+
+def check_or_record_params(lists_dir: Path, params: FeatureParams, overwrite: bool) -> None:
+    """Refuse to mix features made with other parameters into ``save_dir`` (unless overwrite)."""
+    path = lists_dir / PARAMS_FILE
+    if path.exists() and not overwrite:
+        recorded = FeatureParams.from_dict(json.loads(path.read_text()))
+        if recorded != params:
+            changed = {key: (value, params.to_dict()[key]) for key, value in recorded.to_dict().items()
+                       if params.to_dict()[key] != value}
+            raise PreprocessError(
+                f"{path.parent.parent} holds features made with other parameters "
+                f"(recorded -> requested: {changed}); pass --overwrite to recompute them all, "
+                "or choose another --save_dir")
+        return
+    atomic_write_json(path, params.to_dict())
+
+
+def shard_path(lists_dir: Path, shard_index: int, num_shards: int) -> Path:
+    """Where shard ``shard_index`` of ``num_shards`` records its per-clip status."""
+    return lists_dir / "shards" / f"shard-{shard_index}-of-{num_shards}.tsv"
+
+
+def write_shard_status(path: Path, results: list[ClipResult]) -> None:
+    """Record ``line<TAB>status<TAB>reason`` per clip, for the list-writing step."""
+    rows = sorted(results, key=lambda result: result.line)
+    atomic_write_text(path, "line\tstatus\treason\n" + "".join(
+        f"{r.line}\t{r.status}\t{r.reason}\n" for r in rows))
+
+
+def read_skip_reasons(lists_dir: Path) -> dict[int, str]:
+    """Skip reasons by CSV line, from every shard status file present."""
+    reasons = {}
+    for path in sorted((lists_dir / "shards").glob("shard-*.tsv")):
+        for row in path.read_text().splitlines()[1:]:
+            line, status, reason = (row.split("\t") + ["", ""])[:3]
+            if status == "skipped":
+                reasons[int(line)] = reason
+    return reasons
+
+
+# ---------------------------------------------------------------------------------------
+# Lists
+# ---------------------------------------------------------------------------------------
+
+def _entries(clips: list[Clip]) -> list[ListEntry]:
+    return [ListEntry(clip.feature_file, clip.class_id, clip.class_name) for clip in clips]
+
+
+def make_splits(clips: list[Clip], class_names: list[str], options: PreprocessOptions) -> dict[str, list[Clip]]:
+    """Fold-column split when folds are named, else the seeded stratified 80/10/10 split."""
+    if options.validation_folds or options.evaluation_folds:
+        return split_by_fold(clips, options.validation_folds, options.evaluation_folds)
+    return split_random(clips, len(class_names), options.seed)
+
+
+def write_lists(options: PreprocessOptions, clips: list[Clip], refused: list[Refused],
+                class_names: list[str]) -> dict:
+    """Write split lists, skipped.txt and feature_config.json from the features on disk."""
+    lists_dir = options.save_dir / LISTS_DIR
+    reasons = read_skip_reasons(lists_dir)
+    usable = [clip for clip in clips if (options.save_dir / clip.feature_file).exists()]
+    usable_lines = {clip.line for clip in usable}
+    skipped = [(r.line, r.slice_file_name, r.reason) for r in refused] + [
+        (clip.line, clip.slice_file_name, reasons.get(clip.line, "not processed: no feature file (run every shard)"))
+        for clip in clips if clip.line not in usable_lines]
+    skipped.sort()
+    splits = make_splits(usable, class_names, options)
+    for split in SPLITS:
+        atomic_write_text(lists_dir / f"{split}.txt", render_list(_entries(splits[split])))
+    atomic_write_text(lists_dir / SKIPPED_FILE, "line\tslice_file_name\treason\n" + "".join(
+        f"{line}\t{name}\t{reason}\n" for line, name, reason in skipped))
+    if options.csv_file.resolve() != (lists_dir / "metadata.csv").resolve():
+        shutil.copyfile(options.csv_file, lists_dir / "metadata.csv")
+    counts = {split: {name: sum(c.class_id == i for c in splits[split]) for i, name in enumerate(class_names)}
+              for split in SPLITS}
+    config = {
+        "feature_params": options.params.to_dict(),
+        "class_names": class_names,
+        "n_classes": len(class_names),
+        "split": ({"method": "fold", "validation_folds": options.validation_folds,
+                   "evaluation_folds": options.evaluation_folds}
+                  if options.validation_folds or options.evaluation_folds
+                  else {"method": "random_stratified", "seed": options.seed, "n_folds": 10}),
+        "counts": counts,
+        "n_skipped": len(skipped),
+        "source_csv": str(options.csv_file),
+        "data_dir": str(options.data_dir),
+    }
+    atomic_write_json(lists_dir / CONFIG_FILE, config)
+    return {"splits": splits, "skipped": skipped, "config": config}
+
+
+def check_outcome(outcome: dict, class_names: list[str]) -> list[str]:
+    """Warnings about empty splits; PreprocessError when nothing or some class is unusable."""
+    splits = outcome["splits"]
+    total = sum(len(members) for members in splits.values())
+    if total == 0:
+        raise PreprocessError("no usable clip remains; see filenames/skipped.txt for the reasons")
+    per_class = Counter(clip.class_id for members in splits.values() for clip in members)
+    lost = [f"{name!r} (classID {i})" for i, name in enumerate(class_names) if per_class[i] == 0]
+    warnings = empty_split_warnings(splits, class_names)
+    for message in warnings:
+        log.warning(message)
+    if lost:
+        raise PreprocessError(
+            f"class(es) {', '.join(lost)} have no usable clip; see filenames/skipped.txt. "
+            "Fix or remove those rows, or the classIDs")
+    return warnings
+
+
+# ---------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------
+
+def log_summary(results: list[ClipResult], clips: list[Clip], seconds: float) -> None:
+    """One summary block: written / reused / skipped per class, and the skip reasons."""
+    by_line = {clip.line: clip for clip in clips}
+    table = Counter((by_line[r.line].class_name, r.status) for r in results)
+    statuses = ("written", "reused", "skipped")
+    rate = len(results) / seconds if seconds > 0 else float("inf")
+    log.info("processed %d clips in %.1f s (%.1f clips/s): %s", len(results), seconds, rate,
+             ", ".join(f"{sum(v for (c, s), v in table.items() if s == status)} {status}" for status in statuses))
+    for name in sorted({clip.class_name for clip in clips}):
+        log.info("  %-24s %s", name, "  ".join(f"{status} {table[(name, status)]:>5d}" for status in statuses))
+    reasons = Counter(r.reason.split(":")[0] for r in results if r.status == "skipped")
+    if reasons:
+        log.warning("skipped clips by reason: %s (details in filenames/skipped.txt)", dict(reasons))
+
+
+def run_preprocessing(options: PreprocessOptions) -> dict:
+    """Extract this shard's features, then (unless sharded without --write_lists) the lists."""
+    options.params.validate()
+    if not 0 <= options.shard_index < options.num_shards:
+        raise PreprocessError(f"--shard_index must be in [0, {options.num_shards}), got {options.shard_index}")
+    clips, refused, class_names = read_metadata(options.csv_file)
+    if not options.data_dir.is_dir():
+        raise PreprocessError(f"--data_dir {options.data_dir} is not a folder")
+    lists_dir = options.save_dir / LISTS_DIR
+    check_or_record_params(lists_dir, options.params, options.overwrite)
+    shard = clips[options.shard_index::options.num_shards]
+    tasks = [(clip, options.data_dir / clip.slice_file_name, options.save_dir / clip.feature_file,
+              options.overwrite) for clip in shard]
+    results = []
+    if options.extract:
+        start = time.perf_counter()
+        results = run_tasks(tasks, options.params, options.num_workers)
+        write_shard_status(shard_path(lists_dir, options.shard_index, options.num_shards), results)
+        log_summary(results, shard, time.perf_counter() - start)
+    outcome = {"results": results, "class_names": class_names}
+    if options.write_lists:
+        outcome.update(write_lists(options, clips, refused, class_names))
+        outcome["warnings"] = check_outcome(outcome, class_names)
+        counts = {split: len(members) for split, members in outcome["splits"].items()}
+        log.info("lists in %s: %s; %d skipped", lists_dir, counts, len(outcome["skipped"]))
+    return outcome
+
+
+__all__ = ["PreprocessOptions", "PreprocessError", "MetadataError", "run_preprocessing", "write_lists",
+           "process_clip", "save_npy_atomic"]

@@ -1,0 +1,435 @@
+"""Training: data, model, optimiser, one-epoch loops, checkpoints and resume.
+
+``train(params)`` is what ``train.py`` runs; ``train_one_epoch`` and ``evaluate`` return
+dicts of metrics (torchvision references style). One code path serves CPU, one CUDA device
+and torchrun/DDP.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, WeightedRandomSampler
+from tqdm import tqdm
+
+from audioclf.augment import SpecAugment, mixup, random_time_shift
+from audioclf.classifier import AudioClassifier, constructor_args
+from audioclf.distributed import (DistInfo, ShardSampler, all_reduce_sum, barrier, cleanup_distributed,
+                                  init_distributed)
+from dataloaders.dataloader import SpectrogramDataset, check_compatible, feature_statistics
+from models import check_input_size
+from utils import Params, RunningAverage, latest_checkpoint, load_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss; the last good checkpoint is kept."""
+
+
+# ---------------------------------------------------------------------------------------
+# Set-up
+# ---------------------------------------------------------------------------------------
+
+def resolve_device(name: str, info: DistInfo) -> torch.device:
+    """``auto`` -> CUDA when available (this rank's GPU under torchrun), else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f'config asks for device "{name}" but CUDA is not available; use "auto" or "cpu"')
+        return torch.device("cuda", info.local_rank if name == "cuda" else int(name.split(":")[1]))
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """All RNG states, as tensors/ints (loadable with ``weights_only=True``)."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64))}
+    numpy_state = np.random.get_state()
+    state["numpy_pos"], state["numpy_gauss"] = int(numpy_state[2]), (int(numpy_state[3]), float(numpy_state[4]))
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what ``rng_state`` saved."""
+    torch.set_rng_state(state["torch"])
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    has_gauss, gauss = state["numpy_gauss"]
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], has_gauss, gauss))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class Data:
+    """Datasets, loaders and the training sampler (whose epoch is set under DDP)."""
+
+    train_set: SpectrogramDataset
+    val_set: SpectrogramDataset
+    train_loader: DataLoader
+    val_loader: DataLoader
+    train_sampler: object
+
+
+def _train_sampler(params: Params, dataset: SpectrogramDataset, info: DistInfo):
+    if info.enabled:
+        if params.balanced_sampling:
+            raise ValueError('"balanced_sampling" is not supported under torchrun; use '
+                             '"class_weighting": "balanced" instead')
+        return DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                  seed=params.seed)
+    if params.balanced_sampling:
+        weights = 1.0 / dataset.class_counts().float().clamp(min=1)
+        return WeightedRandomSampler(weights[dataset.labels], num_samples=len(dataset), replacement=True)
+    return RandomSampler(dataset)
+
+
+def build_data(params: Params, info: DistInfo, device: torch.device) -> Data:
+    """Datasets from the config's lists; loaders with pinned memory on CUDA."""
+    train_set = SpectrogramDataset(params.trainlist, params.datapath)
+    val_set = SpectrogramDataset(params.vallist, params.datapath, class_names=train_set.class_names)
+    check_compatible(train_set, val_set)
+    sampler = _train_sampler(params, train_set, info)
+    common = dict(batch_size=params.batch_size, num_workers=params.num_workers,
+                  pin_memory=device.type == "cuda", persistent_workers=params.num_workers > 0)
+    train_loader = DataLoader(train_set, sampler=sampler, drop_last=len(train_set) > params.batch_size, **common)
+    val_loader = DataLoader(val_set, sampler=ShardSampler(len(val_set), info), **common)
+    return Data(train_set, val_set, train_loader, val_loader, sampler)
+
+
+def build_model(params: Params, train_set: SpectrogramDataset) -> tuple[AudioClassifier, dict]:
+    """The classifier with normalisation statistics from the training features."""
+    check_input_size(params.model, train_set.n_mels, train_set.n_frames)
+    args = constructor_args(params.model, len(train_set.class_names), train_set.n_mels, params.model_args)
+    model = AudioClassifier(**args, pretrained=params.pretrained)
+    if params.normalization != "none":
+        mean, std = feature_statistics(train_set, per_band=params.normalization == "per_band", seed=params.seed)
+        model.normalize.set_statistics(mean, std)
+    return model, args
+
+
+def build_optimizer(params: Params, model: nn.Module) -> torch.optim.Optimizer:
+    """Adam with the config's ``lr`` and ``weight_decay``."""
+    return torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+
+
+def build_scheduler(params: Params, optimizer: torch.optim.Optimizer):
+    """``scheduler``: true/"step" -> StepLR(step, gamma); "cosine"; false/"none" -> constant.
+
+    ``warmup_epochs`` > 0 prepends a linear warm-up. Stepped once per epoch.
+    """
+    kind = params.scheduler  # normalised by Params: "step", "cosine" or "none"
+    main_epochs = max(1, params.epochs - params.warmup_epochs)
+    if kind == "step":
+        main = torch.optim.lr_scheduler.StepLR(optimizer, params.scheduler_step, params.scheduler_gamma)
+    elif kind == "cosine":
+        main = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=main_epochs, eta_min=params.lr * 0.01)
+    else:
+        main = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    if params.warmup_epochs <= 0:
+        return main
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=params.warmup_epochs)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, main], milestones=[params.warmup_epochs])
+
+
+def build_criterion(params: Params, train_set: SpectrogramDataset, device: torch.device) -> nn.Module:
+    """Cross-entropy, optionally class-weighted (inverse frequency) and label-smoothed."""
+    weight = None
+    if params.class_weighting == "balanced":
+        counts = train_set.class_counts().float()
+        weight = (counts.sum() / (len(counts) * counts.clamp(min=1))).to(device)
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=params.label_smoothing)
+
+
+def amp_dtype_for(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """bf16 where the GPU supports it, else fp16; None (full precision) on CPU or when disabled."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """The one AMP context: autocast when ``dtype`` is set, else a no-op."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def model_summary(model: nn.Module, input_shape: tuple[int, ...], device: torch.device) -> str:
+    """torchsummary's table for ``input_shape`` (on a copy in eval mode: no state changes)."""
+    from torchsummary import summary
+
+    buffer = io.StringIO()
+    probe = copy.deepcopy(model).eval()
+    state = torch.get_rng_state()
+    try:
+        with contextlib.redirect_stdout(buffer), torch.no_grad():
+            summary(probe, input_shape, device=device.type)
+    except Exception as error:  # a summary must never stop training
+        return f"(model summary unavailable: {error})"
+    finally:
+        torch.set_rng_state(state)
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------------------
+# Loops
+# ---------------------------------------------------------------------------------------
+
+@dataclass
+class StepOptions:
+    """Per-step training settings derived from the config."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    spec_augment: nn.Module | None
+    random_shift: bool
+    mixup_alpha: float
+    grad_clip: float
+
+
+def step_options(params: Params, device: torch.device) -> StepOptions:
+    """Config -> StepOptions."""
+    spec = SpecAugment(params.freq_mask, params.time_mask, params.n_masks) if params.spec_augment else None
+    return StepOptions(device, amp_dtype_for(device, params.amp), params.channels_last and device.type == "cuda",
+                       spec, params.random_shift, params.mixup_alpha, params.grad_clip)
+
+
+def to_device(inputs: torch.Tensor, targets: torch.Tensor, options: StepOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """Non-blocking copies (from pinned memory on CUDA), channels_last when enabled."""
+    memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
+    inputs = inputs.to(options.device, non_blocking=True, memory_format=memory_format)
+    return inputs, targets.to(options.device, non_blocking=True)
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler, options: StepOptions, epoch: int, show_progress: bool = True
+                    ) -> dict:
+    """One pass over ``loader``; returns ``{"loss", "accuracy", "samples_per_s", "n"}``."""
+    model.train()
+    loss_avg, acc_avg = RunningAverage(), RunningAverage()
+    start = time.perf_counter()
+    progress = tqdm(loader, desc=f"epoch {epoch} train", leave=False, disable=not show_progress, unit="batch")
+    for inputs, targets in progress:
+        inputs, targets = to_device(inputs, targets, options)  # (B, 1, n_mels, n_frames), (B,)
+        if options.random_shift:
+            inputs = random_time_shift(inputs)
+        partner, lam = targets, 1.0
+        if options.mixup_alpha > 0:
+            inputs, targets, partner, lam = mixup(inputs, targets, options.mixup_alpha)
+        with autocast(options.device, options.amp_dtype):
+            logits = model(inputs, options.spec_augment)
+            loss = lam * criterion(logits, targets) + (1.0 - lam) * criterion(logits, partner)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise NonFiniteLossError(f"loss became {loss_value} in epoch {epoch}; lower 'lr', enable "
+                                     "'grad_clip', or check the features for NaN/inf")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if options.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        hits = lam * (logits.argmax(1) == targets).sum() + (1.0 - lam) * (logits.argmax(1) == partner).sum()
+        loss_avg.update(loss_value, len(targets))
+        acc_avg.update(float(hits) / len(targets), len(targets))
+        progress.set_postfix(loss=f"{loss_avg.avg:.3f}", acc=f"{acc_avg.avg:.3f}", refresh=False)
+    seconds = time.perf_counter() - start
+    return {"loss": loss_avg.avg, "accuracy": acc_avg.avg, "n": loss_avg.count,
+            "samples_per_s": loss_avg.count / seconds if seconds > 0 else 0.0}
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: DataLoader, options: StepOptions, info: DistInfo = DistInfo()) -> dict:
+    """Loss and accuracy over ``loader`` summed across processes: ``{"loss", "accuracy", "n"}``.
+
+    Each process sees a disjoint shard (no padding), so the result equals one process
+    evaluating the whole list.
+    """
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64, device=options.device)  # loss sum, correct, count
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    for inputs, targets in loader:
+        inputs, targets = to_device(inputs, targets, options)
+        with autocast(options.device, options.amp_dtype):
+            logits = model(inputs)
+        totals[0] += criterion(logits.float(), targets).double()
+        totals[1] += (logits.argmax(1) == targets).sum()
+        totals[2] += len(targets)
+    loss_sum, correct, count = all_reduce_sum(totals, info).tolist()
+    return {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1), "n": int(count)}
+
+
+# ---------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside a DDP wrapper."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def checkpoint_state(model, optimizer, scheduler, scaler, epoch: int, best: dict, params: Params,
+                     model_args: dict, train_set: SpectrogramDataset, metrics: dict) -> dict:
+    """Everything needed to resume, evaluate or serve (loadable with ``weights_only=True``)."""
+    plain = unwrap(model)
+    return {
+        "model": plain.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "lr_scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "epoch": epoch,
+        "best_accuracy": best["accuracy"],
+        "best_epoch": best["epoch"],
+        "config": params.to_dict(),
+        "model_name": params.model,
+        "model_args": model_args,
+        "class_names": list(train_set.class_names),
+        "feature_params": train_set.info.feature_params,
+        "feature_shape": list(train_set.feature_shape),
+        "normalization": {"mode": params.normalization, "mean": plain.normalize.mean.flatten().cpu(),
+                          "std": plain.normalize.std.flatten().cpu()},
+        "rng_state": rng_state(),
+        "metrics": metrics,
+    }
+
+
+def check_resume_compatible(checkpoint: dict, model_args: dict, path: Path) -> None:
+    """A checkpoint from another model or class set cannot be resumed with this config."""
+    if checkpoint["model_args"] != model_args:
+        raise ValueError(f"cannot resume from {path}: it was trained with {checkpoint['model_args']}, "
+                         f"the config now gives {model_args}; use a new checkpoint_dir or restore the config")
+
+
+# ---------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------
+
+def epoch_line(epoch: int, epochs: int, train_metrics: dict, val_metrics: dict, lr: float, seconds: float,
+               is_best: bool) -> str:
+    """The one log line per epoch."""
+    return (f"epoch {epoch:3d}/{epochs}  train loss {train_metrics['loss']:.4f} acc {train_metrics['accuracy']:.4f}"
+            f"  val loss {val_metrics['loss']:.4f} acc {val_metrics['accuracy']:.4f}  lr {lr:.2e}"
+            f"  {train_metrics['samples_per_s']:.0f} samples/s  {seconds:.1f} s{'  *best*' if is_best else ''}")
+
+
+def log_scalars(writer, epoch: int, train_metrics: dict, val_metrics: dict, lr: float) -> None:
+    """TensorBoard scalars for one epoch."""
+    for name, value in (("loss/train", train_metrics["loss"]), ("loss/validation", val_metrics["loss"]),
+                        ("accuracy/train", train_metrics["accuracy"]),
+                        ("accuracy/validation", val_metrics["accuracy"]), ("lr", lr),
+                        ("throughput/train_samples_per_s", train_metrics["samples_per_s"])):
+        writer.add_scalar(name, value, epoch)
+    writer.flush()
+
+
+def train(params: Params, resume: bool = False, show_progress: bool = True) -> dict:
+    """Train as the config says; returns ``{"history": [...], "best_accuracy", "best_epoch"}``."""
+    info = init_distributed("cuda" if params.device != "cpu" and torch.cuda.is_available() else "cpu")
+    try:
+        return _train(params, info, resume or params.resume, show_progress and info.is_main)
+    finally:
+        cleanup_distributed(info)
+
+
+def _train(params: Params, info: DistInfo, resume: bool, show_progress: bool) -> dict:
+    device = resolve_device(params.device, info)
+    seed_everything(params.seed + info.rank)
+    checkpoint_dir = Path(params.checkpoint_dir)
+    data = build_data(params, info, device)
+    model, model_args = build_model(params, data.train_set)
+    model.to(device)
+    options = step_options(params, device)
+    if options.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if info.is_main:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        params.save(checkpoint_dir / "config.json")
+        shape = (1, data.train_set.n_mels, data.train_set.n_frames)
+        log.info("model %s, %d classes %s, input %s\n%s", params.model, len(data.train_set.class_names),
+                 data.train_set.class_names, shape, model_summary(model, shape, device))
+    optimizer = build_optimizer(params, model)
+    scheduler = build_scheduler(params, optimizer)
+    scaler = torch.amp.GradScaler(device.type, enabled=options.amp_dtype == torch.float16)
+    criterion = build_criterion(params, data.train_set, device)
+    start_epoch, best = 1, {"accuracy": -1.0, "epoch": 0}
+    latest = latest_checkpoint(checkpoint_dir) if resume else None
+    if resume and latest is None:
+        log.info("resume: no checkpoint in %s, starting from scratch", checkpoint_dir)
+    if latest is not None:
+        checkpoint = load_checkpoint(latest, map_location=device)
+        check_resume_compatible(checkpoint, model_args, latest)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["lr_scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        start_epoch = checkpoint["epoch"] + 1
+        best = {"accuracy": checkpoint["best_accuracy"], "epoch": checkpoint["best_epoch"]}
+        if info.is_main:
+            set_rng_state(checkpoint["rng_state"])
+        else:
+            seed_everything(params.seed + info.rank + 1000 * start_epoch)
+        log.info("resumed from %s: continuing at epoch %d (best val acc %.4f at epoch %d)",
+                 latest, start_epoch, best["accuracy"], best["epoch"])
+    wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if info.enabled else model
+    writer = None
+    if info.is_main:
+        from tensorboardX import SummaryWriter
+        writer = SummaryWriter(params.summaries_dir)
+    history = []
+    try:
+        for epoch in range(start_epoch, params.epochs + 1):
+            if isinstance(data.train_sampler, DistributedSampler):
+                data.train_sampler.set_epoch(epoch)
+            started = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
+            train_metrics = train_one_epoch(wrapped, data.train_loader, criterion, optimizer, scaler, options,
+                                            epoch, show_progress)
+            val_metrics = evaluate(model, data.val_loader, options, info)
+            scheduler.step()
+            is_best = val_metrics["accuracy"] > best["accuracy"]
+            if is_best:
+                best = {"accuracy": val_metrics["accuracy"], "epoch": epoch}
+            metrics = {"train": train_metrics, "validation": val_metrics, "lr": lr}
+            history.append({"epoch": epoch, **metrics})
+            if info.is_main:
+                state = checkpoint_state(model, optimizer, scheduler, scaler, epoch, best, params, model_args,
+                                         data.train_set, metrics)
+                save_checkpoint(state, checkpoint_dir, epoch, is_best, keep=params.keep_checkpoints)
+                log_scalars(writer, epoch, train_metrics, val_metrics, lr)
+                log.info(epoch_line(epoch, params.epochs, train_metrics, val_metrics, lr,
+                                    time.perf_counter() - started, is_best))
+            barrier(info)
+    except KeyboardInterrupt:
+        log.warning("interrupted: epochs up to %d are saved in %s; run again with --resume to continue",
+                    history[-1]["epoch"] if history else start_epoch - 1, checkpoint_dir)
+        raise
+    finally:
+        if writer is not None:
+            writer.close()
+    if info.is_main and history:
+        log.info("best validation accuracy %.4f at epoch %d; checkpoints in %s", best["accuracy"], best["epoch"],
+                 checkpoint_dir)
+    return {"history": history, "best_accuracy": best["accuracy"], "best_epoch": best["epoch"]}

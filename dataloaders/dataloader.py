@@ -1,0 +1,165 @@
+"""Dataset over a split list of precomputed log-mel ``.npy`` files.
+
+Each item is ``(feature, label)`` with ``feature`` a float32 tensor ``(1, n_mels, n_frames)``.
+Class names and feature parameters come from ``feature_config.json`` beside the list (written
+by ``preprocessingBabyCrying.py``), so a new dataset needs no code change.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from audioclf.listfile import ListEntry, read_list
+
+FEATURE_CONFIG = "feature_config.json"
+
+
+class FeatureDataError(ValueError):
+    """Features or lists that do not fit together; the message names the file."""
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """What the lists' ``feature_config.json`` says (class names, feature parameters)."""
+
+    class_names: list[str]
+    feature_params: dict | None
+    source: str
+
+
+def load_feature_info(list_path: str | Path, entries: list[ListEntry] | None = None) -> FeatureInfo:
+    """Read ``feature_config.json`` beside ``list_path``; else derive class names from the list."""
+    list_path = Path(list_path)
+    config_path = list_path.parent / FEATURE_CONFIG
+    if config_path.is_file():
+        config = json.loads(config_path.read_text())
+        return FeatureInfo(list(config["class_names"]), config.get("feature_params"), str(config_path))
+    entries = entries if entries is not None else read_list(list_path)
+    names: dict[int, str] = {}
+    for entry in entries:
+        names.setdefault(entry.class_id, entry.class_name)
+    if sorted(names) != list(range(len(names))):
+        raise FeatureDataError(
+            f"{list_path}: no {FEATURE_CONFIG} beside it and its classIDs {sorted(names)} are not 0..N-1; "
+            "re-run preprocessingBabyCrying.py to write the feature config")
+    return FeatureInfo([names[i] for i in range(len(names))], None, str(list_path))
+
+
+def read_npy_shape(path: Path) -> tuple[int, ...]:
+    """Shape of a ``.npy`` file from its header, without reading the data."""
+    with open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        shape, _, _ = np.lib.format._read_array_header(handle, version)
+    return tuple(shape)
+
+
+class SpectrogramDataset(Dataset):
+    """``(1, n_mels, n_frames)`` float tensors and integer labels from a split list.
+
+    Items are deterministic: random augmentation happens on whole batches in the training
+    step, so runs and resumed runs see the same data whatever the worker count.
+    """
+
+    def __init__(self, list_file: str | Path, datapath: str | Path, class_names: list[str] | None = None):
+        self.list_file = Path(list_file)
+        self.datapath = Path(datapath)
+        self.entries = read_list(self.list_file)
+        if not self.entries:
+            raise FeatureDataError(f"{self.list_file}: the list is empty")
+        self.info = load_feature_info(self.list_file, self.entries)
+        self.class_names = list(class_names) if class_names is not None else self.info.class_names
+        self._check_labels()
+        self.paths = [self.datapath / entry.feature_file for entry in self.entries]
+        self._check_files_exist()
+        self.feature_shape = read_npy_shape(self.paths[0])
+        if len(self.feature_shape) != 2:
+            raise FeatureDataError(f"{self.paths[0]}: expected a 2-D (n_mels, n_frames) array, "
+                                   f"got shape {self.feature_shape}")
+        self.labels = torch.tensor([entry.class_id for entry in self.entries], dtype=torch.long)
+
+    def _check_labels(self) -> None:
+        n_classes = len(self.class_names)
+        for number, entry in enumerate(self.entries, start=1):
+            if not 0 <= entry.class_id < n_classes or self.class_names[entry.class_id] != entry.class_name:
+                raise FeatureDataError(
+                    f"{self.list_file}:{number}: label {entry.class_id} ({entry.class_name!r}) is not one of "
+                    f"the {n_classes} training classes {self.class_names}")
+
+    def _check_files_exist(self) -> None:
+        missing = [str(path) for path in self.paths if not path.is_file()]
+        if missing:
+            shown = "\n  ".join(missing[:10]) + (f"\n  (+{len(missing) - 10} more)" if len(missing) > 10 else "")
+            raise FeatureDataError(
+                f"{len(missing)} feature file(s) listed in {self.list_file} are missing under {self.datapath}:\n  "
+                f"{shown}\nCheck 'datapath' in the config or re-run preprocessingBabyCrying.py")
+
+    @property
+    def n_mels(self) -> int:
+        return self.feature_shape[0]
+
+    @property
+    def n_frames(self) -> int:
+        return self.feature_shape[1]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def load(self, index: int) -> np.ndarray:
+        """The raw ``(n_mels, n_frames)`` array of item ``index``, shape-checked."""
+        path = self.paths[index]
+        try:
+            feature = np.load(path)
+        except (OSError, ValueError) as error:
+            raise FeatureDataError(f"{path}: cannot read feature file ({error}); re-run preprocessing") from None
+        if feature.shape != self.feature_shape:
+            raise FeatureDataError(f"{path}: shape {feature.shape} differs from {self.feature_shape} "
+                                   f"of {self.paths[0]}; features were made with different settings")
+        return feature
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        feature = torch.from_numpy(self.load(index))  # (n_mels, n_frames) float32
+        return feature.unsqueeze(0), int(self.labels[index])  # (1, n_mels, n_frames)
+
+    def class_counts(self) -> torch.Tensor:
+        """Number of items per class, ``(n_classes,)``."""
+        return torch.bincount(self.labels, minlength=len(self.class_names))
+
+
+def check_compatible(train: SpectrogramDataset, other: SpectrogramDataset) -> None:
+    """Validation/evaluation lists must use the training classes and feature shape."""
+    if other.feature_shape != train.feature_shape:
+        raise FeatureDataError(f"{other.list_file}: features of shape {other.feature_shape}, but training "
+                               f"features are {train.feature_shape}")
+    unseen = sorted(set(other.labels.tolist()) - set(train.labels.tolist()))
+    if unseen:
+        names = [train.class_names[i] for i in unseen]
+        raise FeatureDataError(f"{other.list_file}: class(es) {names} (IDs {unseen}) never occur in the "
+                               f"training list {train.list_file}; the model cannot learn them")
+
+
+def feature_statistics(dataset: SpectrogramDataset, per_band: bool = True, max_items: int = 5000,
+                       seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of the features (per mel band or global), over up to ``max_items`` items.
+
+    Returns tensors shaped ``(n_mels,)`` (per band) or ``(1,)``; float64 accumulation.
+    """
+    indices = np.arange(len(dataset))
+    if len(indices) > max_items:
+        indices = np.sort(np.random.default_rng(seed).choice(indices, max_items, replace=False))
+    total = np.zeros(dataset.n_mels)
+    total_sq = np.zeros(dataset.n_mels)
+    for index in indices:
+        feature = dataset.load(int(index)).astype(np.float64)  # (n_mels, n_frames)
+        total += feature.sum(axis=1)
+        total_sq += (feature ** 2).sum(axis=1)
+    count = len(indices) * dataset.n_frames
+    if not per_band:
+        total, total_sq, count = total.sum(keepdims=True), total_sq.sum(keepdims=True), count * dataset.n_mels
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 1e-12))
+    return torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)

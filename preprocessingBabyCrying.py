@@ -1,0 +1,81 @@
+"""Compute one log-mel ``.npy`` per clip of a metadata CSV and write the split lists.
+
+Example::
+
+    python preprocessingBabyCrying.py --csv_file data/demo/metadata.csv \
+        --data_dir data/demo/audio --save_dir features/demo
+
+Re-running reuses finished clips (``--overwrite`` recomputes); interrupting never leaves a
+truncated file. See the README for the feature formula and the output layout.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from audioclf.frontend import FeatureParams
+from audioclf.metadata import MetadataError
+from audioclf.preprocess import PreprocessError, PreprocessOptions, run_preprocessing
+
+log = logging.getLogger("preprocess")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line flags (the contract's names and defaults)."""
+    defaults = FeatureParams()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--csv_file", required=True, type=Path, help="metadata CSV (slice_file_name, classID, class)")
+    parser.add_argument("--data_dir", required=True, type=Path, help="folder the CSV's slice_file_name is relative to")
+    parser.add_argument("--save_dir", default=Path("features"), type=Path, help="output folder (default: features)")
+    parser.add_argument("--samplerate", type=int, default=defaults.sample_rate, help="target sample rate in Hz")
+    parser.add_argument("--window_size", type=float, default=defaults.window_ms, help="STFT window in ms")
+    parser.add_argument("--hop_size", type=float, default=defaults.hop_ms, help="STFT hop in ms")
+    parser.add_argument("--n_fft", type=int, default=defaults.n_fft, help="FFT size in samples")
+    parser.add_argument("--n_mels", type=int, default=defaults.n_mels, help="number of mel bands")
+    parser.add_argument("--n_frames", type=int, default=defaults.n_frames, help="frames kept per clip")
+    parser.add_argument("--pad_mode", choices=("repeat", "zeros"), default=defaults.pad_mode,
+                        help="how clips shorter than n_frames are filled (default: repeat the clip)")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the stratified split")
+    parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1, help="worker processes")
+    parser.add_argument("--overwrite", action="store_true", help="recompute features that already exist")
+    parser.add_argument("--val_fold", nargs="+", default=[], metavar="FOLD",
+                        help="split by the CSV's fold column: these folds form the validation list")
+    parser.add_argument("--eval_fold", nargs="+", default=[], metavar="FOLD",
+                        help="with --val_fold: these folds form the evaluation list")
+    parser.add_argument("--num_shards", type=int, default=1, help="split the extraction into K jobs")
+    parser.add_argument("--shard_index", type=int, default=0, help="which of the K shards this job computes")
+    parser.add_argument("--write_lists", action="store_true",
+                        help="with --num_shards: (only) write the lists once every shard has finished")
+    return parser.parse_args(argv)
+
+
+def options_from_args(args: argparse.Namespace) -> PreprocessOptions:
+    """Flags -> PreprocessOptions."""
+    params = FeatureParams(sample_rate=args.samplerate, window_ms=args.window_size, hop_ms=args.hop_size,
+                           n_fft=args.n_fft, n_mels=args.n_mels, n_frames=args.n_frames, pad_mode=args.pad_mode)
+    sharded = args.num_shards > 1
+    return PreprocessOptions(
+        csv_file=args.csv_file, data_dir=args.data_dir, save_dir=args.save_dir, params=params, seed=args.seed,
+        num_workers=max(1, args.num_workers), overwrite=args.overwrite, num_shards=args.num_shards,
+        shard_index=args.shard_index, extract=not (sharded and args.write_lists),
+        write_lists=args.write_lists or not sharded,
+        validation_folds=[str(f) for f in args.val_fold], evaluation_folds=[str(f) for f in args.eval_fold])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run preprocessing; exit status 1 with a one-line reason when it cannot succeed."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        run_preprocessing(options_from_args(args))
+    except (MetadataError, PreprocessError, ValueError) as error:
+        log.error("%s", error)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
