@@ -1,0 +1,157 @@
+"""Training loop: learning, checkpoints kept, TensorBoard tags, resume equivalence, failures."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import train as train_script
+from audioclf.classifier import model_from_checkpoint
+from audioclf.training import NonFiniteLossError, train
+from tests.factories import make_config, make_feature_dataset
+from utils import Params, list_checkpoints, load_checkpoint
+
+
+def read_scalar_tags(summaries_dir: Path) -> dict[str, list[float]]:
+    """Scalars from tensorboardX event files, parsed with tensorboardX's own protobufs."""
+    from tensorboardX.proto import event_pb2
+
+    scalars: dict[str, list[float]] = {}
+    for path in sorted(summaries_dir.glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        position = 0
+        while position < len(data):
+            length = int.from_bytes(data[position:position + 8], "little")
+            record = data[position + 12: position + 12 + length]
+            position += 12 + length + 4
+            event = event_pb2.Event.FromString(record)
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append(value.simple_value)
+    return scalars
+
+
+@pytest.fixture(scope="module")
+def features(tmp_path_factory) -> Path:
+    return make_feature_dataset(tmp_path_factory.mktemp("data"))
+
+
+def test_short_run_learns_keeps_five_checkpoints_and_logs(tmp_path, features):
+    config = make_config(tmp_path, features, epochs=7, spec_augment=True, random_shift=True)
+    result = train(Params(config), show_progress=False)
+    # 3 classes: chance is 1/3; the bands are easy, so validation accuracy must be far above it.
+    assert result["best_accuracy"] >= 0.9
+    checkpoints = list_checkpoints(tmp_path / "checkpoints")
+    assert [path.name for path in checkpoints] == [f"checkpoint_epoch{e:04d}.pth.tar" for e in range(3, 8)]
+    assert (tmp_path / "checkpoints" / "model_best.pth.tar").is_file()
+    scalars = read_scalar_tags(tmp_path / "runs")
+    for tag in ("loss/train", "loss/validation", "accuracy/train", "accuracy/validation", "lr"):
+        assert len(scalars[tag]) == 7, tag
+    best = load_checkpoint(tmp_path / "checkpoints" / "model_best.pth.tar")
+    assert best["epoch"] == result["best_epoch"]
+    assert best["class_names"] == ["babycry", "dog bark", "noise"]
+    for key in ("optimizer", "lr_scheduler", "scaler", "config", "model_args", "feature_params",
+                "normalization", "rng_state", "best_accuracy"):
+        assert key in best, key
+    saved_config = json.loads((tmp_path / "checkpoints" / "config.json").read_text())
+    assert saved_config["epochs"] == 7
+
+
+def test_checkpoint_rebuilds_model_with_normalisation(tmp_path, features):
+    config = make_config(tmp_path, features, epochs=1)
+    train(Params(config), show_progress=False)
+    checkpoint = load_checkpoint(tmp_path / "checkpoints" / "model_best.pth.tar")
+    model = model_from_checkpoint(checkpoint)
+    mean = checkpoint["normalization"]["mean"]
+    assert mean.shape == (32,)
+    # class 0's band (rows 0-3) is 30 dB brighter in a third of the clips: the band means show it.
+    assert mean[:4].mean() > mean[12:].mean() + 5
+    assert torch.equal(model.normalize.mean.flatten(), mean)
+
+
+def test_resume_equals_uninterrupted_run(tmp_path, features):
+    common = dict(spec_augment=True, random_shift=True, mixup_alpha=0.2, scheduler="step", scheduler_step=1)
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    train(Params(make_config(straight, features, epochs=3, **common)), show_progress=False)
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    train(Params(make_config(resumed, features, epochs=2, **common)), show_progress=False)
+    train(Params(make_config(resumed, features, epochs=3, **common)), resume=True, show_progress=False)
+
+    a = load_checkpoint(straight / "checkpoints" / "checkpoint_epoch0003.pth.tar")
+    b = load_checkpoint(resumed / "checkpoints" / "checkpoint_epoch0003.pth.tar")
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert a["lr_scheduler"]["last_epoch"] == b["lr_scheduler"]["last_epoch"] == 3
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, features, monkeypatch):
+    config = make_config(tmp_path, features, epochs=3)
+    calls = {"n": 0}
+    original = torch.nn.CrossEntropyLoss.forward
+
+    def poisoned(self, logits, targets):
+        calls["n"] += 1
+        loss = original(self, logits, targets)
+        return loss * float("nan") if calls["n"] > 6 else loss  # epoch 1 has 6 steps (48 clips / 8)
+
+    monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", poisoned)
+    with pytest.raises(NonFiniteLossError, match="loss became nan in epoch 2"):
+        train(Params(config), show_progress=False)
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["checkpoint_epoch0001.pth.tar"]
+
+
+def test_interrupt_keeps_finished_epochs_and_resume_continues(tmp_path, features, monkeypatch):
+    import audioclf.training as training
+
+    config = make_config(tmp_path, features, epochs=3)
+    original = training.train_one_epoch
+
+    def interrupt_in_epoch_two(*args, **kwargs):
+        if args[6] == 2:  # train_one_epoch(model, loader, criterion, optimizer, scaler, options, epoch, ...)
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_one_epoch", interrupt_in_epoch_two)
+    assert train_script.main(["--config_path", str(config), "--no_progress"]) == 130
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["checkpoint_epoch0001.pth.tar"]
+    monkeypatch.setattr(training, "train_one_epoch", original)
+    result = train(Params(config), resume=True, show_progress=False)
+    assert [entry["epoch"] for entry in result["history"]] == [2, 3]
+
+
+def test_unseen_validation_class_is_an_error(tmp_path, features):
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    train_lines = [line for line in (features / "filenames/train.txt").read_text().splitlines()
+                   if not line.startswith("noise/")]
+    (lists / "train.txt").write_text("\n".join(train_lines) + "\n")
+    (lists / "feature_config.json").write_text((features / "filenames/feature_config.json").read_text())
+    config = make_config(tmp_path, features, trainlist=str(lists / "train.txt"))
+    with pytest.raises(ValueError, match=r"class\(es\) \['noise'\].*never occur in the training list"):
+        train(Params(config), show_progress=False)
+
+
+def test_missing_feature_file_named(tmp_path, features):
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "validation.txt").write_text("babycry/does_not_exist.npy 0 babycry\n")
+    (lists / "feature_config.json").write_text((features / "filenames/feature_config.json").read_text())
+    config = make_config(tmp_path, features, vallist=str(lists / "validation.txt"))
+    with pytest.raises(ValueError, match="does_not_exist.npy"):
+        train(Params(config), show_progress=False)
+
+
+def test_train_script_reports_config_typo(tmp_path, features, caplog):
+    config = make_config(tmp_path, features, batchsize=4)
+    assert train_script.main(["--config_path", str(config)]) == 1
+    assert 'did you mean "batch_size"' in caplog.text
+
+
+def test_input_smaller_than_backbone_minimum(tmp_path, features):
+    config = make_config(tmp_path, features, model="inception", model_args={})
+    with pytest.raises(ValueError, match="75"):
+        train(Params(config), show_progress=False)
