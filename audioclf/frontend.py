@@ -168,6 +168,10 @@ def _open_error(path: Path, error: Exception) -> AudioReadError:
         return AudioReadError("missing: file not found")
     if path.stat().st_size == 0:
         return AudioReadError("empty: file has 0 bytes")
+    try:  # a WAV cut inside its header is a half-copied file: say so, not just "unreadable"
+        check_wav_not_truncated(path)
+    except AudioReadError as truncated:
+        return truncated
     return AudioReadError(f"unreadable: not a supported audio file ({error})")
 
 

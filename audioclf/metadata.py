@@ -79,7 +79,8 @@ def _check_class_ids(frame: pd.DataFrame, csv_path: Path) -> pd.Series:
     ids_per_name = ids.groupby(frame["class"]).unique()
     for name, class_ids in ids_per_name.items():
         if len(class_ids) > 1:
-            problems.append(f"class {name!r} has several classIDs {sorted(class_ids.tolist())}")
+            rows = frame.index[frame["class"] == name]
+            problems.append(f"class {name!r} has several classIDs {sorted(class_ids.tolist())} ({_lines(rows)})")
     present = sorted(set(ids))
     expected = list(range(len(present)))
     if present != expected:

@@ -129,9 +129,14 @@ def run_tasks(tasks: list[tuple], params: FeatureParams, num_workers: int) -> li
     results = []
     if num_workers <= 1 or len(tasks) < 2:
         _ensure_extractor(params)
-        for task in tasks:
-            results.append(process_clip(task))
-            progress.update()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # one clip is too small to split; threads only add overhead
+        try:
+            for task in tasks:
+                results.append(process_clip(task))
+                progress.update()
+        finally:
+            torch.set_num_threads(threads)
     else:
         context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         with context.Pool(num_workers, initializer=_init_worker, initargs=(params,)) as pool:
@@ -149,6 +154,11 @@ def run_tasks(tasks: list[tuple], params: FeatureParams, num_workers: int) -> li
 def check_or_record_params(lists_dir: Path, params: FeatureParams, overwrite: bool) -> None:
     """Refuse to mix features made with other parameters into ``save_dir`` (unless overwrite)."""
     path = lists_dir / PARAMS_FILE
+    unfinished = sorted((lists_dir / "shards").glob("*.overwrite-in-progress"))
+    if unfinished and not overwrite:
+        raise PreprocessError(
+            f"an earlier --overwrite run into {lists_dir.parent} did not finish ({unfinished[0].name}), so old and "
+            "new features may be mixed; run again with --overwrite")
     if path.exists() and not overwrite:
         recorded = FeatureParams.from_dict(json.loads(path.read_text()))
         if recorded != params:
@@ -174,10 +184,10 @@ def write_shard_status(path: Path, results: list[ClipResult]) -> None:
         f"{r.line}\t{r.status}\t{r.reason}\n" for r in rows))
 
 
-def read_skip_reasons(lists_dir: Path) -> dict[int, str]:
-    """Skip reasons by CSV line, from every shard status file present."""
+def read_skip_reasons(lists_dir: Path, num_shards: int) -> dict[int, str]:
+    """Skip reasons by CSV line, from the status files of this run's ``num_shards`` shards."""
     reasons = {}
-    for path in sorted((lists_dir / "shards").glob("shard-*.tsv")):
+    for path in sorted((lists_dir / "shards").glob(f"shard-*-of-{num_shards}.tsv")):
         for row in path.read_text().splitlines()[1:]:
             line, status, reason = (row.split("\t") + ["", ""])[:3]
             if status == "skipped":
@@ -204,7 +214,7 @@ def write_lists(options: PreprocessOptions, clips: list[Clip], refused: list[Ref
                 class_names: list[str]) -> dict:
     """Write split lists, skipped.txt and feature_config.json from the features on disk."""
     lists_dir = options.save_dir / LISTS_DIR
-    reasons = read_skip_reasons(lists_dir)
+    reasons = read_skip_reasons(lists_dir, options.num_shards)
     usable = [clip for clip in clips if (options.save_dir / clip.feature_file).exists()]
     usable_lines = {clip.line for clip in usable}
     skipped = [(r.line, r.slice_file_name, r.reason) for r in refused] + [
@@ -289,9 +299,14 @@ def run_preprocessing(options: PreprocessOptions) -> dict:
               options.overwrite) for clip in shard]
     results = []
     if options.extract:
+        status_path = shard_path(lists_dir, options.shard_index, options.num_shards)
+        marker = status_path.with_suffix(".overwrite-in-progress")
+        if options.overwrite:
+            atomic_write_text(marker, "features are being recomputed with --overwrite\n")
         start = time.perf_counter()
         results = run_tasks(tasks, options.params, options.num_workers)
-        write_shard_status(shard_path(lists_dir, options.shard_index, options.num_shards), results)
+        write_shard_status(status_path, results)
+        marker.unlink(missing_ok=True)
         log_summary(results, shard, time.perf_counter() - start)
     outcome = {"results": results, "class_names": class_names}
     if options.write_lists:

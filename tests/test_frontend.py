@@ -1,0 +1,319 @@
+"""Tests for audioclf/frontend.py: log-mel values, resampling, file formats, padding, errors."""
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from audioclf.frontend import (AMIN, AudioReadError, FeatureExtractor, FeatureParams, LogMel,
+                               fit_length, iter_audio_blocks, n_frames_for, read_audio)
+from conftest import make_signal, write_wav
+
+FLOOR_DB = 10 * np.log10(AMIN)  # -100 dB: the value of a silent frame
+
+# Tiny tensors: torch's thread pool only adds overhead (and stalls on a busy 2-core box).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def mel_points(params: FeatureParams) -> np.ndarray:
+    """The ``n_mels + 2`` HTK mel-scale corner frequencies (Hz), computed independently of the front end."""
+    f_max = params.f_max or params.sample_rate / 2
+    low, high = (2595 * np.log10(1 + f / 700) for f in (params.f_min, f_max))
+    return 700 * (10 ** (np.linspace(low, high, params.n_mels + 2) / 2595) - 1)
+
+
+def mel_band_centres(params: FeatureParams) -> np.ndarray:
+    """Centre frequency (Hz) of each mel band: ``(n_mels,)``."""
+    return mel_points(params)[1:-1]
+
+
+def reference_log_mel(audio: np.ndarray, params: FeatureParams) -> np.ndarray:
+    """The documented formula in plain numpy (float64): ``(n_mels, 1 + n // hop)``."""
+    n_fft, hop, win = params.n_fft, params.hop_length, params.win_length
+    padded = np.pad(audio.astype(np.float64), n_fft // 2, mode="reflect")
+    window = np.zeros(n_fft)
+    periodic_hann = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(win) / win)
+    window[(n_fft - win) // 2:(n_fft - win) // 2 + win] = periodic_hann  # centred, as torch.stft
+    n_frames = 1 + audio.size // hop
+    frames = np.stack([padded[t * hop:t * hop + n_fft] for t in range(n_frames)])  # (T, n_fft)
+    power = np.abs(np.fft.rfft(frames * window, axis=1)) ** 2  # (T, n_fft // 2 + 1)
+    bins = np.linspace(0, params.sample_rate / 2, n_fft // 2 + 1)
+    corners = mel_points(params)
+    rising = (bins[None] - corners[:-2, None]) / (corners[1:-1] - corners[:-2])[:, None]
+    falling = (corners[2:, None] - bins[None]) / (corners[2:] - corners[1:-1])[:, None]
+    filters = np.maximum(0, np.minimum(rising, falling))  # (n_mels, n_fft // 2 + 1), peak 1
+    return 10 * np.log10(np.maximum(filters @ power.T, AMIN))
+
+
+def tones(frequencies: tuple[float, ...], sample_rate: int, duration: float = 1.0,
+          channels: int = 1, fade_seconds: float = 0.03) -> np.ndarray:
+    """Sum of sines with a raised-cosine fade-in: no onset click for the resampler to ring on."""
+    time = np.arange(int(round(duration * sample_rate))) / sample_rate
+    signal = sum(0.25 * np.sin(2 * np.pi * frequency * time) for frequency in frequencies)
+    fade = int(fade_seconds * sample_rate)
+    signal[:fade] *= 0.5 - 0.5 * np.cos(np.pi * np.arange(fade) / fade)
+    signal = signal.astype(np.float32)
+    return signal if channels == 1 else np.repeat(signal[:, None], channels, axis=1)
+
+
+@pytest.fixture(scope="module")
+def extractor() -> FeatureExtractor:
+    return FeatureExtractor(FeatureParams(n_mels=64, n_frames=50))
+
+
+# ---------------------------------------------------------------------------------------
+# Values of the log-mel
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("frequency", [300.0, 1000.0, 3000.0])
+def test_pure_tone_peaks_in_the_nearest_mel_band(tmp_path, extractor, frequency):
+    path = write_wav(tmp_path / "tone.wav", kind="tone", frequency=frequency, duration=1.0)
+
+    feature = extractor.file_to_feature(path)
+
+    params = extractor.params
+    assert feature.shape == (params.n_mels, params.n_frames)
+    assert feature.dtype == np.float32
+    nearest = int(np.argmin(np.abs(mel_band_centres(params) - frequency)))
+    # Frame 0 is centred on sample 0: its window holds the reflect-padded (kinked) edge.
+    steady = feature[:, 1:]
+    per_frame_peak = steady.argmax(axis=0)  # (n_frames - 1,)
+    assert (per_frame_peak == nearest).all(), (frequency, nearest, per_frame_peak)
+    # A 0.5-amplitude sine puts ~(0.5 * sum(hann) / 2)^2 ~ 10^3.9 power in its bin,
+    # while bands far from it hold only window leakage and 16-bit quantisation noise.
+    assert steady[nearest].min() > 30
+    far = np.abs(np.arange(params.n_mels) - nearest) > 8
+    assert steady[far].max() < steady[nearest].min() - 40
+
+
+def test_log_mel_matches_the_documented_formula():
+    """mono -> fit -> |STFT|^2 (Hann, centred, reflect) -> HTK triangles -> 10*log10(max(., 1e-10))."""
+    params = FeatureParams(n_mels=40, n_frames=30, n_fft=512)
+    audio = make_signal("tone+noise", frequency=700.0, duration=0.5, seed=2)
+    audio[4000:4400] = 0  # a silent stretch: low values and the log floor's neighbourhood too
+
+    feature = FeatureExtractor(params).waveform_to_feature(audio)
+
+    expected = reference_log_mel(fit_length(audio, params.n_samples, "repeat"), params)[:, : params.n_frames]
+    np.testing.assert_allclose(feature, expected, atol=1e-3)  # dB
+
+
+@pytest.mark.parametrize("n_samples", [1600, 8000, 8159, 8160, 8161])
+def test_unpadded_frame_count_is_one_plus_n_over_hop(n_samples):
+    params = FeatureParams(n_mels=32, n_fft=512)
+    waveform = torch.from_numpy(make_signal("noise", duration=n_samples / params.sample_rate))
+
+    log_mel = LogMel(params)(waveform)
+
+    assert log_mel.shape == (params.n_mels, n_frames_for(n_samples, params.hop_length))
+    assert n_frames_for(n_samples, params.hop_length) == 1 + n_samples // 160
+
+
+def test_feature_has_exactly_n_frames_whatever_the_clip_length(small_params):
+    extractor = FeatureExtractor(small_params)
+    assert n_frames_for(small_params.n_samples, small_params.hop_length) >= small_params.n_frames
+    for duration in (0.05, 0.5, 2.0):
+        feature = extractor.waveform_to_feature(make_signal("noise", duration=duration))
+        assert feature.shape == (32, 50) and feature.dtype == np.float32
+
+
+# ---------------------------------------------------------------------------------------
+# Sample rates, channels, sample formats
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("source_rate, channels", [(8000, 1), (44100, 2)])
+def test_other_rates_resample_to_the_same_features(tmp_path, extractor, source_rate, channels):
+    frequencies = (440.0, 1000.0, 2500.0)
+    reference_path = write_wav(tmp_path / "ref.wav", tones(frequencies, 16000), sample_rate=16000, subtype="FLOAT")
+    path = write_wav(tmp_path / "other.wav", tones(frequencies, source_rate, channels=channels),
+                     sample_rate=source_rate, subtype="FLOAT")
+
+    audio = read_audio(path, 16000)
+    assert audio.ndim == 1 and audio.dtype == np.float32
+    assert abs(audio.size - 16000) <= 1  # 1.0 s at the target rate
+
+    reference = extractor.file_to_feature(reference_path)
+    feature = extractor.file_to_feature(path)
+    below_4k = mel_band_centres(extractor.params) < 3500  # 8 kHz audio holds nothing above 4 kHz
+    with_energy = reference > reference.max() - 60
+    compared = below_4k[:, None] & with_energy
+    assert compared.sum() > 300
+    assert np.abs(feature - reference)[compared].max() < 0.5  # dB
+    # The tone bands themselves agree to a small fraction of a dB.
+    strong = below_4k[:, None] & (reference > reference.max() - 20)
+    assert np.abs(feature - reference)[strong].max() < 0.05
+
+
+def test_stereo_is_downmixed_to_the_channel_mean(tmp_path, extractor):
+    left = make_signal("tone", frequency=500.0, duration=0.7)
+    right = make_signal("noise", amplitude=0.3, duration=0.7, seed=4)
+    path = write_wav(tmp_path / "stereo.wav", np.stack([left, right], axis=1), subtype="FLOAT")
+
+    audio = read_audio(path, 16000)
+
+    np.testing.assert_allclose(audio, (left + right) / 2, atol=1e-6)
+    np.testing.assert_allclose(extractor.file_to_feature(path),
+                               extractor.waveform_to_feature((left + right) / 2), atol=1e-3)
+
+
+@pytest.mark.parametrize("subtype, sample_tolerance, db_tolerance",
+                         [("PCM_U8", 1 / 128, 3.0), ("PCM_24", 2 ** -15, 0.02), ("FLOAT", 2 ** -15, 0.02)])
+def test_sample_formats_give_the_features_of_pcm16(tmp_path, extractor, subtype, sample_tolerance, db_tolerance):
+    signal = make_signal("tone+noise", frequency=1000.0, duration=1.0, seed=3)
+    reference_path = write_wav(tmp_path / "pcm16.wav", signal, subtype="PCM_16")
+    path = write_wav(tmp_path / "other.wav", signal, subtype=subtype)
+
+    audio = read_audio(path, 16000)
+    np.testing.assert_allclose(audio, read_audio(reference_path, 16000), atol=sample_tolerance)
+
+    reference = extractor.file_to_feature(reference_path)
+    with_energy = reference > reference.max() - 30  # the tone's bands; elsewhere 8-bit noise dominates
+    assert with_energy.sum() >= 2 * extractor.params.n_frames
+    assert np.abs(extractor.file_to_feature(path) - reference)[with_energy].max() < db_tolerance
+
+
+def test_reading_only_the_needed_prefix_equals_reading_the_whole_file(tmp_path, extractor):
+    signal = make_signal("tone+noise", sample_rate=44100, frequency=800.0, duration=3.0, channels=2, seed=5)
+    path = write_wav(tmp_path / "long.wav", signal, sample_rate=44100)
+    n_samples = extractor.params.n_samples
+
+    whole = read_audio(path, 16000)
+    prefix = read_audio(path, 16000, max_samples=n_samples)
+
+    assert whole.size == 48000 and prefix.size == n_samples
+    np.testing.assert_allclose(prefix, whole[:n_samples], atol=1e-5)
+    from_prefix = extractor.file_to_feature(path)
+    from_whole = extractor.waveform_to_feature(whole)  # truncates to n_samples itself
+    assert from_whole.min() > FLOOR_DB + 20  # noise puts energy in every band
+    np.testing.assert_allclose(from_prefix, from_whole, atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------
+# Padding
+# ---------------------------------------------------------------------------------------
+
+def test_fit_length_repeats_zero_pads_or_truncates():
+    audio = np.array([1.0, 2.0, 3.0], dtype=np.float32)
+    np.testing.assert_array_equal(fit_length(audio, 7, "repeat"), [1, 2, 3, 1, 2, 3, 1])
+    np.testing.assert_array_equal(fit_length(audio, 5, "zeros"), [1, 2, 3, 0, 0])
+    np.testing.assert_array_equal(fit_length(audio, 2, "repeat"), [1, 2])
+    np.testing.assert_array_equal(fit_length(audio, 2, "zeros"), [1, 2])
+
+
+def test_short_clip_repeat_padding_has_no_silent_frames_zero_padding_has_a_silent_tail():
+    short = make_signal("noise", duration=0.1, seed=7)  # 1600 samples = 10 hops, frames need 0.5 s
+    repeat = FeatureExtractor(FeatureParams(n_mels=64, n_frames=50, pad_mode="repeat")).waveform_to_feature(short)
+    zeros = FeatureExtractor(FeatureParams(n_mels=64, n_frames=50, pad_mode="zeros")).waveform_to_feature(short)
+
+    # repeat: no column at the -100 dB floor, and the clip's frames recur with its 10-hop period.
+    assert repeat.min(axis=0).min() > FLOOR_DB + 50
+    np.testing.assert_allclose(repeat[:, 2:39], repeat[:, 12:49], atol=1e-3)
+    # zeros: frames whose 400-sample window ends before sample 1600 (t <= 8) are the clip's own;
+    # once the window starts past sample 1600 (t >= 12) every band is the floor.
+    assert zeros[:, :10].min() > FLOOR_DB + 50
+    np.testing.assert_allclose(zeros[:, :9], repeat[:, :9], atol=1e-3)
+    assert (zeros[:, 12:] == np.float32(FLOOR_DB)).all()
+
+
+# ---------------------------------------------------------------------------------------
+# Streaming reads
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("source_rate", [44100, 16000])
+def test_iter_audio_blocks_concatenate_to_read_audio(tmp_path, source_rate):
+    signal = make_signal("tone+noise", sample_rate=source_rate, duration=2.3, channels=2, seed=9)
+    path = write_wav(tmp_path / "long.wav", signal, sample_rate=source_rate, subtype="FLOAT")
+
+    blocks = list(iter_audio_blocks(path, 16000, block_seconds=0.5))
+
+    assert len(blocks) >= 4
+    assert all(block.ndim == 1 and block.dtype == np.float32 for block in blocks)
+    assert max(block.size for block in blocks) <= 0.5 * 16000 + 200  # memory bounded by the block
+    np.testing.assert_allclose(np.concatenate(blocks), read_audio(path, 16000), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------
+# Unreadable files
+# ---------------------------------------------------------------------------------------
+
+def _write_unusable(path: Path, kind: str) -> None:
+    """Leave at ``path`` a file that cannot be used: missing, empty, text, truncated."""
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("slice_file_name,classID\nnot audio,0\n")
+    elif kind in ("cut_in_data", "cut_in_header"):
+        write_wav(path, duration=1.0)  # 44-byte header + 32000 bytes of audio
+        path.write_bytes(path.read_bytes()[:20000 if kind == "cut_in_data" else 30])
+
+
+@pytest.mark.parametrize("kind, reason", [
+    ("missing", "missing: file not found"),
+    ("empty", "empty: file has 0 bytes"),
+    ("text", "unreadable: not a supported audio file"),
+    ("cut_in_data", "truncated: header declares 32000 bytes of audio, file holds 19956"),
+    ("cut_in_header", "truncated: WAV file has no data chunk"),
+])
+def test_unusable_files_raise_audio_read_error_with_the_reason(tmp_path, extractor, kind, reason):
+    path = tmp_path / "clip.wav"
+    _write_unusable(path, kind)
+    with pytest.raises(AudioReadError, match=reason):
+        extractor.file_to_feature(path)
+    with pytest.raises(AudioReadError, match=reason):
+        list(iter_audio_blocks(path, 16000))
+
+
+def test_non_finite_samples_are_reported_as_corrupt(tmp_path, extractor):
+    signal = make_signal("tone", duration=0.3)
+    signal[100] = np.nan
+    path = write_wav(tmp_path / "nan.wav", signal, subtype="FLOAT")
+    with pytest.raises(AudioReadError, match="corrupt"):
+        extractor.file_to_feature(path)
+
+
+def test_streamed_wav_with_placeholder_data_size_is_accepted(tmp_path):
+    path = write_wav(tmp_path / "stream.wav", duration=0.5)
+    data = bytearray(path.read_bytes())
+    data_chunk = data.index(b"data")
+    data[data_chunk + 4: data_chunk + 8] = struct.pack("<I", 0xFFFFFFFF)
+    path.write_bytes(bytes(data))
+    assert read_audio(path, 16000).size == 8000
+
+
+# ---------------------------------------------------------------------------------------
+# Parameter validation
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["sample_rate", "window_ms", "hop_ms", "n_fft", "n_mels", "n_frames"])
+@pytest.mark.parametrize("value", [0, -1])
+def test_non_positive_sizes_raise_value_error_naming_the_parameter(name, value):
+    params = FeatureParams(**{name: value})
+    with pytest.raises(ValueError, match=f"{name} must be positive"):
+        params.validate()
+    with pytest.raises(ValueError, match=name):
+        FeatureExtractor(params)
+
+
+def test_n_fft_smaller_than_the_window_names_n_fft_and_the_window():
+    with pytest.raises(ValueError, match=r"n_fft=256 is smaller than the window \(25.0 ms = 400 samples"):
+        FeatureParams(n_fft=256).validate()
+    FeatureParams(n_fft=400).validate()  # equal is fine
+
+
+@pytest.mark.parametrize("changes, name", [
+    ({"hop_ms": 0.01}, "hop_ms"),
+    ({"n_mels": 600, "n_fft": 1024}, "n_mels"),
+    ({"f_max": 9000.0}, "f_max"),
+    ({"pad_mode": "reflect"}, "pad_mode"),
+])
+def test_other_inconsistent_parameters_are_named(changes, name):
+    with pytest.raises(ValueError, match=name):
+        FeatureParams(**changes).validate()
+
+
+def test_params_round_trip_through_a_dict():
+    params = FeatureParams(n_mels=40, pad_mode="zeros", f_max=7000.0)
+    assert FeatureParams.from_dict({**params.to_dict(), "unknown_future_key": 1}) == params
