@@ -53,8 +53,9 @@ def load_feature_info(list_path: str | Path, entries: list[ListEntry] | None = N
 def read_npy_shape(path: Path) -> tuple[int, ...]:
     """Shape of a ``.npy`` file from its header, without reading the data."""
     with open(path, "rb") as handle:
-        version = np.lib.format.read_magic(handle)
-        shape, _, _ = np.lib.format._read_array_header(handle, version)
+        major, _ = np.lib.format.read_magic(handle)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, _, _ = read_header(handle)
     return tuple(shape)
 
 
