@@ -26,7 +26,7 @@ from tqdm import tqdm
 from audioclf.augment import SpecAugment, mixup, random_time_shift
 from audioclf.classifier import AudioClassifier, constructor_args
 from audioclf.distributed import (DistInfo, ShardSampler, all_reduce_sum, barrier, cleanup_distributed,
-                                  init_distributed)
+                                  init_distributed, sync_buffers)
 from dataloaders.dataloader import SpectrogramDataset, check_compatible, feature_statistics
 from models import check_input_size
 from utils import Params, RunningAverage, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -234,12 +234,14 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
         inputs, targets = to_device(inputs, targets, options)  # (B, 1, n_mels, n_frames), (B,)
         if options.random_shift:
             inputs = random_time_shift(inputs)
-        partner, lam = targets, 1.0
+        partner, lam = None, 1.0
         if options.mixup_alpha > 0:
             inputs, targets, partner, lam = mixup(inputs, targets, options.mixup_alpha)
         with autocast(options.device, options.amp_dtype):
             logits = model(inputs, options.spec_augment)
-            loss = lam * criterion(logits, targets) + (1.0 - lam) * criterion(logits, partner)
+            loss = criterion(logits, targets)
+            if partner is not None:
+                loss = lam * loss + (1.0 - lam) * criterion(logits, partner)
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(f"loss became {loss_value} in epoch {epoch}; lower 'lr', enable "
@@ -251,7 +253,10 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
             nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
         scaler.step(optimizer)
         scaler.update()
-        hits = lam * (logits.argmax(1) == targets).sum() + (1.0 - lam) * (logits.argmax(1) == partner).sum()
+        predicted = logits.argmax(1)
+        hits = (predicted == targets).sum().item()
+        if partner is not None:  # mixup: credit each prediction by the share of the label it matches
+            hits = lam * hits + (1.0 - lam) * (predicted == partner).sum().item()
         loss_avg.update(loss_value, len(targets))
         acc_avg.update(float(hits) / len(targets), len(targets))
         progress.set_postfix(loss=f"{loss_avg.avg:.3f}", acc=f"{acc_avg.avg:.3f}", refresh=False)
@@ -407,6 +412,7 @@ def _train(params: Params, info: DistInfo, resume: bool, show_progress: bool) ->
             lr = optimizer.param_groups[0]["lr"]
             train_metrics = train_one_epoch(wrapped, data.train_loader, criterion, optimizer, scaler, options,
                                             epoch, show_progress)
+            sync_buffers(model, info)
             val_metrics = evaluate(model, data.val_loader, options, info)
             scheduler.step()
             is_best = val_metrics["accuracy"] > best["accuracy"]
