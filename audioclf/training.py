@@ -206,13 +206,14 @@ class StepOptions:
     random_shift: bool
     mixup_alpha: float
     grad_clip: float
+    log_every: int = 0
 
 
 def step_options(params: Params, device: torch.device) -> StepOptions:
     """Config -> StepOptions."""
     spec = SpecAugment(params.freq_mask, params.time_mask, params.n_masks) if params.spec_augment else None
     return StepOptions(device, amp_dtype_for(device, params.amp), params.channels_last and device.type == "cuda",
-                       spec, params.random_shift, params.mixup_alpha, params.grad_clip)
+                       spec, params.random_shift, params.mixup_alpha, params.grad_clip, params.log_every)
 
 
 def to_device(inputs: torch.Tensor, targets: torch.Tensor, options: StepOptions) -> tuple[torch.Tensor, torch.Tensor]:
@@ -230,7 +231,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
     loss_avg, acc_avg = RunningAverage(), RunningAverage()
     start = time.perf_counter()
     progress = tqdm(loader, desc=f"epoch {epoch} train", leave=False, disable=not show_progress, unit="batch")
-    for inputs, targets in progress:
+    for step, (inputs, targets) in enumerate(progress, start=1):
         inputs, targets = to_device(inputs, targets, options)  # (B, 1, n_mels, n_frames), (B,)
         if options.random_shift:
             inputs = random_time_shift(inputs)
@@ -260,6 +261,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
         loss_avg.update(loss_value, len(targets))
         acc_avg.update(float(hits) / len(targets), len(targets))
         progress.set_postfix(loss=f"{loss_avg.avg:.3f}", acc=f"{acc_avg.avg:.3f}", refresh=False)
+        if options.log_every and step % options.log_every == 0:
+            log.info("epoch %d step %d/%d  loss %.4f  acc %.4f", epoch, step, len(loader), loss_avg.avg, acc_avg.avg)
     seconds = time.perf_counter() - start
     return {"loss": loss_avg.avg, "accuracy": acc_avg.avg, "n": loss_avg.count,
             "samples_per_s": loss_avg.count / seconds if seconds > 0 else 0.0}

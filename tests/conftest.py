@@ -5,8 +5,14 @@ Everything here is generic (no assertion about the code under test), so any test
 """
 from __future__ import annotations
 
-import csv
-from dataclasses import dataclass, field
+import os
+
+# Before numpy/torch start their thread pools: idle OpenMP threads sleep instead of spinning,
+# which keeps the suite fast when it shares 2 cores with DataLoader workers or torchrun ranks.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import csv  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path
 from typing import Callable
 
