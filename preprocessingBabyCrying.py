@@ -41,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=42, help="seed of the stratified split")
     parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1, help="worker processes")
     parser.add_argument("--overwrite", action="store_true", help="recompute features that already exist")
+    parser.add_argument("--fold_subdirs", action="store_true",
+                        help="clips live in <data_dir>/fold<fold>/<slice_file_name> (UrbanSound8K's layout)")
     parser.add_argument("--val_fold", nargs="+", default=[], metavar="FOLD",
                         help="split by the CSV's fold column: these folds form the validation list")
     parser.add_argument("--eval_fold", nargs="+", default=[], metavar="FOLD",
@@ -60,7 +62,7 @@ def options_from_args(args: argparse.Namespace) -> PreprocessOptions:
     return PreprocessOptions(
         csv_file=args.csv_file, data_dir=args.data_dir, save_dir=args.save_dir, params=params, seed=args.seed,
         num_workers=max(1, args.num_workers), overwrite=args.overwrite, num_shards=args.num_shards,
-        shard_index=args.shard_index, extract=not (sharded and args.write_lists),
+        shard_index=args.shard_index, fold_subdirs=args.fold_subdirs, extract=not (sharded and args.write_lists),
         write_lists=args.write_lists or not sharded,
         validation_folds=[str(f) for f in args.val_fold], evaluation_folds=[str(f) for f in args.eval_fold])
 

@@ -59,6 +59,7 @@ class PreprocessOptions:
     shard_index: int = 0
     extract: bool = True
     write_lists: bool = True
+    fold_subdirs: bool = False
     validation_folds: list[str] = field(default_factory=list)
     evaluation_folds: list[str] = field(default_factory=list)
 
@@ -252,7 +253,12 @@ def check_outcome(outcome: dict, class_names: list[str]) -> list[str]:
     splits = outcome["splits"]
     total = sum(len(members) for members in splits.values())
     if total == 0:
-        raise PreprocessError("no usable clip remains; see filenames/skipped.txt for the reasons")
+        reasons = Counter(reason.split(":")[0] for _, _, reason in outcome["skipped"])
+        hint = ""
+        if set(reasons) == {"missing"}:
+            hint = (" Every file was missing: check --data_dir (clips are read from --data_dir/"
+                    "<slice_file_name>; for UrbanSound8K's fold<N>/ folders add --fold_subdirs).")
+        raise PreprocessError(f"no usable clip remains ({dict(reasons)}); see filenames/skipped.txt.{hint}")
     per_class = Counter(clip.class_id for members in splits.values() for clip in members)
     lost = [f"{name!r} (classID {i})" for i, name in enumerate(class_names) if per_class[i] == 0]
     warnings = empty_split_warnings(splits, class_names)
@@ -284,6 +290,15 @@ def log_summary(results: list[ClipResult], clips: list[Clip], seconds: float) ->
         log.warning("skipped clips by reason: %s (details in filenames/skipped.txt)", dict(reasons))
 
 
+def audio_path(options: PreprocessOptions, clip: Clip) -> Path:
+    """``data_dir/slice_file_name``, or ``data_dir/fold<fold>/slice_file_name`` (UrbanSound8K layout)."""
+    if options.fold_subdirs:
+        if clip.fold is None:
+            raise PreprocessError("--fold_subdirs needs a 'fold' column in the metadata CSV")
+        return options.data_dir / f"fold{clip.fold}" / clip.slice_file_name
+    return options.data_dir / clip.slice_file_name
+
+
 def run_preprocessing(options: PreprocessOptions) -> dict:
     """Extract this shard's features, then (unless sharded without --write_lists) the lists."""
     options.params.validate()
@@ -295,7 +310,7 @@ def run_preprocessing(options: PreprocessOptions) -> dict:
     lists_dir = options.save_dir / LISTS_DIR
     check_or_record_params(lists_dir, options.params, options.overwrite)
     shard = clips[options.shard_index::options.num_shards]
-    tasks = [(clip, options.data_dir / clip.slice_file_name, options.save_dir / clip.feature_file,
+    tasks = [(clip, audio_path(options, clip), options.save_dir / clip.feature_file,
               options.overwrite) for clip in shard]
     results = []
     if options.extract:

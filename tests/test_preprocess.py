@@ -624,3 +624,17 @@ def test_interrupted_overwrite_run_must_be_finished_with_overwrite(dataset_facto
     assert set(statuses(outcome).values()) == {"written"}
     assert {np.load(path).shape for path in feature_files(dataset.save_dir)} == {(24, 50)}
     run_preprocessing(options(dataset, params=new_params))  # finished: plain re-runs work again
+
+
+def test_fold_subdirs_reads_the_urbansound8k_layout(dataset_factory):
+    # UrbanSound8K: audio/fold<N>/<slice_file_name>, the CSV holds bare file names and the fold.
+    dataset = dataset_factory(clips_per_class=10, subfolder=lambda class_id, index: f"fold{index % 10 + 1}")
+    for row in dataset.rows:
+        row["slice_file_name"] = row["slice_file_name"].split("/", 1)[1]
+    dataset.rewrite_csv()
+    outcome = run_preprocessing(options(dataset, fold_subdirs=True, validation_folds=["9"], evaluation_folds=["10"]))
+    assert set(statuses(outcome).values()) == {"written"}
+    assert {len(members) for members in outcome["splits"].values()} == {3, 24}
+    assert (dataset.save_dir / "c0_000.npy").is_file()
+    with pytest.raises(PreprocessError, match="fold"):  # without the flag the files are not found
+        run_preprocessing(options(dataset, save_dir=dataset.root / "other"))
