@@ -1,15 +1,22 @@
 # One entry point. `make demo` and `make test` each set up .venv first when needed.
 PYTHON ?= python3
 VENV := .venv
-PY := $(VENV)/bin/python
+# PY=python uses an existing environment instead of .venv (the Docker image does this).
+PY ?= $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+ifeq ($(PY),$(VENV)/bin/python)
+SETUP := $(STAMP)
+else
+SETUP :=
+endif
 DEMO_DATA := data/demo
 DEMO_FEATURES := features/demo
 DEMO_CONFIG := configs/demo.json
+DEMO_FEATURE_FLAGS := --n_mels 64
 
 .PHONY: setup demo test bench clean-demo
 
-setup: $(STAMP)
+setup: $(SETUP)
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,12 +24,16 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(SETUP)
 	$(PY) -m audioclf.demo_data --out $(DEMO_DATA) --long_recording $(DEMO_DATA)/long.wav
 	$(PY) preprocessingBabyCrying.py --csv_file $(DEMO_DATA)/metadata.csv --data_dir $(DEMO_DATA)/audio \
-		--save_dir $(DEMO_FEATURES) --n_mels 64 --n_frames 200
+		--save_dir $(DEMO_FEATURES) $(DEMO_FEATURE_FLAGS)
+	$(PY) train.py --config_path $(DEMO_CONFIG) --no_progress --resume
+	$(PY) evaluation.py --config_path $(DEMO_CONFIG) --no_progress
+	$(PY) predict.py --checkpoint runs/demo/checkpoints/model_best.pth.tar --long $(DEMO_DATA)/long.wav \
+		--target_class babycry --reference $(DEMO_DATA)/long_events.csv --no_progress
 
-test: $(STAMP)
+test: $(SETUP)
 	$(PY) -m pytest -q
 
 clean-demo:

@@ -29,7 +29,7 @@ from audioclf.distributed import (DistInfo, ShardSampler, all_reduce_sum, barrie
                                   init_distributed, sync_buffers)
 from dataloaders.dataloader import SpectrogramDataset, check_compatible, feature_statistics
 from models import check_input_size
-from utils import Params, RunningAverage, latest_checkpoint, load_checkpoint, save_checkpoint
+from utils import Params, RunningAverage, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -323,6 +323,14 @@ def checkpoint_state(model, optimizer, scheduler, scaler, epoch: int, best: dict
     }
 
 
+def refuse_to_overwrite(checkpoint_dir: Path, resume: bool) -> None:
+    """A fresh run must not mix its checkpoints with an earlier run's (nothing is deleted)."""
+    existing = list_checkpoints(checkpoint_dir)
+    if existing and not resume:
+        raise ValueError(f"{checkpoint_dir} already holds checkpoints of an earlier run (newest: {existing[-1].name}); "
+                         "pass --resume to continue it, or set another checkpoint_dir (or delete the old one)")
+
+
 def check_resume_compatible(checkpoint: dict, model_args: dict, path: Path) -> None:
     """A checkpoint from another model or class set cannot be resumed with this config."""
     if checkpoint["model_args"] != model_args:
@@ -382,6 +390,7 @@ def _train(params: Params, info: DistInfo, resume: bool, show_progress: bool) ->
     scaler = torch.amp.GradScaler(device.type, enabled=options.amp_dtype == torch.float16)
     criterion = build_criterion(params, data.train_set, device)
     start_epoch, best = 1, {"accuracy": -1.0, "epoch": 0}
+    refuse_to_overwrite(checkpoint_dir, resume)
     latest = latest_checkpoint(checkpoint_dir) if resume else None
     if resume and latest is None:
         log.info("resume: no checkpoint in %s, starting from scratch", checkpoint_dir)

@@ -52,6 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help='override config keys, e.g. --set model_args={"width":16} mixup_alpha=0.2')
     parser.add_argument("--num_workers", type=int, default=2, help="preprocessing worker processes")
     parser.add_argument("--work_dir", type=Path, default=None, help="where features and checkpoints go (temp)")
+    parser.add_argument("--verbose", action="store_true", help="log every training epoch")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     return parser.parse_args(argv)
 
@@ -135,8 +136,11 @@ def print_results(results: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the bench and print/write the results."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
     args = parse_args(argv)
+    if args.verbose:
+        logging.getLogger("audioclf.training").setLevel(logging.INFO)
     results = run_bench(args)
     print_results(results)
     if args.json:

@@ -157,3 +157,11 @@ def test_input_smaller_than_backbone_minimum(tmp_path, features):
     config = make_config(tmp_path, features, model="inception", model_args={})
     with pytest.raises(ValueError, match="75"):
         train(Params(config), show_progress=False)
+
+
+def test_fresh_run_refuses_to_mix_with_an_earlier_runs_checkpoints(tmp_path, features):
+    config = make_config(tmp_path, features, epochs=1)
+    train(Params(config), show_progress=False)
+    with pytest.raises(ValueError, match="already holds checkpoints.*--resume"):
+        train(Params(config), show_progress=False)
+    assert train(Params(config), resume=True, show_progress=False)["history"] == []  # already finished
