@@ -150,7 +150,7 @@ CONFIG_SCHEMA: dict[str, ConfigKey] = {
     ),
     "seed": ConfigKey((int,), 42, "Random seed."),
     "amp": ConfigKey((bool,), True, "Mixed precision on CUDA (ignored on CPU)."),
-    "channels_last": ConfigKey((bool,), True, "Channels-last memory format (CUDA only)."),
+    "channels_last": ConfigKey((bool,), True, "Channels-last memory format for conv nets (faster on CPU and CUDA)."),
     "resume": ConfigKey((bool,), False, "Resume from the latest checkpoint in `checkpoint_dir`."),
     "keep_checkpoints": ConfigKey(
         (int,), 5, "Epoch checkpoints to keep (0 keeps all); model_best is kept.", minimum=0,

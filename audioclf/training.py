@@ -212,7 +212,7 @@ class StepOptions:
 def step_options(params: Params, device: torch.device) -> StepOptions:
     """Config -> StepOptions."""
     spec = SpecAugment(params.freq_mask, params.time_mask, params.n_masks) if params.spec_augment else None
-    return StepOptions(device, amp_dtype_for(device, params.amp), params.channels_last and device.type == "cuda",
+    return StepOptions(device, amp_dtype_for(device, params.amp), params.channels_last,
                        spec, params.random_shift, params.mixup_alpha, params.grad_clip, params.log_every)
 
 
