@@ -1,0 +1,477 @@
+"""Sound event detection from sliding-window probabilities, and its scoring. Pure functions.
+
+Windows -> events, in this order (``detect_events``)::
+
+    p        = per-window probability of one class       # (n_windows,)
+    p        = median_filter(p, size)                    # odd size in windows; 1 = off
+    active   = hysteresis_mask(p, threshold, low)        # runs >= low that reach >= threshold
+    events   = window_cells(...) of each active run      # the time rule below
+    events   = merge_events(events, merge_gap)           # join events <= merge_gap s apart
+    events   = [e for e in events if duration >= min_duration]
+
+Time rule. Window ``i`` covers the audio ``[i * hop, min(i * hop + window, duration))``. A
+window's decision is attributed to the stretch of time nearest its centre: window ``i`` owns
+the cell between the midpoints of its centre and its neighbours' centres, the first cell starts
+at 0 s and the last ends at the end of the file. With full windows the cells are
+``[c_i - hop / 2, c_i + hop / 2)`` with ``c_i = i * hop + window / 2``; they tile the file
+without overlap, so an event is the union of its windows' cells and its boundaries have a
+resolution of one hop. (The union of the windows themselves would stretch every event by up to
+a window on each side: a window whose edge grazes a cry is not evidence that the cry was there.)
+
+Scoring follows the DCASE / sed_eval conventions: event-based F1 with a 200 ms onset collar and
+an offset collar of max(200 ms, 20 % of the reference event's length), each reference event
+matched to at most one detection (maximum bipartite matching); segment-based F1 and error rate
+on 1 s segments.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+EVENT_CSV_COLUMNS = ("file", "class", "onset_s", "offset_s", "peak_probability", "mean_probability")
+ONSET_COLUMNS = ("onset_s", "onset")
+OFFSET_COLUMNS = ("offset_s", "offset")
+CLASS_COLUMNS = ("class", "event_label", "label")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One sound event; probabilities are NaN for reference (annotated) events."""
+
+    file: str
+    class_name: str
+    onset_s: float
+    offset_s: float
+    peak_probability: float = math.nan
+    mean_probability: float = math.nan
+
+    @property
+    def duration_s(self) -> float:
+        """Length in seconds."""
+        return self.offset_s - self.onset_s
+
+    def to_dict(self) -> dict:
+        """Row for CSV/JSON output (``class`` key, times rounded to ms, probabilities to 1e-4)."""
+        row = asdict(self)
+        row["class"] = row.pop("class_name")
+        for key in ("onset_s", "offset_s"):
+            row[key] = round(row[key], 3)
+        for key in ("peak_probability", "mean_probability"):
+            row[key] = None if math.isnan(row[key]) else round(row[key], 4)
+        return {key: row[key] for key in EVENT_CSV_COLUMNS}
+
+
+@dataclass(frozen=True)
+class DetectionParams:
+    """Post-processing settings; ``threshold_low=None`` means ``LOW_THRESHOLD_RATIO * threshold``."""
+
+    threshold: float = 0.5
+    threshold_low: float | None = None
+    median_filter: int = 3
+    min_duration: float = 0.0
+    merge_gap: float = 0.0
+
+    @property
+    def low(self) -> float:
+        """The hysteresis threshold that keeps an event going."""
+        return LOW_THRESHOLD_RATIO * self.threshold if self.threshold_low is None else self.threshold_low
+
+    def validate(self) -> "DetectionParams":
+        """Raise ValueError naming each bad setting; return self when valid."""
+        problems = []
+        if not 0.0 < self.threshold <= 1.0:
+            problems.append(f"threshold must lie in (0, 1], got {self.threshold}")
+        elif not 0.0 < self.low <= self.threshold:
+            problems.append(f"threshold_low must lie in (0, threshold={self.threshold}], got {self.low}")
+        if self.median_filter < 1 or self.median_filter % 2 == 0:
+            problems.append(f"median_filter must be an odd number of windows >= 1, got {self.median_filter}")
+        if self.min_duration < 0:
+            problems.append(f"min_duration must be >= 0 s, got {self.min_duration}")
+        if self.merge_gap < 0:
+            problems.append(f"merge_gap must be >= 0 s, got {self.merge_gap}")
+        if problems:
+            raise ValueError("invalid detection settings: " + "; ".join(problems))
+        return self
+
+
+# Hysteresis: an event starts at ``threshold`` and lasts while the probability stays above
+# 70 % of it, so a cry whose probability wobbles around the threshold stays one event.
+LOW_THRESHOLD_RATIO = 0.7
+
+
+# ---------------------------------------------------------------------------------------
+# Windows -> events
+# ---------------------------------------------------------------------------------------
+
+def median_filter(values: np.ndarray, size: int) -> np.ndarray:
+    """Running median over ``size`` (odd) windows along axis 0; edges repeat the end values."""
+    values = np.asarray(values, dtype=np.float64)
+    if size < 1 or size % 2 == 0:
+        raise ValueError(f"median filter size must be odd and >= 1, got {size}")
+    if size == 1 or values.shape[0] == 0:
+        return values.copy()
+    half = size // 2
+    padded = np.pad(values, [(half, half)] + [(0, 0)] * (values.ndim - 1), mode="edge")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, size, axis=0)  # (n, ..., size)
+    return np.median(windows, axis=-1)
+
+
+def hysteresis_mask(values: np.ndarray, high: float, low: float) -> np.ndarray:
+    """True on every run of ``values >= low`` that contains at least one value ``>= high``."""
+    values = np.asarray(values, dtype=np.float64)
+    if low > high:
+        raise ValueError(f"low threshold {low} is above the high threshold {high}")
+    mask = np.zeros(values.shape, dtype=bool)
+    for start, stop in active_runs(values >= low):
+        if (values[start:stop] >= high).any():
+            mask[start:stop] = True
+    return mask
+
+
+def active_runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` (stop exclusive) of the runs of True in a 1-D boolean mask."""
+    padded = np.concatenate([[False], np.asarray(mask, dtype=bool), [False]])
+    edges = np.flatnonzero(np.diff(padded.astype(np.int8)))
+    return [(int(start), int(stop)) for start, stop in zip(edges[::2], edges[1::2])]
+
+
+def window_bounds(n_windows: int, hop_s: float, window_s: float, duration_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end (s) of each window: ``[i * hop, min(i * hop + window, duration))``."""
+    starts = np.arange(n_windows) * hop_s
+    return starts, np.minimum(starts + window_s, max(duration_s, 0.0))
+
+
+def window_cells(n_windows: int, hop_s: float, window_s: float, duration_s: float) -> np.ndarray:
+    """Boundaries ``(n_windows + 1,)`` of the time cells the windows own (see the module docstring).
+
+    Cell ``i`` is ``[bounds[i], bounds[i + 1])``: from the midpoint between window ``i - 1``'s
+    and window ``i``'s centres to the midpoint with window ``i + 1``; the first cell starts at 0
+    and the last ends at ``duration_s``. A window is centred on the audio it covers, so a
+    padded last window is centred on its real samples.
+    """
+    starts, ends = window_bounds(n_windows, hop_s, window_s, duration_s)
+    centres = np.maximum.accumulate((starts + np.maximum(ends, starts)) / 2.0)
+    bounds = np.concatenate([[0.0], (centres[:-1] + centres[1:]) / 2.0, [max(duration_s, 0.0)]])
+    return np.minimum(bounds, bounds[-1])
+
+
+def merge_events(events: Sequence[Event], max_gap: float) -> list[Event]:
+    """Join events of the same file and class whose gap is ``<= max_gap`` s (sorted by onset).
+
+    Peak and mean probabilities of a merged event are the peak and duration-weighted mean of
+    its parts.
+    """
+    merged: list[Event] = []
+    for event in sorted(events, key=lambda e: (e.file, e.class_name, e.onset_s)):
+        last = merged[-1] if merged else None
+        if (last is not None and (last.file, last.class_name) == (event.file, event.class_name)
+                and event.onset_s - last.offset_s <= max_gap):
+            weight_last, weight_new = last.duration_s, event.duration_s
+            total = weight_last + weight_new
+            mean = ((last.mean_probability * weight_last + event.mean_probability * weight_new) / total
+                    if total > 0 else max(last.mean_probability, event.mean_probability))
+            merged[-1] = replace(last, offset_s=max(last.offset_s, event.offset_s),
+                                 peak_probability=max(last.peak_probability, event.peak_probability),
+                                 mean_probability=mean)
+        else:
+            merged.append(event)
+    return sorted(merged, key=lambda e: (e.file, e.onset_s, e.class_name))
+
+
+def detect_events(probabilities: np.ndarray, hop_s: float, window_s: float, duration_s: float,
+                  params: DetectionParams, file: str = "", class_name: str = "") -> list[Event]:
+    """Per-window probabilities ``(n_windows,)`` of one class -> events (see the module docstring).
+
+    Peak and mean probability are taken over the *raw* (unsmoothed) probabilities of the
+    windows that make up the event.
+    """
+    params.validate()
+    raw = np.asarray(probabilities, dtype=np.float64)
+    if raw.ndim != 1:
+        raise ValueError(f"expected one probability per window (1-D), got shape {raw.shape}")
+    if raw.size == 0:
+        return []
+    smoothed = median_filter(raw, params.median_filter)
+    bounds = window_cells(raw.size, hop_s, window_s, duration_s)
+    events = []
+    for start, stop in active_runs(hysteresis_mask(smoothed, params.threshold, params.low)):
+        onset, offset = float(bounds[start]), float(bounds[stop])
+        if offset <= onset:
+            continue
+        part = raw[start:stop]
+        events.append(Event(file, class_name, onset, offset, float(part.max()), float(part.mean())))
+    events = merge_events(events, params.merge_gap)
+    return [event for event in events if event.duration_s >= params.min_duration]
+
+
+# ---------------------------------------------------------------------------------------
+# Scoring (DCASE conventions)
+# ---------------------------------------------------------------------------------------
+
+def events_match(reference: Event, estimated: Event, t_collar: float = 0.2,
+                 percentage_of_length: float = 0.2) -> bool:
+    """sed_eval's onset+offset condition for a reference/estimate pair of the same file and class."""
+    if (reference.file, reference.class_name) != (estimated.file, estimated.class_name):
+        return False
+    offset_collar = max(t_collar, percentage_of_length * reference.duration_s)
+    return (abs(reference.onset_s - estimated.onset_s) <= t_collar
+            and abs(reference.offset_s - estimated.offset_s) <= offset_collar)
+
+
+def match_events(reference: Sequence[Event], estimated: Sequence[Event], t_collar: float = 0.2,
+                 percentage_of_length: float = 0.2) -> list[tuple[int, int]]:
+    """One-to-one ``(reference index, estimated index)`` pairs: a maximum bipartite matching."""
+    candidates: dict[int, list[int]] = {
+        r: [e for e, est in enumerate(estimated) if events_match(ref, est, t_collar, percentage_of_length)]
+        for r, ref in enumerate(reference)}
+    owner: dict[int, int] = {}  # estimated index -> reference index
+
+    def augment(r: int, seen: set[int]) -> bool:  # Kuhn's augmenting path
+        for e in candidates[r]:
+            if e in seen:
+                continue
+            seen.add(e)
+            if e not in owner or augment(owner[e], seen):
+                owner[e] = r
+                return True
+        return False
+
+    for r in candidates:
+        augment(r, set())
+    return sorted((r, e) for e, r in owner.items())
+
+
+def _prf(tp: int, fp: int, fn: int) -> dict:
+    # With nothing to find and nothing found every score is 1; nothing found of something: 0.
+    precision = tp / (tp + fp) if tp + fp else float(fn == 0)
+    recall = tp / (tp + fn) if tp + fn else float(fp == 0)
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def event_based_metrics(reference: Sequence[Event], estimated: Sequence[Event], t_collar: float = 0.2,
+                        percentage_of_length: float = 0.2) -> dict:
+    """Overall (micro) event-based counts, precision, recall, F1, plus the scores per class."""
+    matches = match_events(reference, estimated, t_collar, percentage_of_length)
+    tp = len(matches)
+    result = {"n_reference": len(reference), "n_estimated": len(estimated), "tp": tp,
+              "fp": len(estimated) - tp, "fn": len(reference) - tp, "t_collar": t_collar,
+              "percentage_of_length": percentage_of_length}
+    result.update(_prf(tp, result["fp"], result["fn"]))
+    classes = sorted({e.class_name for e in reference} | {e.class_name for e in estimated})
+    matched_reference = {r for r, _ in matches}
+    class_wise = {}
+    for name in classes:
+        n_ref = sum(e.class_name == name for e in reference)
+        n_est = sum(e.class_name == name for e in estimated)
+        class_tp = sum(reference[r].class_name == name for r in matched_reference)
+        class_wise[name] = {"n_reference": n_ref, "n_estimated": n_est, "tp": class_tp,
+                            **_prf(class_tp, n_est - class_tp, n_ref - class_tp)}
+    result["class_wise"] = class_wise
+    return result
+
+
+def activity_matrix(events: Iterable[Event], classes: Sequence[str], n_segments: int,
+                    segment_s: float = 1.0) -> np.ndarray:
+    """``(n_segments, n_classes)`` bool: segment ``k`` = ``[k * s, (k + 1) * s)`` overlaps an event."""
+    activity = np.zeros((n_segments, len(classes)), dtype=bool)
+    index = {name: i for i, name in enumerate(classes)}
+    for event in events:
+        if event.class_name not in index or event.offset_s <= event.onset_s:
+            continue
+        first = max(0, math.floor(event.onset_s / segment_s))
+        last = min(n_segments, math.ceil(event.offset_s / segment_s))
+        activity[first:last, index[event.class_name]] = True
+    return activity
+
+
+def segment_based_metrics(reference: Sequence[Event], estimated: Sequence[Event],
+                          durations_s: dict[str, float], classes: Sequence[str] | None = None,
+                          segment_s: float = 1.0) -> dict:
+    """Overall segment-based precision, recall, F1 and error rate (sed_eval's definitions).
+
+    Each file of ``durations_s`` is cut into ``ceil(duration / segment_s)`` segments; per segment,
+    substitutions ``S = min(FN, FP)``, deletions ``D = max(0, FN - FP)``, insertions
+    ``I = max(0, FP - FN)`` count over classes, and ``ER = (S + D + I) / N`` with ``N`` the number
+    of active reference (segment, class) pairs.
+    """
+    if classes is None:
+        classes = sorted({e.class_name for e in reference} | {e.class_name for e in estimated})
+    tp = fp = fn = n_reference = substitutions = deletions = insertions = 0
+    for file, duration in durations_s.items():
+        file_reference = [e for e in reference if e.file == file]
+        file_estimated = [e for e in estimated if e.file == file]
+        last_offset = max((e.offset_s for e in file_reference + file_estimated), default=0.0)
+        n_segments = math.ceil(round(max(duration, last_offset) / segment_s, 9))
+        ref = activity_matrix(file_reference, classes, n_segments, segment_s)
+        est = activity_matrix(file_estimated, classes, n_segments, segment_s)
+        segment_fn = (ref & ~est).sum(axis=1)
+        segment_fp = (~ref & est).sum(axis=1)
+        tp += int((ref & est).sum())
+        fp += int(segment_fp.sum())
+        fn += int(segment_fn.sum())
+        n_reference += int(ref.sum())
+        substitutions += int(np.minimum(segment_fn, segment_fp).sum())
+        deletions += int(np.maximum(0, segment_fn - segment_fp).sum())
+        insertions += int(np.maximum(0, segment_fp - segment_fn).sum())
+    errors = substitutions + deletions + insertions
+    result = {"segment_s": segment_s, "tp": tp, "fp": fp, "fn": fn, "n_reference": n_reference,
+              "substitutions": substitutions, "deletions": deletions, "insertions": insertions,
+              "error_rate": errors / n_reference if n_reference else float(errors > 0)}
+    result.update(_prf(tp, fp, fn))
+    return result
+
+
+def overlap_counts(reference: Sequence[Event], estimated: Sequence[Event]) -> dict:
+    """How many reference events overlap some detection (same file and class), and vice versa.
+
+    Coarser than the collars: it says whether an event was found at all, however loose its bounds.
+    """
+    def overlaps(a: Event, b: Event) -> bool:
+        return (a.file, a.class_name) == (b.file, b.class_name) and a.onset_s < b.offset_s and b.onset_s < a.offset_s
+
+    return {"n_reference": len(reference), "reference_found": sum(any(overlaps(r, e) for e in estimated)
+                                                                   for r in reference),
+            "n_estimated": len(estimated), "estimated_on_reference": sum(any(overlaps(e, r) for r in reference)
+                                                                         for e in estimated)}
+
+
+def false_alarms_per_hour(n_false_alarms: int, total_seconds: float) -> float:
+    """False alarms per hour of audio (0 when no audio)."""
+    return n_false_alarms * 3600.0 / total_seconds if total_seconds > 0 else 0.0
+
+
+def score_events(reference: Sequence[Event], estimated: Sequence[Event], durations_s: dict[str, float],
+                 classes: Sequence[str] | None = None) -> dict:
+    """Event-based, segment-based, overlap and false-alarm-rate scores over the files of ``durations_s``.
+
+    Events of files not in ``durations_s`` and (when given) of classes not in ``classes`` are ignored.
+    """
+    def keep(events: Sequence[Event]) -> list[Event]:
+        return [e for e in events if e.file in durations_s and (classes is None or e.class_name in classes)]
+
+    reference, estimated = keep(reference), keep(estimated)
+    event_scores = event_based_metrics(reference, estimated)
+    total_seconds = float(sum(durations_s.values()))
+    return {"event_based": event_scores,
+            "segment_based": segment_based_metrics(reference, estimated, durations_s, classes),
+            "overlap": overlap_counts(reference, estimated),
+            "false_alarms_per_hour": false_alarms_per_hour(event_scores["fp"], total_seconds),
+            "audio_seconds": total_seconds, "n_files": len(durations_s)}
+
+
+# ---------------------------------------------------------------------------------------
+# Files and tables
+# ---------------------------------------------------------------------------------------
+
+def _pick_column(header: Sequence[str], names: Sequence[str], path: Path) -> str:
+    for name in names:
+        if name in header:
+            return name
+    raise ValueError(f"{path}: no {' or '.join(repr(n) for n in names)} column (columns: {', '.join(header)})")
+
+
+def read_events_csv(path: str | Path) -> list[Event]:
+    """Annotations: columns ``file``, ``onset`` or ``onset_s``, ``offset`` or ``offset_s``, ``class``.
+
+    Comma- or tab-separated (DCASE files use tabs); ``event_label`` is accepted for ``class``.
+    """
+    path = Path(path)
+    with open(path, newline="", encoding="utf-8") as handle:
+        first_line = handle.readline()
+        handle.seek(0)
+        delimiter = "\t" if "\t" in first_line and "," not in first_line else ","
+        reader = csv.DictReader(handle, delimiter=delimiter)
+        header = [name.strip() for name in reader.fieldnames or []]
+        reader.fieldnames = header
+        file_column = _pick_column(header, ("file", "filename"), path)
+        onset_column = _pick_column(header, ONSET_COLUMNS, path)
+        offset_column = _pick_column(header, OFFSET_COLUMNS, path)
+        class_column = _pick_column(header, CLASS_COLUMNS, path)
+        events = []
+        for line, row in enumerate(reader, start=2):
+            try:
+                onset, offset = float(row[onset_column]), float(row[offset_column])
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}, line {line}: onset/offset must be numbers, got "
+                                 f"{row[onset_column]!r} / {row[offset_column]!r}") from None
+            if offset < onset:
+                raise ValueError(f"{path}, line {line}: offset {offset} is before onset {onset}")
+            events.append(Event(row[file_column].strip(), row[class_column].strip(), onset, offset))
+    return events
+
+
+def write_events_csv(events: Iterable[Event], path: str | Path) -> Path:
+    """Write events with columns ``file, class, onset_s, offset_s, peak_probability, mean_probability``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(EVENT_CSV_COLUMNS))
+        writer.writeheader()
+        writer.writerows(event.to_dict() for event in events)
+    return path
+
+
+def format_events_table(events: Sequence[Event]) -> str:
+    """Fixed-width table of detected events: class, onset, offset, duration, peak, mean."""
+    lines = [f"  {'class':<16} {'onset_s':>9} {'offset_s':>9} {'dur_s':>7} {'peak':>6} {'mean':>6}"]
+    for e in events:
+        lines.append(f"  {e.class_name:<16} {e.onset_s:9.2f} {e.offset_s:9.2f} {e.duration_s:7.2f} "
+                     f"{e.peak_probability:6.3f} {e.mean_probability:6.3f}")
+    if not events:
+        lines.append("  (no events)")
+    return "\n".join(lines)
+
+
+def format_comparison(reference: Sequence[Event], estimated: Sequence[Event], t_collar: float = 0.2,
+                      percentage_of_length: float = 0.2) -> str:
+    """Side-by-side table, in time order: true event | detected event | hit / miss / false alarm.
+
+    A detection is shown next to the reference event it is matched to (DCASE collars); an
+    unmatched detection sits next to an unmatched reference event it overlaps, if any (it counts
+    as a miss and a false alarm: its onset or offset is outside the collars).
+    """
+    matches = dict(match_events(reference, estimated, t_collar, percentage_of_length))
+    matched_estimates = set(matches.values())
+    rows: list[tuple[float, Event | None, Event | None, str]] = []
+    paired_estimates: set[int] = set()
+    for r, ref in enumerate(reference):
+        if r in matches:
+            est = estimated[matches[r]]
+            rows.append((ref.onset_s, ref, est, "hit"))
+            paired_estimates.add(matches[r])
+            continue
+        overlapping = [(min(ref.offset_s, est.offset_s) - max(ref.onset_s, est.onset_s), e)
+                       for e, est in enumerate(estimated)
+                       if e not in matched_estimates and e not in paired_estimates
+                       and est.file == ref.file and est.class_name == ref.class_name
+                       and min(ref.offset_s, est.offset_s) > max(ref.onset_s, est.onset_s)]
+        if overlapping:
+            e = max(overlapping)[1]
+            paired_estimates.add(e)
+            rows.append((ref.onset_s, ref, estimated[e], "overlaps, outside collars (miss + FA)"))
+        else:
+            rows.append((ref.onset_s, ref, None, "miss"))
+    for e, est in enumerate(estimated):
+        if e not in paired_estimates:
+            rows.append((est.onset_s, None, est, "false alarm"))
+    rows.sort(key=lambda row: ((row[1] or row[2]).file, row[0]))
+
+    def span(event: Event | None) -> str:
+        return f"{event.onset_s:8.2f} - {event.offset_s:8.2f}" if event else f"{'':>8}   {'':>8}"
+
+    several_files = len({e.file for e in list(reference) + list(estimated)}) > 1
+    header = f"  {'true (s)':^19} | {'detected (s)':^19} | {'peak':>5} | result"
+    lines = [header, "  " + "-" * (len(header) - 2)]
+    for _, ref, est, status in rows:
+        peak = f"{est.peak_probability:5.2f}" if est is not None else " " * 5
+        prefix = f"  [{(ref or est).file}]" if several_files else ""
+        lines.append(f"  {span(ref)} | {span(est)} | {peak} | {status}{prefix}")
+    if not rows:
+        lines.append("  (no true and no detected events)")
+    return "\n".join(lines)

@@ -1,0 +1,503 @@
+"""Inference with a trained checkpoint: clip classification and sliding-window detection.
+
+The model, its class names and the feature parameters all come from the checkpoint; features
+are computed by ``audioclf.frontend`` exactly as preprocessing computed them, so a file gets
+the same probabilities here as its preprocessed ``.npy`` gets from the model.
+
+Clip mode classifies the first clip window of a file (what preprocessing stored: the first
+``n_samples`` samples, padded as in training). Long mode streams the file in blocks
+(``iter_audio_blocks``), cuts windows of ``n_samples`` samples every ``hop`` samples, and
+classifies them in batches; memory is bounded by one block plus one batch of windows.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from audioclf.classifier import model_from_checkpoint
+from audioclf.events import DetectionParams, Event, detect_events
+from audioclf.frontend import (AudioReadError, FeatureExtractor, FeatureParams, audio_info, fit_length,
+                               iter_audio_blocks)
+from audioclf.training import amp_dtype_for, autocast
+from utils import load_checkpoint
+
+log = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc",
+                              ".au", ".snd", ".w64", ".caf", ".rf64"})
+LIST_EXTENSION = ".txt"
+OPERATING_POINT_FILE = Path("scores") / "operating_point.json"
+# Auto mode: a file longer than this many clip lengths is analysed with sliding windows.
+LONG_FACTOR = 4.0
+BLOCK_SECONDS = 10.0  # audio decoded per read in long mode
+
+
+# ---------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------
+
+def collect_inputs(inputs: Sequence[str | Path]) -> list[str]:
+    """Expand files, folders (recursive, audio extensions) and ``.txt`` lists into file paths.
+
+    A list file holds one path per line (blank lines and ``#`` comments ignored); relative paths
+    are taken relative to the list file's folder. Paths that do not exist are kept, so they are
+    reported as unreadable with the other failures.
+    """
+    paths: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+            if not found:
+                log.warning("%s: no audio files (%s) in this folder", path, ", ".join(sorted(AUDIO_EXTENSIONS)))
+            paths.extend(found)
+        elif path.suffix.lower() == LIST_EXTENSION and path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    listed = Path(line)
+                    paths.append(str(listed if listed.is_absolute() else path.parent / listed))
+        else:
+            paths.append(str(item))
+    return paths
+
+
+def load_operating_point(checkpoint_path: str | Path, class_names: Sequence[str]) -> dict | None:
+    """``<checkpoint dir>/scores/operating_point.json`` when it exists and names a class of this model."""
+    path = Path(checkpoint_path).parent / OPERATING_POINT_FILE
+    if not path.is_file():
+        return None
+    try:
+        point = json.loads(path.read_text())
+        target, class_id, threshold = point["target_class"], int(point["class_id"]), float(point["threshold"])
+    except (ValueError, KeyError, TypeError) as error:
+        log.warning("ignoring %s: %s", path, error)
+        return None
+    if target not in class_names or class_names[class_id] != target:
+        log.warning("ignoring %s: class %r (id %d) is not this model's class", path, target, class_id)
+        return None
+    return {"target_class": target, "class_id": class_id, "threshold": threshold, "path": str(path)}
+
+
+# ---------------------------------------------------------------------------------------
+# Windows from a stream of blocks
+# ---------------------------------------------------------------------------------------
+
+class WindowSlicer:
+    """Cuts a stream of sample blocks into windows of ``window`` samples every ``hop`` samples.
+
+    Holds one window of samples (shifted by ``hop`` after each window). ``feed`` yields views
+    into that buffer, valid until the next iteration. ``finish`` yields the last window when
+    samples after the last full window remain (or the file is shorter than one window),
+    padded with the front end's ``pad_mode`` exactly as a short clip is padded.
+    """
+
+    def __init__(self, window: int, hop: int, pad_mode: str = "repeat"):
+        if window < 1 or hop < 1:
+            raise ValueError(f"window and hop must be >= 1 sample, got {window} and {hop}")
+        self.window, self.hop, self.pad_mode = window, hop, pad_mode
+        self.buffer = np.zeros(window, dtype=np.float32)
+        self.filled = 0  # samples in the buffer, from the next window's start
+        self.skip = 0  # samples to drop before the next window starts (hop > window)
+        self.n_seen = 0
+        self.n_windows = 0
+
+    def feed(self, block: np.ndarray) -> Iterator[np.ndarray]:
+        """Yield every window completed by ``block`` (1-D float32)."""
+        position, size = 0, block.shape[0]
+        self.n_seen += size
+        while position < size:
+            if self.skip:
+                dropped = min(self.skip, size - position)
+                position += dropped
+                self.skip -= dropped
+                continue
+            take = min(size - position, self.window - self.filled)
+            self.buffer[self.filled:self.filled + take] = block[position:position + take]
+            self.filled += take
+            position += take
+            if self.filled == self.window:
+                self.n_windows += 1
+                yield self.buffer
+                if self.hop < self.window:
+                    self.buffer[:self.window - self.hop] = self.buffer[self.hop:]
+                    self.filled = self.window - self.hop
+                else:
+                    self.filled, self.skip = 0, self.hop - self.window
+
+    def finish(self) -> Iterator[np.ndarray]:
+        """Yield the padded last window, if samples past the last full window remain."""
+        last_end = (self.n_windows - 1) * self.hop + self.window if self.n_windows else 0
+        if self.filled and self.n_seen > last_end:
+            self.n_windows += 1
+            yield fit_length(self.buffer[:self.filled].copy(), self.window, self.pad_mode)
+        self.filled = 0
+
+
+# ---------------------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------------------
+
+@dataclass
+class ClipPrediction:
+    """Class probabilities ``(n_classes,)`` of one file's first clip window."""
+
+    file: str
+    probabilities: np.ndarray
+    duration_s: float = math.nan
+
+
+@dataclass
+class WindowPredictions:
+    """Per-window class probabilities ``(n_windows, n_classes)`` of one long file."""
+
+    file: str
+    probabilities: np.ndarray
+    hop_s: float
+    window_s: float
+    duration_s: float
+
+    @property
+    def starts(self) -> np.ndarray:
+        """Window start times (s): ``i * hop``."""
+        return np.arange(len(self.probabilities)) * self.hop_s
+
+    @property
+    def ends(self) -> np.ndarray:
+        """Window end times (s): ``min(start + window, duration)``."""
+        return np.minimum(self.starts + self.window_s, self.duration_s)
+
+
+@dataclass
+class Timings:
+    """Seconds spent per stage (for the benchmark and the log)."""
+
+    decode_s: float = 0.0  # reading + mono + resampling
+    features_s: float = 0.0
+    model_s: float = 0.0
+    audio_s: float = 0.0
+
+    @property
+    def total_s(self) -> float:
+        """Sum of the stages."""
+        return self.decode_s + self.features_s + self.model_s
+
+
+@dataclass
+class Skipped:
+    """An input that could not be processed, and why."""
+
+    file: str
+    reason: str
+
+
+@dataclass
+class Results:
+    """Everything one run produced."""
+
+    clips: list[ClipPrediction] = field(default_factory=list)
+    long: list[WindowPredictions] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    @property
+    def n_processed(self) -> int:
+        """Files that produced predictions."""
+        return len(self.clips) + len(self.long)
+
+
+# ---------------------------------------------------------------------------------------
+# The predictor
+# ---------------------------------------------------------------------------------------
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: the first CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Predictor:
+    """A checkpoint's model, class names and feature front end, ready to classify audio.
+
+    ``channels_last`` (default on) stores conv weights and inputs channels-last: measured
+    1.1-2x faster on CPU for resnet18 and audiocnn (``bench/bench_predict.py --sweep``).
+    AMP applies on CUDA only (``amp_dtype_for``), as in training.
+    """
+
+    def __init__(self, checkpoint: dict, device: str | torch.device = "cpu", amp: bool = True,
+                 channels_last: bool = True):
+        self.device = torch.device(device)
+        self.class_names: list[str] = list(checkpoint["class_names"])
+        self.params = FeatureParams.from_dict(checkpoint["feature_params"])
+        self.extractor = FeatureExtractor(self.params, self.device)
+        self.model = model_from_checkpoint(checkpoint).to(self.device)
+        self.channels_last = channels_last
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.amp_dtype = amp_dtype_for(self.device, amp)
+        self.timings = Timings()
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", **kwargs) -> "Predictor":
+        """Load ``path`` (FileNotFoundError with a hint when it is missing)."""
+        return cls(load_checkpoint(path, map_location="cpu"), device, **kwargs)
+
+    @property
+    def window_s(self) -> float:
+        """Nominal window length in seconds: the training clip length."""
+        return self.params.clip_seconds
+
+    @torch.inference_mode()
+    def classify_features(self, features: np.ndarray) -> np.ndarray:
+        """Log-mel features ``(B, n_mels, n_frames)`` -> softmax probabilities ``(B, n_classes)``."""
+        started = time.perf_counter()
+        inputs = torch.as_tensor(features, dtype=torch.float32).to(self.device)[:, None]  # (B, 1, n_mels, n_frames)
+        if self.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.amp_dtype):
+            logits = self.model(inputs)
+        probabilities = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        self.timings.model_s += time.perf_counter() - started
+        return probabilities
+
+    def classify_waveforms(self, waveforms: np.ndarray) -> np.ndarray:
+        """Windows ``(B, n_samples)`` at the model's rate -> probabilities ``(B, n_classes)``."""
+        started = time.perf_counter()
+        features = self.extractor.waveforms_to_features(waveforms)  # (B, n_mels, n_frames)
+        self.timings.features_s += time.perf_counter() - started
+        return self.classify_features(features)
+
+    def file_feature(self, path: str | Path) -> np.ndarray:
+        """The feature preprocessing stores for ``path``: ``(n_mels, n_frames)``."""
+        started = time.perf_counter()
+        feature = self.extractor.file_to_feature(path)
+        self.timings.features_s += time.perf_counter() - started
+        return feature
+
+    def predict_clips(self, paths: Sequence[str], batch_size: int = 32) -> tuple[list[ClipPrediction], list[Skipped]]:
+        """Clip mode for each of ``paths`` (batched); unreadable files are returned as Skipped."""
+        predictions, skipped = [], []
+        pending: list[tuple[str, np.ndarray]] = []
+
+        def flush() -> None:
+            if pending:
+                probabilities = self.classify_features(np.stack([feature for _, feature in pending]))
+                predictions.extend(ClipPrediction(file, p) for (file, _), p in zip(pending, probabilities))
+                pending.clear()
+
+        for path in paths:
+            try:
+                pending.append((path, self.file_feature(path)))
+            except Exception as error:  # one bad file never stops the run
+                skipped.append(Skipped(path, describe_error(error)))
+                continue
+            if len(pending) == batch_size:
+                flush()
+        flush()
+        return predictions, skipped
+
+    def predict_long(self, path: str | Path, hop_seconds: float | None = None, batch_size: int = 32,
+                     block_seconds: float = BLOCK_SECONDS, progress: bool = False) -> WindowPredictions:
+        """Sliding-window probabilities for one file, read block by block (bounded memory).
+
+        Windows of ``params.n_samples`` samples start every ``hop_seconds`` (default: half a
+        clip); the last window is padded when the file does not end on a window boundary.
+        """
+        rate = self.params.sample_rate
+        hop_seconds = self.window_s / 2 if hop_seconds is None else hop_seconds
+        hop = max(1, round(hop_seconds * rate))
+        slicer = WindowSlicer(self.params.n_samples, hop, self.params.pad_mode)
+        batch = np.empty((batch_size, self.params.n_samples), dtype=np.float32)
+        n_batched, outputs = 0, []
+        bar = tqdm(total=None, unit="s", desc=Path(path).name, disable=not progress, leave=False)
+        blocks = iter_audio_blocks(path, rate, block_seconds)
+        while True:
+            started = time.perf_counter()
+            block = next(blocks, None)
+            self.timings.decode_s += time.perf_counter() - started
+            windows = slicer.finish() if block is None else slicer.feed(block)
+            for window in windows:
+                batch[n_batched] = window
+                n_batched += 1
+                if n_batched == batch_size:
+                    outputs.append(self.classify_waveforms(batch))
+                    n_batched = 0
+            if block is None:
+                break
+            bar.update(round(block.shape[0] / rate, 1))
+        bar.close()
+        if n_batched:
+            outputs.append(self.classify_waveforms(batch[:n_batched]))
+        if not outputs:
+            raise AudioReadError("empty: file holds no audio samples")
+        duration = slicer.n_seen / rate
+        self.timings.audio_s += duration
+        return WindowPredictions(str(path), np.concatenate(outputs), hop / rate, self.window_s, duration)
+
+    def run(self, paths: Sequence[str], mode: str = "auto", long_factor: float = LONG_FACTOR,
+            hop_seconds: float | None = None, batch_size: int = 32, progress: bool = False) -> Results:
+        """Clip or long mode per file (``auto``: long when longer than ``long_factor`` clips)."""
+        if mode not in ("auto", "clip", "long"):
+            raise ValueError(f"mode must be auto, clip or long, got {mode!r}")
+        results = Results()
+        clip_paths, long_paths = [], []
+        for path in paths:
+            if mode != "auto":
+                (clip_paths if mode == "clip" else long_paths).append(path)
+                continue
+            try:
+                duration = audio_info(path).duration
+            except AudioReadError as error:
+                results.skipped.append(Skipped(path, str(error)))
+                continue
+            (long_paths if duration > long_factor * self.window_s else clip_paths).append(path)
+        clips, skipped = self.predict_clips(clip_paths, batch_size)
+        results.clips.extend(clips)
+        results.skipped.extend(skipped)
+        for path in long_paths:
+            try:
+                results.long.append(self.predict_long(path, hop_seconds, batch_size, progress=progress))
+            except Exception as error:
+                results.skipped.append(Skipped(path, describe_error(error)))
+        order = {path: index for index, path in enumerate(paths)}
+        results.skipped.sort(key=lambda s: order.get(s.file, len(order)))
+        return results
+
+
+def describe_error(error: Exception) -> str:
+    """The reason shown for a skipped file."""
+    if isinstance(error, AudioReadError):
+        return str(error)
+    return f"unreadable: {type(error).__name__}: {error}"
+
+
+# ---------------------------------------------------------------------------------------
+# Detection and reference matching
+# ---------------------------------------------------------------------------------------
+
+def detect(windows: Sequence[WindowPredictions], class_names: Sequence[str],
+           settings: dict[str, DetectionParams]) -> list[Event]:
+    """Events of each class in ``settings`` (class name -> its detection settings) in every file."""
+    events = []
+    for prediction in windows:
+        for name, params in settings.items():
+            column = prediction.probabilities[:, class_names.index(name)]
+            events.extend(detect_events(column, prediction.hop_s, prediction.window_s, prediction.duration_s,
+                                        params, file=prediction.file, class_name=name))
+    return sorted(events, key=lambda e: (e.file, e.onset_s, e.class_name))
+
+
+def same_file(reference_name: str, path: str) -> bool:
+    """A reference ``file`` entry names ``path`` when its path parts are a suffix of ``path``'s."""
+    reference_parts = Path(reference_name).parts
+    path_parts = Path(path).resolve().parts
+    return len(reference_parts) <= len(path_parts) and path_parts[-len(reference_parts):] == reference_parts
+
+
+def align_reference(reference: Sequence[Event], paths: Sequence[str]) -> tuple[list[Event], list[str]]:
+    """Reference events re-keyed to the processed ``paths`` they name; plus the names matching none."""
+    aligned, unmatched = [], []
+    for event in reference:
+        match = next((path for path in paths if event.file == path or same_file(event.file, path)), None)
+        if match is None:
+            unmatched.append(event.file)
+        else:
+            aligned.append(Event(match, event.class_name, event.onset_s, event.offset_s))
+    return aligned, sorted(set(unmatched))
+
+
+# ---------------------------------------------------------------------------------------
+# Output files and tables
+# ---------------------------------------------------------------------------------------
+
+def top_k(probabilities: np.ndarray, class_names: Sequence[str], k: int) -> list[tuple[str, float]]:
+    """The ``k`` most probable ``(class, probability)`` pairs, most probable first."""
+    order = np.argsort(-probabilities, kind="stable")[:k]
+    return [(class_names[i], float(probabilities[i])) for i in order]
+
+
+def write_clip_csv(clips: Sequence[ClipPrediction], class_names: Sequence[str], k: int, path: str | Path) -> Path:
+    """Columns ``file, class_1, probability_1, ..., class_k, probability_k``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    k = min(k, len(class_names))
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file"] + [f"{name}_{rank}" for rank in range(1, k + 1) for name in ("class", "probability")])
+        for clip in clips:
+            writer.writerow([clip.file] + [value for name, p in top_k(clip.probabilities, class_names, k)
+                                           for value in (name, f"{p:.6f}")])
+    return path
+
+
+def write_clip_json(clips: Sequence[ClipPrediction], class_names: Sequence[str], k: int, path: str | Path) -> Path:
+    """A list of ``{file, top_k: [{class, probability}], probabilities: {class: p}}``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{"file": clip.file,
+             "top_k": [{"class": name, "probability": p} for name, p in top_k(clip.probabilities, class_names, k)],
+             "probabilities": {name: float(p) for name, p in zip(class_names, clip.probabilities)}}
+            for clip in clips]
+    path.write_text(json.dumps(rows, indent=2))
+    return path
+
+
+def write_windows_csv(windows: Sequence[WindowPredictions], class_names: Sequence[str], path: str | Path) -> Path:
+    """Columns ``file, start_s, end_s, <one probability column per class>``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "start_s", "end_s", *class_names])
+        for prediction in windows:
+            for start, end, row in zip(prediction.starts, prediction.ends, prediction.probabilities):
+                writer.writerow([prediction.file, f"{start:.3f}", f"{end:.3f}", *(f"{p:.6f}" for p in row)])
+    return path
+
+
+def write_events_json(events: Sequence[Event], path: str | Path) -> Path:
+    """A list of event dicts (the CSV's columns)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([event.to_dict() for event in events], indent=2))
+    return path
+
+
+def format_clip_table(clips: Sequence[ClipPrediction], class_names: Sequence[str], k: int) -> str:
+    """One line per file: the file and its top-k ``class probability`` pairs."""
+    width = min(60, max([len(c.file) for c in clips] + [4]))
+    ranks = range(1, min(k, len(class_names)) + 1)
+    lines = [f"{'file':<{width}}  " + "  ".join(f"{'top-' + str(rank):<24}" for rank in ranks)]
+    for clip in clips:
+        name = clip.file if len(clip.file) <= width else "..." + clip.file[-(width - 3):]
+        lines.append(f"{name:<{width}}  " + "  ".join(
+            f"{label[:17]:<17} {p:6.3f}" for label, p in top_k(clip.probabilities, class_names, k)))
+    return "\n".join(lines)
+
+
+def format_metrics(scores: dict) -> str:
+    """Event-based, segment-based, overlap and false-alarm lines."""
+    event, segment = scores["event_based"], scores["segment_based"]
+    return "\n".join([
+        f"  event-based   F1 {event['f1']:.3f}  precision {event['precision']:.3f}  recall {event['recall']:.3f}"
+        f"  (TP {event['tp']}, FP {event['fp']}, FN {event['fn']}; onset collar {event['t_collar'] * 1000:.0f} ms,"
+        f" offset collar max({event['t_collar'] * 1000:.0f} ms, {event['percentage_of_length']:.0%} of length))",
+        f"  segment-based F1 {segment['f1']:.3f}  error rate {segment['error_rate']:.3f}"
+        f"  ({segment['segment_s']:g} s segments; S {segment['substitutions']}, D {segment['deletions']},"
+        f" I {segment['insertions']}, N {segment['n_reference']})",
+        f"  overlap       {scores['overlap']['reference_found']} of {scores['overlap']['n_reference']} true events"
+        f" overlap a detection; {scores['overlap']['estimated_on_reference']} of {scores['overlap']['n_estimated']}"
+        " detections overlap a true event",
+        f"  false alarms  {scores['false_alarms_per_hour']:.1f} per hour"
+        f" ({event['fp']} in {scores['audio_seconds'] / 60:.1f} min of audio)",
+    ])

@@ -1,0 +1,188 @@
+"""Classify audio files, or detect events in long recordings, with a trained checkpoint.
+
+    python predict.py --checkpoint runs/x/checkpoints/model_best.pth.tar clips/ more.wav list.txt
+    python predict.py --checkpoint ... --long data/demo/long.wav \
+        --reference data/demo/long_events.csv --target_class babycry
+
+Inputs are audio files (any rate, channels, length), folders (searched recursively for audio
+files) and ``.txt`` files listing one path per line. Everything the features need comes from
+the checkpoint; no training config is read.
+
+Modes: ``--clip`` classifies each file's first clip window (as preprocessing did); ``--long``
+slides windows over the whole file and detects events; the default (auto) uses long mode for
+files longer than ``--long_factor`` clip lengths. Unreadable files are reported and skipped;
+the exit status is 0 when at least one file was processed, else 1.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from audioclf.events import (DetectionParams, LOW_THRESHOLD_RATIO, format_comparison, format_events_table,
+                             read_events_csv, score_events, write_events_csv)
+from audioclf.inference import (LONG_FACTOR, Predictor, align_reference, collect_inputs, detect, format_clip_table,
+                                format_metrics, load_operating_point, resolve_device, write_clip_csv,
+                                write_clip_json, write_events_json, write_windows_csv)
+from utils import CheckpointError
+
+log = logging.getLogger("predict")
+ALL_CLASSES = "all"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv`` defaults to ``sys.argv[1:]``)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders or .txt lists of paths")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint file (e.g. model_best.pth.tar)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--long", dest="mode", action="store_const", const="long",
+                      help="sliding-window detection for every file")
+    mode.add_argument("--clip", dest="mode", action="store_const", const="clip",
+                      help="classify every file's first clip window only")
+    parser.set_defaults(mode="auto")
+    parser.add_argument("--long_factor", type=float, default=LONG_FACTOR,
+                        help="auto mode: files longer than this many clip lengths use long mode")
+    parser.add_argument("--top_k", type=int, default=3, help="clip mode: classes shown per file")
+    parser.add_argument("--output_csv", type=Path, help="clip mode: write the top-k classes per file here")
+    parser.add_argument("--output_json", type=Path, help="clip mode: write top-k and all probabilities here")
+
+    long = parser.add_argument_group("long mode")
+    long.add_argument("--hop_seconds", type=float, default=None, help="window hop (default: half a clip)")
+    long.add_argument("--batch_size", type=int, default=32, help="windows (or clips) per model call")
+    long.add_argument("--windows_csv", type=Path, help="write per-window probabilities here")
+    long.add_argument("--events_csv", type=Path, help="write detected events here")
+    long.add_argument("--events_json", type=Path, help="write detected events here (JSON)")
+    long.add_argument("--target_class", default=None,
+                      help=f"class to detect, or '{ALL_CLASSES}' (default: the operating point's class "
+                           "if <checkpoint dir>/scores/operating_point.json exists, else all)")
+    long.add_argument("--threshold", type=float, default=None,
+                      help="detection threshold (default: the operating point's, else 0.5)")
+    long.add_argument("--threshold_low", type=float, default=None,
+                      help=f"hysteresis: an event lasts while p >= this (default {LOW_THRESHOLD_RATIO} x threshold)")
+    long.add_argument("--median_filter", type=int, default=3, help="median filter length in windows (odd; 1 = off)")
+    long.add_argument("--min_duration", type=float, default=0.0, help="drop events shorter than this (s)")
+    long.add_argument("--merge_gap", type=float, default=0.0, help="merge events separated by at most this (s)")
+    long.add_argument("--reference", type=Path,
+                      help="annotations CSV (file, onset[_s], offset[_s], class): print truth vs detections "
+                           "and event/segment F1")
+    long.add_argument("--metrics_json", type=Path, help="with --reference: write the scores here")
+
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.top_k < 1 or args.batch_size < 1:
+        parser.error("--top_k and --batch_size must be >= 1")
+    if args.hop_seconds is not None and args.hop_seconds <= 0:
+        parser.error("--hop_seconds must be positive")
+    return args
+
+
+def detection_settings(args: argparse.Namespace, class_names: list[str], operating_point: dict | None
+                       ) -> dict[str, DetectionParams]:
+    """Class name -> detection settings, from the flags and the operating point."""
+    if args.target_class in (None, ALL_CLASSES):
+        targets = [operating_point["target_class"]] if operating_point and args.target_class is None else class_names
+    elif args.target_class in class_names:
+        targets = [args.target_class]
+    else:
+        raise ValueError(f"--target_class {args.target_class!r} is not a class of this model; "
+                         f"its classes are: {', '.join(class_names)} (or '{ALL_CLASSES}')")
+    settings = {}
+    for name in targets:
+        threshold = args.threshold
+        if threshold is None:
+            use_point = operating_point is not None and operating_point["target_class"] == name
+            threshold = operating_point["threshold"] if use_point else 0.5
+        settings[name] = DetectionParams(threshold, args.threshold_low, args.median_filter, args.min_duration,
+                                         args.merge_gap).validate()
+    return settings
+
+
+def describe_settings(settings: dict[str, DetectionParams]) -> str:
+    """``babycry p >= 0.800 (stays while >= 0.560)``; classes sharing thresholds are listed together."""
+    groups: dict[tuple[float, float], list[str]] = {}
+    for name, params in settings.items():
+        groups.setdefault((params.threshold, params.low), []).append(name)
+    return "; ".join(f"{', '.join(names)} p >= {high:.3f} (stays while >= {low:.3f})"
+                     for (high, low), names in groups.items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run predictions; 0 when at least one input was processed, else 1."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        predictor = Predictor.from_checkpoint(args.checkpoint, resolve_device(args.device))
+    except (FileNotFoundError, CheckpointError) as error:
+        log.error("%s", error)
+        return 1
+    class_names = predictor.class_names
+    operating_point = load_operating_point(args.checkpoint, class_names)
+    try:
+        settings = detection_settings(args, class_names, operating_point)
+        reference = read_events_csv(args.reference) if args.reference else None
+    except (ValueError, OSError) as error:
+        log.error("%s", error)
+        return 1
+
+    paths = collect_inputs(args.inputs)
+    results = predictor.run(paths, args.mode, args.long_factor, args.hop_seconds, args.batch_size,
+                            progress=not args.no_progress)
+    for skipped in results.skipped:
+        log.warning("skipped %s: %s", skipped.file, skipped.reason)
+
+    if results.clips:
+        print(format_clip_table(results.clips, class_names, args.top_k))
+        if args.output_csv:
+            write_clip_csv(results.clips, class_names, args.top_k, args.output_csv)
+        if args.output_json:
+            write_clip_json(results.clips, class_names, args.top_k, args.output_json)
+    if results.long:
+        events = detect(results.long, class_names, settings)
+        for prediction in results.long:
+            file_events = [e for e in events if e.file == prediction.file]
+            rules = describe_settings(settings)
+            print(f"\n{prediction.file}: {prediction.duration_s:.1f} s, {len(prediction.probabilities)} windows "
+                  f"of {prediction.window_s:.2f} s every {prediction.hop_s:.2f} s; {len(file_events)} events ({rules})")
+            if reference is None:
+                print(format_events_table(file_events))
+        if args.windows_csv:
+            write_windows_csv(results.long, class_names, args.windows_csv)
+        if args.events_csv:
+            write_events_csv(events, args.events_csv)
+        if args.events_json:
+            write_events_json(events, args.events_json)
+        if reference is not None:
+            processed = [prediction.file for prediction in results.long]
+            aligned, unmatched = align_reference(reference, processed)
+            if unmatched:
+                log.warning("reference files not among the long-mode inputs (ignored): %s", ", ".join(unmatched))
+            aligned = [e for e in aligned if e.class_name in settings]
+            scores = score_events(aligned, events, {p.file: p.duration_s for p in results.long}, list(settings))
+            print("\ntrue vs detected events:\n" + format_comparison(aligned, events))
+            print(format_metrics(scores))
+            if args.metrics_json:
+                args.metrics_json.parent.mkdir(parents=True, exist_ok=True)
+                args.metrics_json.write_text(json.dumps(scores, indent=2))
+    elif args.reference:
+        log.warning("--reference is scored in long mode only; no file was analysed in long mode")
+
+    if results.skipped:
+        log.warning("%d of %d inputs skipped (see above)", len(results.skipped), len(paths))
+    if results.n_processed == 0:
+        log.error("no input could be processed")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""Tests for audioclf/events.py on hand-made examples: smoothing, hysteresis, time rule, metrics."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from audioclf.events import (DetectionParams, Event, active_runs, detect_events, event_based_metrics,
+                             false_alarms_per_hour, format_comparison, hysteresis_mask, match_events, median_filter,
+                             merge_events, read_events_csv, score_events, segment_based_metrics, window_cells,
+                             write_events_csv)
+
+
+def ev(onset: float, offset: float, name: str = "cry", file: str = "a.wav") -> Event:
+    return Event(file, name, onset, offset)
+
+
+# ---------------------------------------------------------------------------------------
+# Smoothing and thresholds
+# ---------------------------------------------------------------------------------------
+
+def test_median_filter_removes_blips_and_fills_holes_with_edge_padding():
+    values = np.array([0, 1, 0, 0, 1, 1, 0], dtype=float)
+    # padded with the edge values: 0 0 1 0 0 1 1 0 0 -> medians of 3
+    np.testing.assert_array_equal(median_filter(values, 3), [0, 0, 0, 0, 1, 1, 0])
+    np.testing.assert_array_equal(median_filter([1, 0, 1, 1, 0, 1], 3), [1, 1, 1, 1, 1, 1])
+    np.testing.assert_array_equal(median_filter(values, 1), values)
+    assert median_filter(np.zeros(0), 5).shape == (0,)
+    # a 2-D input is filtered per column
+    np.testing.assert_array_equal(median_filter(np.stack([values, 1 - values], axis=1), 3)[:, 1],
+                                  [1, 1, 1, 1, 0, 0, 1])
+    with pytest.raises(ValueError, match="odd"):
+        median_filter(values, 4)
+
+
+def test_hysteresis_keeps_runs_above_low_that_reach_high():
+    values = np.array([0.2, 0.6, 0.9, 0.6, 0.3, 0.6, 0.2, 0.85])
+    np.testing.assert_array_equal(hysteresis_mask(values, high=0.8, low=0.5),
+                                  [False, True, True, True, False, False, False, True])
+    # low == high is a plain threshold
+    np.testing.assert_array_equal(hysteresis_mask(values, 0.6, 0.6), values >= 0.6)
+    with pytest.raises(ValueError, match="above the high"):
+        hysteresis_mask(values, 0.5, 0.6)
+    assert active_runs(np.array([True, True, False, True])) == [(0, 2), (3, 4)]
+    assert active_runs(np.array([], dtype=bool)) == []
+
+
+def test_detection_params_defaults_and_validation():
+    assert DetectionParams(threshold=0.8).low == pytest.approx(0.56)  # 0.7 x threshold
+    assert DetectionParams(threshold=0.8, threshold_low=0.3).low == 0.3
+    with pytest.raises(ValueError, match="threshold_low"):
+        DetectionParams(threshold=0.5, threshold_low=0.6).validate()
+    with pytest.raises(ValueError, match="median_filter"):
+        DetectionParams(median_filter=2).validate()
+    with pytest.raises(ValueError, match="min_duration"):
+        DetectionParams(min_duration=-1).validate()
+
+
+# ---------------------------------------------------------------------------------------
+# The time rule
+# ---------------------------------------------------------------------------------------
+
+def test_window_cells_tile_the_file_around_window_centres():
+    # 5 full windows of 2 s every 1 s in 6 s: centres 1..5 s, cells split halfway between them
+    np.testing.assert_allclose(window_cells(5, 1.0, 2.0, 6.0), [0, 1.5, 2.5, 3.5, 4.5, 6.0])
+    # a padded last window [4, 5.5) is centred on its real audio (4.75 s)
+    np.testing.assert_allclose(window_cells(5, 1.0, 2.0, 5.5), [0, 1.5, 2.5, 3.5, 4.375, 5.5])
+    # a file shorter than one window: one cell, the whole file
+    np.testing.assert_allclose(window_cells(1, 1.0, 2.0, 0.7), [0, 0.7])
+
+
+def test_detect_events_maps_window_runs_to_cells_then_merges_and_drops_short():
+    # 7 windows of 2 s every 1 s over 8 s: cells [0,1.5) [1.5,2.5) ... [5.5,6.5) [6.5,8)
+    probabilities = np.array([0.1, 0.9, 0.7, 0.1, 0.1, 0.6, 0.1])
+    plain = DetectionParams(threshold=0.5, median_filter=1)
+    events = detect_events(probabilities, 1.0, 2.0, 8.0, plain, file="x.wav", class_name="cry")
+    assert [(e.onset_s, e.offset_s) for e in events] == [(1.5, 3.5), (5.5, 6.5)]
+    assert (events[0].peak_probability, events[0].mean_probability) == pytest.approx((0.9, 0.8))
+    assert (events[1].file, events[1].class_name, events[1].peak_probability) == ("x.wav", "cry", 0.6)
+
+    merged = detect_events(probabilities, 1.0, 2.0, 8.0, DetectionParams(0.5, median_filter=1, merge_gap=2.0))
+    assert [(e.onset_s, e.offset_s) for e in merged] == [(1.5, 6.5)]
+    # peak over both parts, mean weighted by the parts' durations: (0.8 * 2 + 0.6 * 1) / 3
+    assert (merged[0].peak_probability, merged[0].mean_probability) == pytest.approx((0.9, 2.2 / 3))
+    # a gap of 2 s is not merged with merge_gap 1.9
+    assert len(detect_events(probabilities, 1.0, 2.0, 8.0, DetectionParams(0.5, median_filter=1, merge_gap=1.9))) == 2
+
+    long_only = detect_events(probabilities, 1.0, 2.0, 8.0, DetectionParams(0.5, median_filter=1, min_duration=1.5))
+    assert [(e.onset_s, e.offset_s) for e in long_only] == [(1.5, 3.5)]
+
+    # a median filter of 3 windows removes the one-window blip at window 5
+    smoothed = detect_events(probabilities, 1.0, 2.0, 8.0, DetectionParams(0.5, median_filter=3))
+    assert [(e.onset_s, e.offset_s) for e in smoothed] == [(1.5, 3.5)]
+
+
+def test_detect_events_hysteresis_extends_events_below_threshold():
+    probabilities = np.array([0.1, 0.6, 0.9, 0.6, 0.1, 0.6])
+    events = detect_events(probabilities, 0.5, 1.0, 3.5, DetectionParams(0.8, threshold_low=0.5, median_filter=1))
+    # windows 1..3 (centres 1.0, 1.5, 2.0 s) -> cells from 0.75 to 2.25 s; window 5 never reaches 0.8
+    assert [(e.onset_s, e.offset_s) for e in events] == [(0.75, 2.25)]
+    assert events[0].mean_probability == pytest.approx(0.7)
+    without = detect_events(probabilities, 0.5, 1.0, 3.5, DetectionParams(0.8, threshold_low=0.8, median_filter=1))
+    assert [(e.onset_s, e.offset_s) for e in without] == [(1.25, 1.75)]
+    # events at the file edges reach 0 s and the file's end
+    edges = detect_events(np.array([0.9, 0.1, 0.9]), 1.0, 2.0, 4.0, DetectionParams(0.5, median_filter=1))
+    assert [(e.onset_s, e.offset_s) for e in edges] == [(0.0, 1.5), (2.5, 4.0)]
+    assert detect_events(np.zeros(0), 1.0, 2.0, 0.0, DetectionParams()) == []
+
+
+def test_merge_events_keeps_files_and_classes_apart():
+    events = [ev(0, 1), ev(1.2, 2), ev(1.1, 3, name="dog"), ev(1.3, 2, file="b.wav")]
+    merged = merge_events(events, 0.5)
+    assert sorted((e.file, e.class_name, e.onset_s, e.offset_s) for e in merged) == [
+        ("a.wav", "cry", 0, 2), ("a.wav", "dog", 1.1, 3), ("b.wav", "cry", 1.3, 2)]
+
+
+# ---------------------------------------------------------------------------------------
+# Scoring
+# ---------------------------------------------------------------------------------------
+
+def test_event_based_metrics_collars_by_hand():
+    reference = [ev(1.0, 3.0), ev(10.0, 15.0), ev(20.0, 21.0)]
+    estimated = [
+        ev(1.15, 3.19),   # onset 0.15 <= 0.2, offset 0.19 <= 0.2: hit
+        ev(10.1, 15.9),   # offset off by 0.9 <= 20 % of 5 s = 1.0: hit
+        ev(19.7, 21.0),   # onset off by 0.3 > 0.2: miss + false alarm
+        ev(30.0, 31.0),   # nothing there: false alarm
+    ]
+    scores = event_based_metrics(reference, estimated)
+    assert (scores["tp"], scores["fp"], scores["fn"]) == (2, 2, 1)
+    assert scores["precision"] == pytest.approx(0.5)
+    assert scores["recall"] == pytest.approx(2 / 3)
+    assert scores["f1"] == pytest.approx(4 / 7)
+    # the offset collar is at least 200 ms for short events: off by 0.21 s misses
+    assert event_based_metrics([ev(0, 0.5)], [ev(0, 0.71)])["tp"] == 0
+    assert event_based_metrics([ev(0, 0.5)], [ev(0, 0.69)])["tp"] == 1
+
+
+def test_event_matching_is_one_to_one_and_maximal():
+    # two detections of one event: one hit, one false alarm
+    scores = event_based_metrics([ev(0, 2)], [ev(0.05, 2), ev(0.1, 2.1)])
+    assert (scores["tp"], scores["fp"], scores["fn"]) == (1, 1, 0)
+    # greedy matching would give R1 <- E1 and leave R2 unmatched; the maximum matching finds 2
+    reference = [ev(0.0, 1.0), ev(0.35, 1.0)]
+    estimated = [ev(0.18, 1.0), ev(0.0, 1.0)]
+    assert match_events(reference, estimated) == [(0, 1), (1, 0)]
+    # other class or other file never matches
+    assert event_based_metrics([ev(0, 1)], [ev(0, 1, name="dog"), ev(0, 1, file="b.wav")])["tp"] == 0
+    # nothing to find and nothing found is perfect; nothing found of something scores 0
+    assert event_based_metrics([], [])["f1"] == 1.0
+    assert event_based_metrics([ev(0, 1)], [])["f1"] == 0.0
+
+
+def test_segment_based_metrics_by_hand():
+    # 1 s segments over 5 s; ref cry covers segments 0-2, detection covers 1-3
+    scores = segment_based_metrics([ev(0.5, 2.2)], [ev(1.5, 3.1)], {"a.wav": 5.0}, ["cry", "dog"])
+    assert (scores["tp"], scores["fp"], scores["fn"], scores["n_reference"]) == (2, 1, 1, 3)
+    assert (scores["substitutions"], scores["deletions"], scores["insertions"]) == (0, 1, 1)
+    assert scores["error_rate"] == pytest.approx(2 / 3)
+    assert scores["f1"] == pytest.approx(2 / 3)
+    # a dog called a cry in segment 4 is one substitution, not a deletion plus an insertion
+    reference = [ev(0.5, 2.2), ev(4.0, 4.5, name="dog")]
+    estimated = [ev(1.5, 3.1), ev(4.2, 4.8)]
+    scores = segment_based_metrics(reference, estimated, {"a.wav": 5.0}, ["cry", "dog"])
+    assert (scores["substitutions"], scores["deletions"], scores["insertions"]) == (1, 1, 1)
+    assert scores["error_rate"] == pytest.approx(3 / 4)
+    assert scores["f1"] == pytest.approx(0.5)
+    # an event ending exactly on a boundary does not touch the next segment
+    assert segment_based_metrics([ev(0, 2.0)], [ev(2.0, 3.0)], {"a.wav": 4.0})["tp"] == 0
+
+
+def test_score_events_and_false_alarm_rate():
+    assert false_alarms_per_hour(2, 1800.0) == pytest.approx(4.0)
+    assert false_alarms_per_hour(3, 0.0) == 0.0
+    reference = [ev(1, 3), ev(1, 3, file="other.wav"), ev(5, 6, name="dog")]
+    estimated = [ev(1.1, 3.1), ev(10, 11)]
+    scores = score_events(reference, estimated, {"a.wav": 1800.0}, classes=["cry"])
+    # other.wav is not scored (not processed); dog is not a scored class
+    assert scores["event_based"]["tp"] == 1 and scores["event_based"]["fp"] == 1
+    assert scores["event_based"]["n_reference"] == 1
+    assert scores["false_alarms_per_hour"] == pytest.approx(2.0)
+    # a detection 0.5 s early misses the collars but still overlaps its event
+    loose = score_events([ev(1, 3), ev(10, 12)], [ev(0.5, 3.5), ev(20, 21)], {"a.wav": 60.0})
+    assert loose["event_based"]["tp"] == 0
+    assert loose["overlap"] == {"n_reference": 2, "reference_found": 1, "n_estimated": 2,
+                                "estimated_on_reference": 1}
+
+
+# ---------------------------------------------------------------------------------------
+# Files and tables
+# ---------------------------------------------------------------------------------------
+
+def test_read_events_csv_accepts_both_column_styles_and_tabs(tmp_path):
+    (tmp_path / "a.csv").write_text("file,onset_s,offset_s,class\nlong.wav,1.5,3.0,babycry\n")
+    (tmp_path / "b.tsv").write_text("filename\tonset\toffset\tevent_label\nx/long.wav\t2\t4.25\tdog\n")
+    assert read_events_csv(tmp_path / "a.csv") == [Event("long.wav", "babycry", 1.5, 3.0)]
+    assert read_events_csv(tmp_path / "b.tsv") == [Event("x/long.wav", "dog", 2.0, 4.25)]
+    (tmp_path / "bad.csv").write_text("file,start,offset,class\na,1,2,c\n")
+    with pytest.raises(ValueError, match="'onset_s' or 'onset'"):
+        read_events_csv(tmp_path / "bad.csv")
+    (tmp_path / "reversed.csv").write_text("file,onset,offset,class\na,3,2,c\n")
+    with pytest.raises(ValueError, match="line 2"):
+        read_events_csv(tmp_path / "reversed.csv")
+
+
+def test_write_events_csv_round_trips(tmp_path):
+    events = [Event("a.wav", "cry", 1.23456, 2.5, 0.91234, 0.8)]
+    path = write_events_csv(events, tmp_path / "events.csv")
+    assert path.read_text().splitlines() == [
+        "file,class,onset_s,offset_s,peak_probability,mean_probability", "a.wav,cry,1.235,2.5,0.9123,0.8"]
+    assert read_events_csv(path) == [Event("a.wav", "cry", 1.235, 2.5)]
+    assert math.isnan(read_events_csv(path)[0].peak_probability)
+    json.dumps(events[0].to_dict())  # JSON-ready
+
+
+def test_format_comparison_lists_hits_misses_and_false_alarms():
+    reference = [ev(1.0, 3.0), ev(10.0, 12.0)]
+    estimated = [Event("a.wav", "cry", 1.1, 3.1, 0.95, 0.9), Event("a.wav", "cry", 30.0, 31.0, 0.7, 0.6)]
+    lines = format_comparison(reference, estimated).splitlines()
+    body = lines[2:]
+    assert len(body) == 3
+    assert "1.00 -     3.00" in body[0] and "1.10 -     3.10" in body[0] and body[0].endswith("hit")
+    assert "10.00 -    12.00" in body[1] and body[1].endswith("miss")
+    assert "30.00 -    31.00" in body[2] and body[2].endswith("false alarm")
