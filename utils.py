@@ -158,7 +158,10 @@ CONFIG_SCHEMA: dict[str, ConfigKey] = {
     "log_every": ConfigKey((int,), 0, "Log every N steps; 0 logs once per epoch only.", minimum=0),
     # Features and augmentation.
     "normalization": ConfigKey(
-        (str,), "per_band", "Feature normalisation.", choices=("per_band", "global", "none")
+        (str,), "per_band",
+        "Feature normalisation: training-set mean/std per mel band or global; `per_clip` first removes "
+        "each clip's own per-band mean (robust to microphones and speakers).",
+        choices=("per_band", "per_clip", "global", "none"),
     ),
     "class_weighting": ConfigKey(
         (str,), "none", "Loss weights per class.", choices=("none", "balanced"),
@@ -174,6 +177,10 @@ CONFIG_SCHEMA: dict[str, ConfigKey] = {
         (float,), 0.0, "Mixup Beta(alpha, alpha); 0 turns mixup off.", minimum=0,
     ),
     "random_shift": ConfigKey((bool,), False, "Random circular time shift of each training clip."),
+    "freq_warp": ConfigKey(
+        (float,), 0.0, "Random stretch of the mel axis by up to this fraction (0 turns it off).",
+        minimum=0, maximum=0.5,
+    ),
     # Reporting.
     "target_class": ConfigKey(
         (str,), None, "Class name for binary-detection reports; null for none.",

@@ -46,3 +46,22 @@ def random_time_shift(inputs: torch.Tensor) -> torch.Tensor:
     shifts = torch.randint(n_frames, (inputs.shape[0], 1), device=inputs.device)  # (B, 1)
     index = (torch.arange(n_frames, device=inputs.device) - shifts) % n_frames  # (B, n_frames)
     return inputs.gather(-1, index[:, None, None, :].expand_as(inputs))
+
+
+def random_frequency_warp(inputs: torch.Tensor, max_warp: float) -> torch.Tensor:
+    """Stretch or squeeze each example's mel axis by a random factor in ``1 +- max_warp``.
+
+    Like vocal-tract-length perturbation: the same sound from a larger or smaller source. Bins
+    are linearly interpolated; positions past the top band repeat the top band.
+    """
+    batch, _, n_mels, _ = inputs.shape  # (B, C, n_mels, n_frames)
+    factors = 1.0 + (2.0 * torch.rand(batch, 1, device=inputs.device) - 1.0) * max_warp  # (B, 1)
+    source = (torch.arange(n_mels, device=inputs.device, dtype=inputs.dtype) / factors).clamp(max=n_mels - 1)
+    low = source.floor().long()  # (B, n_mels)
+    high = (low + 1).clamp(max=n_mels - 1)
+    weight = (source - low)[:, None, :, None]  # (B, 1, n_mels, 1)
+
+    def pick(index: torch.Tensor) -> torch.Tensor:
+        return inputs.gather(2, index[:, None, :, None].expand_as(inputs))
+
+    return (1.0 - weight) * pick(low) + weight * pick(high)

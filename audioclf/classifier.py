@@ -14,10 +14,15 @@ from models import get_model
 
 
 class InputNormalization(nn.Module):
-    """``(x - mean) / std`` with per-mel-band (or global) statistics stored as buffers."""
+    """``(x - mean) / std`` with per-mel-band (or global) statistics stored as buffers.
 
-    def __init__(self, n_mels: int):
+    With ``center_per_clip`` each clip's own per-band mean over time is removed first (cepstral
+    mean normalisation), which cancels a microphone's or speaker's fixed spectral colouring.
+    """
+
+    def __init__(self, n_mels: int, center_per_clip: bool = False):
         super().__init__()
+        self.center_per_clip = center_per_clip
         self.register_buffer("mean", torch.zeros(1, 1, n_mels, 1))
         self.register_buffer("std", torch.ones(1, 1, n_mels, 1))
 
@@ -27,6 +32,8 @@ class InputNormalization(nn.Module):
         self.std.copy_(std.reshape(1, 1, -1, 1).expand_as(self.std))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.center_per_clip:
+            x = x - x.mean(dim=-1, keepdim=True)  # (B, 1, n_mels, 1) per-clip band means
         return (x - self.mean) / self.std
 
 
@@ -34,9 +41,9 @@ class AudioClassifier(nn.Module):
     """Log-mel ``(B, 1, n_mels, n_frames)`` -> logits ``(B, num_classes)``."""
 
     def __init__(self, model_name: str, num_classes: int, n_mels: int, pretrained: bool = False,
-                 model_args: dict | None = None):
+                 model_args: dict | None = None, center_per_clip: bool = False):
         super().__init__()
-        self.normalize = InputNormalization(n_mels)
+        self.normalize = InputNormalization(n_mels, center_per_clip)
         self.backbone = get_model(model_name, num_classes, pretrained=pretrained, in_channels=1,
                                   **(model_args or {}))
 
@@ -48,10 +55,11 @@ class AudioClassifier(nn.Module):
         return self.backbone(x)
 
 
-def constructor_args(model_name: str, num_classes: int, n_mels: int, model_args: dict | None) -> dict:
+def constructor_args(model_name: str, num_classes: int, n_mels: int, model_args: dict | None,
+                     center_per_clip: bool = False) -> dict:
     """The arguments that rebuild the model (stored in checkpoints; pretrained is not needed)."""
     return {"model_name": model_name, "num_classes": num_classes, "n_mels": n_mels,
-            "model_args": dict(model_args or {})}
+            "model_args": dict(model_args or {}), "center_per_clip": center_per_clip}
 
 
 def model_from_checkpoint(checkpoint: dict) -> AudioClassifier:

@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, WeightedRandomSampler
 from tqdm import tqdm
 
-from audioclf.augment import SpecAugment, mixup, random_time_shift
+from audioclf.augment import SpecAugment, mixup, random_frequency_warp, random_time_shift
 from audioclf.classifier import AudioClassifier, constructor_args
 from audioclf.distributed import (DistInfo, ShardSampler, all_reduce_sum, barrier, cleanup_distributed,
                                   init_distributed, sync_buffers)
@@ -121,10 +121,12 @@ def build_data(params: Params, info: DistInfo, device: torch.device) -> Data:
 def build_model(params: Params, train_set: SpectrogramDataset) -> tuple[AudioClassifier, dict]:
     """The classifier with normalisation statistics from the training features."""
     check_input_size(params.model, train_set.n_mels, train_set.n_frames)
-    args = constructor_args(params.model, len(train_set.class_names), train_set.n_mels, params.model_args)
+    center = params.normalization == "per_clip"
+    args = constructor_args(params.model, len(train_set.class_names), train_set.n_mels, params.model_args, center)
     model = AudioClassifier(**args, pretrained=params.pretrained)
     if params.normalization != "none":
-        mean, std = feature_statistics(train_set, per_band=params.normalization == "per_band", seed=params.seed)
+        mean, std = feature_statistics(train_set, per_band=params.normalization != "global", seed=params.seed,
+                                       center_per_clip=center)
         model.normalize.set_statistics(mean, std)
     return model, args
 
@@ -207,13 +209,15 @@ class StepOptions:
     mixup_alpha: float
     grad_clip: float
     log_every: int = 0
+    freq_warp: float = 0.0
 
 
 def step_options(params: Params, device: torch.device) -> StepOptions:
     """Config -> StepOptions."""
     spec = SpecAugment(params.freq_mask, params.time_mask, params.n_masks) if params.spec_augment else None
     return StepOptions(device, amp_dtype_for(device, params.amp), params.channels_last,
-                       spec, params.random_shift, params.mixup_alpha, params.grad_clip, params.log_every)
+                       spec, params.random_shift, params.mixup_alpha, params.grad_clip, params.log_every,
+                       params.freq_warp)
 
 
 def to_device(inputs: torch.Tensor, targets: torch.Tensor, options: StepOptions) -> tuple[torch.Tensor, torch.Tensor]:
@@ -235,6 +239,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
         inputs, targets = to_device(inputs, targets, options)  # (B, 1, n_mels, n_frames), (B,)
         if options.random_shift:
             inputs = random_time_shift(inputs)
+        if options.freq_warp > 0:
+            inputs = random_frequency_warp(inputs, options.freq_warp)
         partner, lam = None, 1.0
         if options.mixup_alpha > 0:
             inputs, targets, partner, lam = mixup(inputs, targets, options.mixup_alpha)

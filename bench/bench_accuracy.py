@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -75,6 +76,7 @@ def run_once(name: str, args: argparse.Namespace, work_dir: Path, validation_fol
     run_preprocessing(PreprocessOptions(
         csv_file=args.csv_file, data_dir=args.data_dir, save_dir=features, params=params,
         num_workers=args.num_workers, validation_folds=validation_folds, evaluation_folds=evaluation_folds))
+    shutil.rmtree(work_dir / name, ignore_errors=True)  # the bench owns its run folders: start clean
     lists.mkdir(parents=True, exist_ok=True)
     for file in ("train.txt", "validation.txt", "evaluation.txt", "feature_config.json"):
         (lists / file).write_bytes((features / "filenames" / file).read_bytes())

@@ -144,9 +144,10 @@ def check_compatible(train: SpectrogramDataset, other: SpectrogramDataset) -> No
 
 
 def feature_statistics(dataset: SpectrogramDataset, per_band: bool = True, max_items: int = 5000,
-                       seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                       seed: int = 0, center_per_clip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std of the features (per mel band or global), over up to ``max_items`` items.
 
+    With ``center_per_clip`` each clip's per-band mean is removed first (as the model will).
     Returns tensors shaped ``(n_mels,)`` (per band) or ``(1,)``; float64 accumulation.
     """
     indices = np.arange(len(dataset))
@@ -156,6 +157,8 @@ def feature_statistics(dataset: SpectrogramDataset, per_band: bool = True, max_i
     total_sq = np.zeros(dataset.n_mels)
     for index in indices:
         feature = dataset.load(int(index)).astype(np.float64)  # (n_mels, n_frames)
+        if center_per_clip:
+            feature -= feature.mean(axis=1, keepdims=True)
         total += feature.sum(axis=1)
         total_sq += (feature ** 2).sum(axis=1)
     count = len(indices) * dataset.n_frames
