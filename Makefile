@@ -14,7 +14,7 @@ DEMO_FEATURES := features/demo
 DEMO_CONFIG := configs/demo.json
 DEMO_FEATURE_FLAGS := --n_mels 64
 
-.PHONY: setup demo test bench clean-demo
+.PHONY: setup demo test bench bench-accuracy clean-demo
 
 setup: $(SETUP)
 
@@ -35,6 +35,15 @@ demo: $(SETUP)
 
 test: $(SETUP)
 	$(PY) -m pytest -q
+
+# Speed benchmarks (a few minutes) and the FSDD accuracy benchmark (about 20 minutes, needs ../shared).
+bench: $(SETUP)
+	$(PY) -m bench.bench_preprocess
+	$(PY) -m bench.bench_train
+	$(PY) -m bench.bench_predict
+
+bench-accuracy: $(SETUP)
+	$(PY) -m bench.bench_accuracy
 
 clean-demo:
 	rm -rf $(DEMO_DATA) $(DEMO_FEATURES) runs/demo

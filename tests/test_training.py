@@ -165,3 +165,20 @@ def test_fresh_run_refuses_to_mix_with_an_earlier_runs_checkpoints(tmp_path, fea
     with pytest.raises(ValueError, match="already holds checkpoints.*--resume"):
         train(Params(config), show_progress=False)
     assert train(Params(config), resume=True, show_progress=False)["history"] == []  # already finished
+
+
+def test_short_run_on_demo_features_learns(tmp_path):
+    from audioclf.demo_data import generate_demo_dataset
+    from audioclf.frontend import FeatureParams
+    from audioclf.preprocess import PreprocessOptions, run_preprocessing
+
+    csv_file = generate_demo_dataset(tmp_path / "demo", clips_per_class=20, seed=3)
+    features = tmp_path / "features"
+    run_preprocessing(PreprocessOptions(csv_file=csv_file, data_dir=tmp_path / "demo" / "audio", save_dir=features,
+                                        params=FeatureParams(n_mels=32, n_frames=100, n_fft=512), num_workers=2))
+    config = make_config(tmp_path, features, epochs=7, batch_size=16, lr=0.005, normalization="per_clip",
+                         random_shift=True, spec_augment=True, freq_mask=4, time_mask=10)
+    result = train(Params(config), show_progress=False)
+    # 6 classes, 2 validation clips each: chance is 1/6 ~ 0.17.
+    assert result["best_accuracy"] >= 0.6, result["history"]
+    assert len(list_checkpoints(tmp_path / "checkpoints")) == 5
