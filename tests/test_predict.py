@@ -65,7 +65,8 @@ def trained(tmp_path_factory) -> Trained:
     features = root / "features"
     run_preprocessing(PreprocessOptions(csv_file=csv_file, data_dir=csv_file.parent / "audio", save_dir=features,
                                         params=PARAMS, num_workers=2))
-    config = make_config(root, features, epochs=20, batch_size=16, lr=0.01, scheduler="cosine")
+    config = make_config(root, features, epochs=20, batch_size=16, lr=0.01, scheduler="cosine", random_shift=True,
+                         normalization="per_clip", model_args={"width": 16})
     train(Params(config), show_progress=False)
     with open(csv_file, newline="") as handle:
         rows = list(csv.DictReader(handle))
