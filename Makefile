@@ -12,7 +12,7 @@ endif
 DEMO_DATA := data/demo
 DEMO_FEATURES := features/demo
 DEMO_CONFIG := configs/demo.json
-DEMO_FEATURE_FLAGS := --n_mels 64
+DEMO_FEATURE_FLAGS := --n_mels 64 --n_frames 100
 
 .PHONY: setup demo test bench bench-accuracy clean-demo
 

@@ -310,15 +310,8 @@ class FeatureExtractor:
         """Mono float32 waveform at the target rate (any length) -> ``(n_mels, n_frames)``."""
         if audio.size == 0:
             raise AudioReadError("empty: file holds no audio samples")
-        params = self.params
-        if audio.size >= params.n_samples or params.pad_mode != "repeat":
-            return self.waveforms_to_features(fit_length(audio, params.n_samples, params.pad_mode)[None])[0]
-        # A short clip, repeated: the log-mel of one pass, its frames tiled to n_frames. Same
-        # content as tiling the waveform, for the cost of the clip's own frames only.
-        one_pass = fit_length(audio, max(audio.size, params.n_fft), "repeat")  # reflect padding needs > n_fft / 2
-        period = max(1, round(one_pass.size / params.hop_length))  # frames per repetition
-        frames = self.waveforms_to_features(one_pass[None])[0][:, :period]  # (n_mels, period)
-        return np.tile(frames, (1, math.ceil(params.n_frames / period)))[:, : params.n_frames]
+        fitted = fit_length(audio, self.params.n_samples, self.params.pad_mode)
+        return self.waveforms_to_features(fitted[None])[0]
 
     def file_to_feature(self, path: str | Path) -> np.ndarray:
         """Audio file of any rate/channels/length -> ``(n_mels, n_frames)`` float32."""
