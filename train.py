@@ -12,7 +12,8 @@ import logging
 import sys
 
 from audioclf.training import NonFiniteLossError, train
-from utils import ConfigError, Params
+from models import PretrainedWeightsUnavailable
+from utils import CheckpointError, ConfigError, Params
 
 log = logging.getLogger("train")
 
@@ -34,8 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = Params(args.config_path)
         train(params, resume=args.resume, show_progress=not args.no_progress)
-    except (ConfigError, FileNotFoundError, ValueError, NonFiniteLossError, RuntimeError) as error:
-        log.error("%s", error)
+    except (ConfigError, FileNotFoundError, ValueError, NonFiniteLossError, CheckpointError,
+            PretrainedWeightsUnavailable) as error:
+        log.error("%s", error)  # a problem with the input: the message says what to do
         return 1
     except KeyboardInterrupt:
         return 130

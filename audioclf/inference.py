@@ -29,7 +29,7 @@ from audioclf.events import DetectionParams, Event, detect_events
 from audioclf.frontend import (AudioReadError, FeatureExtractor, FeatureParams, audio_info, fit_length,
                                iter_audio_blocks)
 from audioclf.training import amp_dtype_for, autocast
-from utils import load_checkpoint
+from utils import CheckpointError, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def load_operating_point(checkpoint_path: str | Path, class_names: Sequence[str]
     except (ValueError, KeyError, TypeError) as error:
         log.warning("ignoring %s: %s", path, error)
         return None
-    if target not in class_names or class_names[class_id] != target:
+    if target not in class_names or not 0 <= class_id < len(class_names) or class_names[class_id] != target:
         log.warning("ignoring %s: class %r (id %d) is not this model's class", path, target, class_id)
         return None
     return {"target_class": target, "class_id": class_id, "threshold": threshold, "path": str(path)}
@@ -238,6 +238,9 @@ class Predictor:
                  channels_last: bool = True):
         self.device = torch.device(device)
         self.class_names: list[str] = list(checkpoint["class_names"])
+        if not checkpoint.get("feature_params"):
+            raise CheckpointError("the checkpoint has no feature parameters (its lists had no feature_config.json); "
+                                  "re-run preprocessingBabyCrying.py, then train again")
         self.params = FeatureParams.from_dict(checkpoint["feature_params"])
         self.extractor = FeatureExtractor(self.params, self.device)
         self.model = model_from_checkpoint(checkpoint).to(self.device)

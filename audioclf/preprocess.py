@@ -111,10 +111,10 @@ def process_clip(task: tuple[Clip, Path, Path, bool]) -> ClipResult:
         return ClipResult(clip.line, "reused")
     try:
         feature = _worker_extractor.file_to_feature(audio_path)
-    except AudioReadError as error:
-        return ClipResult(clip.line, "skipped", str(error))
     except Exception as error:  # a bad file must never stop the run
-        return ClipResult(clip.line, "skipped", f"unreadable: {type(error).__name__}: {error}")
+        reason = str(error) if isinstance(error, AudioReadError) else f"unreadable: {type(error).__name__}: {error}"
+        feature_path.unlink(missing_ok=True)  # an older feature of a now-unreadable clip must not be listed
+        return ClipResult(clip.line, "skipped", reason)
     save_npy_atomic(feature_path, feature)
     return ClipResult(clip.line, "written")
 
@@ -216,13 +216,16 @@ def write_lists(options: PreprocessOptions, clips: list[Clip], refused: list[Ref
     """Write split lists, skipped.txt and feature_config.json from the features on disk."""
     lists_dir = options.save_dir / LISTS_DIR
     reasons = read_skip_reasons(lists_dir, options.num_shards)
-    usable = [clip for clip in clips if (options.save_dir / clip.feature_file).exists()]
+    usable = [clip for clip in clips if clip.line not in reasons and (options.save_dir / clip.feature_file).exists()]
     usable_lines = {clip.line for clip in usable}
     skipped = [(r.line, r.slice_file_name, r.reason) for r in refused] + [
         (clip.line, clip.slice_file_name, reasons.get(clip.line, "not processed: no feature file (run every shard)"))
         for clip in clips if clip.line not in usable_lines]
     skipped.sort()
-    splits = make_splits(usable, class_names, options)
+    # Split every CSV clip, then keep the usable ones: fixing or losing one file never moves
+    # the other clips between splits (no training clip can drift into evaluation).
+    splits = {split: [clip for clip in members if clip.line in usable_lines]
+              for split, members in make_splits(clips, class_names, options).items()}
     for split in SPLITS:
         atomic_write_text(lists_dir / f"{split}.txt", render_list(_entries(splits[split])))
     atomic_write_text(lists_dir / SKIPPED_FILE, "line\tslice_file_name\treason\n" + "".join(
@@ -251,6 +254,11 @@ def write_lists(options: PreprocessOptions, clips: list[Clip], refused: list[Ref
 def check_outcome(outcome: dict, class_names: list[str]) -> list[str]:
     """Warnings about empty splits; PreprocessError when nothing or some class is unusable."""
     splits = outcome["splits"]
+    unprocessed = [name for _, name, reason in outcome["skipped"] if reason.startswith("not processed")]
+    if unprocessed:
+        raise PreprocessError(
+            f"{len(unprocessed)} clip(s) have no feature yet (e.g. {unprocessed[0]}); run every shard "
+            "(--shard_index 0..K-1) before --write_lists. The lists written now are incomplete")
     total = sum(len(members) for members in splits.values())
     if total == 0:
         reasons = Counter(reason.split(":")[0] for _, _, reason in outcome["skipped"])

@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 from audioclf.augment import SpecAugment, mixup, random_frequency_warp, random_time_shift
 from audioclf.classifier import AudioClassifier, constructor_args
-from audioclf.distributed import (DistInfo, ShardSampler, all_reduce_sum, barrier, cleanup_distributed,
-                                  init_distributed, sync_buffers)
+from audioclf.distributed import (DistInfo, ShardSampler, all_reduce_sum, barrier, broadcast_object,
+                                  cleanup_distributed, init_distributed, sync_buffers)
 from dataloaders.dataloader import SpectrogramDataset, check_compatible, feature_statistics
 from models import check_input_size
 from utils import Params, RunningAverage, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
@@ -48,7 +48,7 @@ def resolve_device(name: str, info: DistInfo) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError(f'config asks for device "{name}" but CUDA is not available; use "auto" or "cpu"')
+            raise ValueError(f'config asks for device "{name}" but CUDA is not available; use "auto" or "cpu"')
         return torch.device("cuda", info.local_rank if name == "cuda" else int(name.split(":")[1]))
     return torch.device(name)
 
@@ -113,7 +113,10 @@ def build_data(params: Params, info: DistInfo, device: torch.device) -> Data:
     sampler = _train_sampler(params, train_set, info)
     common = dict(batch_size=params.batch_size, num_workers=params.num_workers,
                   pin_memory=device.type == "cuda", persistent_workers=params.num_workers > 0)
-    train_loader = DataLoader(train_set, sampler=sampler, drop_last=len(train_set) > params.batch_size, **common)
+    per_process = len(sampler)  # under torchrun each process sees ~N / world_size clips
+    # Keep every clip, except a final batch of one: BatchNorm cannot train on a single example.
+    drop_last = per_process > params.batch_size and per_process % params.batch_size == 1
+    train_loader = DataLoader(train_set, sampler=sampler, drop_last=drop_last, **common)
     val_loader = DataLoader(val_set, sampler=ShardSampler(len(val_set), info), **common)
     return Data(train_set, val_set, train_loader, val_loader, sampler)
 
@@ -337,6 +340,17 @@ def refuse_to_overwrite(checkpoint_dir: Path, resume: bool) -> None:
                          "pass --resume to continue it, or set another checkpoint_dir (or delete the old one)")
 
 
+def load_latest_for_resume(checkpoint_dir: Path, info: DistInfo) -> tuple[dict | None, Path | None]:
+    """Rank 0's newest checkpoint (on CPU), sent to every process: resume works across machines
+    even when ``checkpoint_dir`` is not on shared storage."""
+    latest = latest_checkpoint(checkpoint_dir) if info.is_main else None
+    checkpoint = load_checkpoint(latest, map_location="cpu") if latest is not None else None
+    checkpoint, latest = broadcast_object((checkpoint, latest), info)
+    if latest is None:
+        log.info("resume: no checkpoint in %s, starting from scratch", checkpoint_dir)
+    return checkpoint, latest
+
+
 def check_resume_compatible(checkpoint: dict, model_args: dict, path: Path) -> None:
     """A checkpoint from another model or class set cannot be resumed with this config."""
     if checkpoint["model_args"] != model_args:
@@ -381,10 +395,14 @@ def _train(params: Params, info: DistInfo, resume: bool, show_progress: bool) ->
     checkpoint_dir = Path(params.checkpoint_dir)
     data = build_data(params, info, device)
     model, model_args = build_model(params, data.train_set)
+    if data.train_set.info.feature_params is None:
+        log.warning("no feature_config.json beside %s: the checkpoints will not know the feature parameters, so "
+                    "predict.py cannot use them (re-run preprocessingBabyCrying.py to write it)", params.trainlist)
     model.to(device)
     options = step_options(params, device)
     if options.channels_last:
         model.to(memory_format=torch.channels_last)
+    refuse_to_overwrite(checkpoint_dir, resume)
     if info.is_main:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         params.save(checkpoint_dir / "config.json")
@@ -396,17 +414,14 @@ def _train(params: Params, info: DistInfo, resume: bool, show_progress: bool) ->
     scaler = torch.amp.GradScaler(device.type, enabled=options.amp_dtype == torch.float16)
     criterion = build_criterion(params, data.train_set, device)
     start_epoch, best = 1, {"accuracy": -1.0, "epoch": 0}
-    refuse_to_overwrite(checkpoint_dir, resume)
-    latest = latest_checkpoint(checkpoint_dir) if resume else None
-    if resume and latest is None:
-        log.info("resume: no checkpoint in %s, starting from scratch", checkpoint_dir)
-    if latest is not None:
-        checkpoint = load_checkpoint(latest, map_location=device)
+    checkpoint, latest = load_latest_for_resume(checkpoint_dir, info) if resume else (None, None)
+    if checkpoint is not None:
         check_resume_compatible(checkpoint, model_args, latest)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["lr_scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
+        if checkpoint["scaler"]:  # empty when the saved run had no fp16 scaler (CPU, bf16)
+            scaler.load_state_dict(checkpoint["scaler"])
         start_epoch = checkpoint["epoch"] + 1
         best = {"accuracy": checkpoint["best_accuracy"], "epoch": checkpoint["best_epoch"]}
         if info.is_main:

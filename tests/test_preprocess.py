@@ -457,7 +457,8 @@ def test_lists_contain_only_clips_whose_features_exist(dataset_factory):
     removed = dataset.feature_path(dataset.rows[0])
     removed.unlink()  # e.g. deleted by hand, or a shard that never ran
 
-    run_preprocessing(options(dataset, extract=False))
+    with pytest.raises(PreprocessError, match="1 clip.* no feature yet"):
+        run_preprocessing(options(dataset, extract=False))
 
     listed = [name for names in listed_files(dataset.save_dir).values() for name in names]
     assert len(listed) == 29
@@ -557,12 +558,13 @@ def test_lists_before_every_shard_finished_name_the_missing_clips(dataset_factor
     for shard_index in (0, 1):
         run_preprocessing(options(dataset, num_shards=3, shard_index=shard_index, write_lists=False))
 
-    outcome = run_preprocessing(options(dataset, num_shards=3, extract=False, write_lists=True))
+    with pytest.raises(PreprocessError, match="10 clip.* no feature yet.*run every shard"):
+        run_preprocessing(options(dataset, num_shards=3, extract=False, write_lists=True))
 
     missing = {row["slice_file_name"] for row in dataset.rows[2::3]}
     assert {name for name, (_, reason) in skipped_rows(dataset.save_dir).items()
             if reason == "not processed: no feature file (run every shard)"} == missing
-    assert sum(len(members) for members in outcome["splits"].values()) == 20
+    assert sum(len(names) for names in listed_files(dataset.save_dir).values()) == 20
 
 
 def test_shard_flags_map_to_options():
@@ -638,3 +640,15 @@ def test_fold_subdirs_reads_the_urbansound8k_layout(dataset_factory):
     assert (dataset.save_dir / "c0_000.npy").is_file()
     with pytest.raises(PreprocessError, match="fold"):  # without the flag the files are not found
         run_preprocessing(options(dataset, save_dir=dataset.root / "other"))
+
+
+def test_split_of_a_clip_does_not_depend_on_other_clips_failing(dataset_factory):
+    dataset = dataset_factory(clips_per_class=20)
+    run_preprocessing(options(dataset))
+    before = {name: split for split, names in listed_files(dataset.save_dir).items() for name in names}
+    damage(dataset.audio_path(dataset.rows[0]), "empty")
+    run_preprocessing(options(dataset, overwrite=True))
+    after = {name: split for split, names in listed_files(dataset.save_dir).items() for name in names}
+    lost = dataset.feature_path(dataset.rows[0]).relative_to(dataset.save_dir).as_posix()
+    assert lost not in after and not dataset.feature_path(dataset.rows[0]).exists()  # stale feature removed
+    assert after == {name: split for name, split in before.items() if name != lost}
