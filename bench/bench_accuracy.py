@@ -10,7 +10,7 @@ Two protocols:
            so the evaluation speaker is never heard in training.
 Prints accuracy, macro-F1 and wall time per run and per protocol, and writes them as JSON.
 Training settings come from ``--config`` (default configs/fsdd.json); feature settings from
-the flags below (defaults suit 8 kHz speech: 1 s windows of 64 mels).
+the flags below (defaults suit 8 kHz speech: 1 s windows of 40 mels).
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--heldout", nargs="+", default=["1", "2"], help="folds held out in the speaker protocol")
     parser.add_argument("--samplerate", type=int, default=8000)
     parser.add_argument("--n_fft", type=int, default=512)
-    parser.add_argument("--n_mels", type=int, default=64)
+    parser.add_argument("--n_mels", type=int, default=40)
     parser.add_argument("--n_frames", type=int, default=100)
     parser.add_argument("--epochs", type=int, default=None, help="override the config's epochs")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=JSON",
