@@ -46,7 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--val_fold", nargs="+", default=[], metavar="FOLD",
                         help="split by the CSV's fold column: these folds form the validation list")
     parser.add_argument("--eval_fold", nargs="+", default=[], metavar="FOLD",
-                        help="with --val_fold: these folds form the evaluation list")
+                        help="these folds form the evaluation list (without --val_fold, validation is a "
+                             "seeded tenth of the other folds)")
     parser.add_argument("--num_shards", type=int, default=1, help="split the extraction into K jobs")
     parser.add_argument("--shard_index", type=int, default=0, help="which of the K shards this job computes")
     parser.add_argument("--write_lists", action="store_true",

@@ -165,26 +165,36 @@ def read_metadata(csv_path: str | Path) -> tuple[list[Clip], list[Refused], list
 # Splits
 # ---------------------------------------------------------------------------------------
 
+def deal_folds(clips: list[Clip], n_classes: int, seed: int, n_folds: int = N_FOLDS) -> list[list[Clip]]:
+    """Seeded shuffle, then each class dealt round-robin into ``n_folds`` folds (stratified)."""
+    rng = np.random.default_rng(seed)
+    folds: list[list[Clip]] = [[] for _ in range(n_folds)]
+    for class_id in range(n_classes):
+        members = [clip for clip in clips if clip.class_id == class_id]
+        for position, index in enumerate(rng.permutation(len(members))):
+            folds[position % n_folds].append(members[index])
+    return [sorted(fold, key=lambda clip: clip.line) for fold in folds]
+
+
 def split_random(clips: list[Clip], n_classes: int, seed: int) -> dict[str, list[Clip]]:
     """Seeded shuffle, then per class into 10 folds: folds 0-7 train, 8 validation, 9 evaluation.
 
     Deterministic for a seed and a set of clips; each class is split on its own (stratified),
     so every split holds ~80/10/10 % of every class.
     """
-    rng = np.random.default_rng(seed)
-    splits: dict[str, list[Clip]] = {split: [] for split in SPLITS}
-    for class_id in range(n_classes):
-        members = [clip for clip in clips if clip.class_id == class_id]
-        for position, index in enumerate(rng.permutation(len(members))):
-            fold = position % N_FOLDS
-            split = "train" if fold in TRAIN_FOLDS else ("validation" if fold == VALIDATION_FOLD else "evaluation")
-            splits[split].append(members[index])
-    return {split: sorted(members, key=lambda clip: clip.line) for split, members in splits.items()}
+    folds = deal_folds(clips, n_classes, seed)
+    train = sorted((clip for fold in TRAIN_FOLDS for clip in folds[fold]), key=lambda clip: clip.line)
+    return {"train": train, "validation": folds[VALIDATION_FOLD], "evaluation": folds[EVALUATION_FOLD]}
 
 
-def split_by_fold(clips: list[Clip], validation_folds: list[str], evaluation_folds: list[str]
-                  ) -> dict[str, list[Clip]]:
-    """Use the CSV's own ``fold`` column (e.g. UrbanSound8K's official folds or speakers)."""
+def split_by_fold(clips: list[Clip], validation_folds: list[str], evaluation_folds: list[str],
+                  n_classes: int = 0, seed: int = 42) -> dict[str, list[Clip]]:
+    """Use the CSV's own ``fold`` column (e.g. UrbanSound8K's official folds or speakers).
+
+    With evaluation folds but no validation folds, validation is one tenth of every class of
+    the remaining clips (seeded), so every other fold still trains: e.g. hold out one speaker
+    for evaluation and train on all the others.
+    """
     if clips and clips[0].fold is None:
         raise MetadataError("--val_fold/--eval_fold need a 'fold' column in the metadata CSV")
     overlap = set(validation_folds) & set(evaluation_folds)
@@ -194,6 +204,11 @@ def split_by_fold(clips: list[Clip], validation_folds: list[str], evaluation_fol
     unknown = [fold for fold in validation_folds + evaluation_folds if fold not in present]
     if unknown:
         raise MetadataError(f"fold(s) {unknown} not found in the CSV's fold column (found {sorted(present)})")
+    if not validation_folds:
+        evaluation = [clip for clip in clips if clip.fold in evaluation_folds]
+        rest = deal_folds([clip for clip in clips if clip.fold not in evaluation_folds], n_classes, seed)
+        train = sorted((clip for fold in rest[:-1] for clip in fold), key=lambda clip: clip.line)
+        return {"train": train, "validation": rest[-1], "evaluation": evaluation}
     splits: dict[str, list[Clip]] = {split: [] for split in SPLITS}
     for clip in clips:
         split = ("validation" if clip.fold in validation_folds

@@ -207,7 +207,7 @@ def _entries(clips: list[Clip]) -> list[ListEntry]:
 def make_splits(clips: list[Clip], class_names: list[str], options: PreprocessOptions) -> dict[str, list[Clip]]:
     """Fold-column split when folds are named, else the seeded stratified 80/10/10 split."""
     if options.validation_folds or options.evaluation_folds:
-        return split_by_fold(clips, options.validation_folds, options.evaluation_folds)
+        return split_by_fold(clips, options.validation_folds, options.evaluation_folds, len(class_names), options.seed)
     return split_random(clips, len(class_names), options.seed)
 
 

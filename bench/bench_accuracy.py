@@ -6,8 +6,8 @@
 Two protocols:
   random   the seed's stratified 80/10/10 split (seeded, per class);
   speaker  folds from the CSV's ``fold`` column (FSDD: one speaker per fold): for each held-out
-           fold the evaluation list is that fold, validation the next fold, training the rest,
-           so the evaluation speaker is never heard in training.
+           fold the evaluation list is that fold; the other folds train, less a seeded tenth
+           of them for validation, so the evaluation speaker is never heard in training.
 Prints accuracy, macro-F1 and wall time per run and per protocol, and writes them as JSON.
 Training settings come from ``--config`` (default configs/fsdd.json); feature settings from
 the flags below (defaults suit 8 kHz speech: 1 s windows of 40 mels).
@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="training config; its paths are replaced per run")
     parser.add_argument("--protocol", choices=("random", "speaker", "both"), default="both")
     parser.add_argument("--heldout", nargs="+", default=["1", "2"], help="folds held out in the speaker protocol")
+    parser.add_argument("--validate_on_next_fold", action="store_true",
+                        help="speaker protocol: validate on the next fold (default: a tenth of the training folds)")
     parser.add_argument("--samplerate", type=int, default=8000)
     parser.add_argument("--n_fft", type=int, default=512)
     parser.add_argument("--n_mels", type=int, default=40)
@@ -95,12 +97,16 @@ def run_once(name: str, args: argparse.Namespace, work_dir: Path, validation_fol
 
 
 def speaker_runs(args: argparse.Namespace) -> list[tuple[str, list[str], list[str]]]:
-    """(name, validation folds, evaluation folds) per held-out fold: validate on the next fold."""
+    """(name, validation folds, evaluation folds) per held-out fold.
+
+    Validation is a seeded tenth of the other folds (``--val_fold`` left empty), so every other
+    speaker trains; ``--validate_on_next_fold`` validates on the next fold instead.
+    """
     folds = sorted(pd.read_csv(args.csv_file, dtype=str)["fold"].str.strip().unique(), key=lambda f: (len(f), f))
     runs = []
     for held_out in args.heldout:
-        validation = folds[(folds.index(held_out) + 1) % len(folds)]
-        runs.append((f"speaker_heldout_{held_out}", [validation], [held_out]))
+        validation = [folds[(folds.index(held_out) + 1) % len(folds)]] if args.validate_on_next_fold else []
+        runs.append((f"speaker_heldout_{held_out}", validation, [held_out]))
     return runs
 
 

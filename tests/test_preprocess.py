@@ -652,3 +652,14 @@ def test_split_of_a_clip_does_not_depend_on_other_clips_failing(dataset_factory)
     lost = dataset.feature_path(dataset.rows[0]).relative_to(dataset.save_dir).as_posix()
     assert lost not in after and not dataset.feature_path(dataset.rows[0]).exists()  # stale feature removed
     assert after == {name: split for name, split in before.items() if name != lost}
+
+
+def test_eval_fold_alone_trains_on_every_other_fold_and_validates_on_a_tenth_of_them(dataset_factory):
+    dataset = dataset_factory(clips_per_class=20)  # fold = index % 10 + 1: 2 clips per class and fold
+    assert preprocessingBabyCrying.main(cli(dataset, "--eval_fold", "3")) == 0
+    lists = listed_files(dataset.save_dir)
+    fold_of = {str(Path(row["slice_file_name"]).with_suffix(".npy")): row["fold"] for row in dataset.rows}
+    assert {fold_of[name] for name in lists["evaluation"]} == {"3"} and len(lists["evaluation"]) == 6
+    assert len(lists["validation"]) == 3 and len(lists["train"]) == 51  # 18 per class: 1 validation, 17 train
+    assert "3" not in {fold_of[name] for name in lists["train"] + lists["validation"]}
+    assert len({fold_of[name] for name in lists["train"]}) == 9  # every other fold trains
