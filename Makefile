@@ -25,13 +25,14 @@ $(STAMP): requirements.txt requirements-dev.txt
 	touch $(STAMP)
 
 demo: $(SETUP)
-	$(PY) -m audioclf.demo_data --out $(DEMO_DATA) --long_recording $(DEMO_DATA)/long.wav
+	$(PY) -m audioclf.demo_data --out $(DEMO_DATA) --clips_per_class 80 --long_recording $(DEMO_DATA)/long.wav
 	$(PY) preprocessingBabyCrying.py --csv_file $(DEMO_DATA)/metadata.csv --data_dir $(DEMO_DATA)/audio \
 		--save_dir $(DEMO_FEATURES) $(DEMO_FEATURE_FLAGS)
 	$(PY) train.py --config_path $(DEMO_CONFIG) --no_progress --resume
 	$(PY) evaluation.py --config_path $(DEMO_CONFIG) --no_progress
 	$(PY) predict.py --checkpoint runs/demo/checkpoints/model_best.pth.tar --long $(DEMO_DATA)/long.wav \
-		--target_class babycry --reference $(DEMO_DATA)/long_events.csv --no_progress
+		--target_class babycry --reference $(DEMO_DATA)/long_events.csv --no_progress \
+		--hop_seconds 0.1 --threshold 0.5 --median_filter 9 --merge_gap 0.5 --min_duration 0.5
 
 test: $(SETUP)
 	$(PY) -m pytest -q
