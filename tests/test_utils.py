@@ -183,7 +183,7 @@ def test_missing_required_key_is_named():
 @pytest.mark.parametrize(
     "key, value, fragment",
     [
-        ("normalization", "perband", '"normalization" must be one of "per_band", "global", "none"'),
+        ("normalization", "perband", '"normalization" must be one of "per_band", "per_clip", "global", "none"'),
         ("class_weighting", "inverse", '"none", "balanced"'),
         ("scheduler", "linear", '"step", "cosine", "none"'),
         ("device", "gpu", '"auto", "cpu", "cuda", "cuda:N"'),
