@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         predictor = Predictor.from_checkpoint(args.checkpoint, resolve_device(args.device))
-    except (FileNotFoundError, CheckpointError) as error:
+    except (FileNotFoundError, CheckpointError, ValueError) as error:
         log.error("%s", error)
         return 1
     class_names = predictor.class_names

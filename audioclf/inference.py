@@ -28,7 +28,7 @@ from audioclf.classifier import model_from_checkpoint
 from audioclf.events import DetectionParams, Event, detect_events
 from audioclf.frontend import (AudioReadError, FeatureExtractor, FeatureParams, audio_info, fit_length,
                                iter_audio_blocks)
-from audioclf.training import amp_dtype_for, autocast
+from audioclf.training import amp_dtype_for, autocast, resolve_device  # noqa: F401 (re-exported)
 from utils import CheckpointError, load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -218,13 +218,6 @@ class Results:
 # ---------------------------------------------------------------------------------------
 # The predictor
 # ---------------------------------------------------------------------------------------
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto``: the first CUDA device when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
 
 class Predictor:
     """A checkpoint's model, class names and feature front end, ready to classify audio.

@@ -42,13 +42,13 @@ class NonFiniteLossError(RuntimeError):
 # Set-up
 # ---------------------------------------------------------------------------------------
 
-def resolve_device(name: str, info: DistInfo) -> torch.device:
+def resolve_device(name: str = "auto", info: DistInfo = DistInfo()) -> torch.device:
     """``auto`` -> CUDA when available (this rank's GPU under torchrun), else CPU."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f'config asks for device "{name}" but CUDA is not available; use "auto" or "cpu"')
+            raise ValueError(f'device "{name}" was asked for, but CUDA is not available; use "auto" or "cpu"')
         return torch.device("cuda", info.local_rank if name == "cuda" else int(name.split(":")[1]))
     return torch.device(name)
 
