@@ -15,7 +15,7 @@ import logging
 import sys
 
 from audioclf.evaluation import run_evaluation, summary_text
-from utils import CheckpointError, ConfigError, Params
+from utils import CheckpointError, ConfigError, Params, setup_logging
 
 log = logging.getLogger("evaluation")
 
@@ -35,14 +35,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Evaluate and print accuracy, macro-F1 and where the report is; non-zero exit with the reason on failure."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    setup_logging()
     args = parse_args(argv)
     try:
         params = Params(args.config_path)
         metrics = run_evaluation(params, checkpoint_path=args.checkpoint, target_class=args.target_class,
                                  show_progress=not args.no_progress)
-    except (ConfigError, FileNotFoundError, ValueError, CheckpointError, RuntimeError) as error:
+    except (ConfigError, FileNotFoundError, ValueError, CheckpointError) as error:
         log.error("%s", error)
         return 1
     except KeyboardInterrupt:

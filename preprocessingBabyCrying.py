@@ -19,6 +19,7 @@ from pathlib import Path
 from audioclf.frontend import FeatureParams
 from audioclf.metadata import MetadataError
 from audioclf.preprocess import PreprocessError, PreprocessOptions, run_preprocessing
+from utils import setup_logging
 
 log = logging.getLogger("preprocess")
 
@@ -70,7 +71,7 @@ def options_from_args(args: argparse.Namespace) -> PreprocessOptions:
 
 def main(argv: list[str] | None = None) -> int:
     """Run preprocessing; exit status 1 with a one-line reason when it cannot succeed."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     args = parse_args(argv)
     try:
         run_preprocessing(options_from_args(args))

@@ -13,7 +13,7 @@ import sys
 
 from audioclf.training import NonFiniteLossError, train
 from models import PretrainedWeightsUnavailable
-from utils import CheckpointError, ConfigError, Params
+from utils import CheckpointError, ConfigError, Params, setup_logging
 
 log = logging.getLogger("train")
 
@@ -29,8 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Load and validate the config, then train; non-zero exit with the reason on failure."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    setup_logging()
     args = parse_args(argv)
     try:
         params = Params(args.config_path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import logging
 import math
 import os
 import re
@@ -656,3 +657,12 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
         raise CheckpointError(
             f"cannot load checkpoint {path} (corrupt, truncated or not a torch.save file?): {error}"
         ) from error
+
+
+# ---------------------------------------------------------------------------------------
+# Logging
+# ---------------------------------------------------------------------------------------
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """The scripts' one log format: time, level, logger name, message."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")

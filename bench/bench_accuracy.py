@@ -28,7 +28,7 @@ from audioclf.evaluation import run_evaluation
 from audioclf.frontend import FeatureParams
 from audioclf.preprocess import PreprocessOptions, run_preprocessing
 from audioclf.training import train
-from utils import Params
+from utils import Params, setup_logging
 
 REPO = Path(__file__).resolve().parents[1]
 FSDD = REPO.parent / "shared" / "data" / "fsdd10"
@@ -144,8 +144,7 @@ def print_results(results: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the bench and print/write the results."""
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    setup_logging(logging.WARNING)
     args = parse_args(argv)
     if args.verbose:
         logging.getLogger("audioclf.training").setLevel(logging.INFO)
