@@ -24,3 +24,12 @@ def test_every_shipped_config_loads(tmp_path, monkeypatch):
     for path in sorted((REPO / "configs").glob("*.json")):
         params = Params(path)
         assert params.model and params.epochs > 0, path
+
+
+def test_readme_example_config_is_configs_example_json_and_loads(tmp_path, monkeypatch):
+    block = README.split("```jsonc\n", 1)[1].split("```", 1)[0]
+    assert block.strip() == (REPO / "configs" / "example.json").read_text().strip()
+    (tmp_path / "example.json").write_text(block)
+    monkeypatch.chdir(tmp_path)
+    params = Params(tmp_path / "example.json")
+    assert (params.model, params.pretrained, params.scheduler) == ("efficientnetv2_s", True, "step")
