@@ -437,6 +437,8 @@ def _train(params: Params, info: DistInfo, resume: bool, show_progress: bool) ->
         from tensorboardX import SummaryWriter
         writer = SummaryWriter(params.summaries_dir)
     history = []
+    if start_epoch > params.epochs and info.is_main:
+        log.info("all %d epochs are done; raise 'epochs' in the config to train further", params.epochs)
     try:
         for epoch in range(start_epoch, params.epochs + 1):
             if isinstance(data.train_sampler, DistributedSampler):
