@@ -49,6 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval_fold", nargs="+", default=[], metavar="FOLD",
                         help="these folds form the evaluation list (without --val_fold, validation is a "
                              "seeded tenth of the other folds)")
+    parser.add_argument("--device", default=None,
+                        help="e.g. cuda: compute the log-mels in batches of 64 there, reading files on "
+                             "--num_workers threads (default: CPU worker processes)")
     parser.add_argument("--num_shards", type=int, default=1, help="split the extraction into K jobs")
     parser.add_argument("--shard_index", type=int, default=0, help="which of the K shards this job computes")
     parser.add_argument("--write_lists", action="store_true",
@@ -64,7 +67,7 @@ def options_from_args(args: argparse.Namespace) -> PreprocessOptions:
     return PreprocessOptions(
         csv_file=args.csv_file, data_dir=args.data_dir, save_dir=args.save_dir, params=params, seed=args.seed,
         num_workers=max(1, args.num_workers), overwrite=args.overwrite, num_shards=args.num_shards,
-        shard_index=args.shard_index, fold_subdirs=args.fold_subdirs, extract=not (sharded and args.write_lists),
+        shard_index=args.shard_index, fold_subdirs=args.fold_subdirs, device=args.device, extract=not (sharded and args.write_lists),
         write_lists=args.write_lists or not sharded,
         validation_folds=[str(f) for f in args.val_fold], evaluation_folds=[str(f) for f in args.eval_fold])
 

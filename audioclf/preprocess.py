@@ -18,6 +18,7 @@ import os
 import shutil
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from audioclf.frontend import AudioReadError, FeatureExtractor, FeatureParams
+from audioclf.frontend import AudioReadError, FeatureExtractor, FeatureParams, fit_length, read_audio
 from audioclf.listfile import SPLITS, ListEntry, render_list
 from audioclf.metadata import (Clip, MetadataError, Refused, empty_split_warnings, read_metadata,
                                split_by_fold, split_random)
@@ -37,6 +38,7 @@ LISTS_DIR = "filenames"
 PARAMS_FILE = "feature_params.json"
 CONFIG_FILE = "feature_config.json"
 SKIPPED_FILE = "skipped.txt"
+DEVICE_BATCH = 64  # clips per batched transform with --device
 
 
 class PreprocessError(RuntimeError):
@@ -59,6 +61,7 @@ class PreprocessOptions:
     extract: bool = True
     write_lists: bool = True
     fold_subdirs: bool = False
+    device: str | None = None  # None: CPU worker processes; "cuda" / "cpu": batched transforms there
     validation_folds: list[str] = field(default_factory=list)
     evaluation_folds: list[str] = field(default_factory=list)
 
@@ -104,6 +107,12 @@ def save_npy_atomic(path: Path, array: np.ndarray) -> None:
         raise
 
 
+def _skipped(clip: Clip, feature_path: Path, error: Exception) -> ClipResult:
+    reason = str(error) if isinstance(error, AudioReadError) else f"unreadable: {type(error).__name__}: {error}"
+    feature_path.unlink(missing_ok=True)  # an older feature of a now-unreadable clip must not be listed
+    return ClipResult(clip.line, "skipped", reason)
+
+
 def process_clip(task: tuple[Clip, Path, Path, bool]) -> ClipResult:
     """Compute and save one clip's feature unless it already exists (and not overwrite)."""
     clip, audio_path, feature_path, overwrite = task
@@ -112,23 +121,55 @@ def process_clip(task: tuple[Clip, Path, Path, bool]) -> ClipResult:
     try:
         feature = _worker_extractor.file_to_feature(audio_path)
     except Exception as error:  # a bad file must never stop the run
-        reason = str(error) if isinstance(error, AudioReadError) else f"unreadable: {type(error).__name__}: {error}"
-        feature_path.unlink(missing_ok=True)  # an older feature of a now-unreadable clip must not be listed
-        return ClipResult(clip.line, "skipped", reason)
+        return _skipped(clip, feature_path, error)
     save_npy_atomic(feature_path, feature)
     return ClipResult(clip.line, "written")
+
+
+def _read_fitted(task: tuple[Clip, Path, Path, bool], params: FeatureParams) -> ClipResult | np.ndarray:
+    """A clip's waveform fitted to ``n_samples``, or its result when it is reused or unreadable."""
+    clip, audio_path, feature_path, overwrite = task
+    if feature_path.exists() and not overwrite:
+        return ClipResult(clip.line, "reused")
+    try:
+        audio = read_audio(audio_path, params.sample_rate, max_samples=params.n_samples)
+        if audio.size == 0:
+            raise AudioReadError("empty: file holds no audio samples")
+    except Exception as error:
+        return _skipped(clip, feature_path, error)
+    return fit_length(audio, params.n_samples, params.pad_mode)
+
+
+def process_batch(tasks: list[tuple], extractor: FeatureExtractor, readers: ThreadPoolExecutor) -> list[ClipResult]:
+    """Read clips on CPU threads, then one batched log-mel on the extractor's device (e.g. CUDA)."""
+    loaded = list(readers.map(lambda task: _read_fitted(task, extractor.params), tasks))
+    ready = [(task, audio) for task, audio in zip(tasks, loaded) if isinstance(audio, np.ndarray)]
+    results = [outcome for outcome in loaded if isinstance(outcome, ClipResult)]
+    if ready:
+        features = extractor.waveforms_to_features(np.stack([audio for _, audio in ready]))  # (B, n_mels, n_frames)
+        for (task, _), feature in zip(ready, features):
+            save_npy_atomic(task[2], feature)
+            results.append(ClipResult(task[0].line, "written"))
+    return results
 
 
 def _chunksize(n_tasks: int, n_workers: int) -> int:
     return max(1, min(32, n_tasks // (n_workers * 8)))
 
 
-def run_tasks(tasks: list[tuple], params: FeatureParams, num_workers: int) -> list[ClipResult]:
-    """Run ``process_clip`` over ``tasks`` with a progress bar, in-process or on a worker pool."""
+def run_tasks(tasks: list[tuple], params: FeatureParams, num_workers: int, device: str | None = None
+              ) -> list[ClipResult]:
+    """Compute ``tasks`` with a progress bar: in-process, on a worker pool, or batched on ``device``."""
     progress = tqdm(total=len(tasks), unit="clip", desc="features", smoothing=0.1,
                     disable=not tasks, mininterval=0.5)
     results = []
-    if num_workers <= 1 or len(tasks) < 2:
+    if device is not None:
+        extractor = FeatureExtractor(params, device)
+        with ThreadPoolExecutor(max(1, num_workers)) as readers:
+            for start in range(0, len(tasks), DEVICE_BATCH):
+                results.extend(process_batch(tasks[start:start + DEVICE_BATCH], extractor, readers))
+                progress.update(len(tasks[start:start + DEVICE_BATCH]))
+    elif num_workers <= 1 or len(tasks) < 2:
         _ensure_extractor(params)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # one clip is too small to split; threads only add overhead
@@ -327,7 +368,7 @@ def run_preprocessing(options: PreprocessOptions) -> dict:
         if options.overwrite:
             atomic_write_text(marker, "features are being recomputed with --overwrite\n")
         start = time.perf_counter()
-        results = run_tasks(tasks, options.params, options.num_workers)
+        results = run_tasks(tasks, options.params, options.num_workers, options.device)
         write_shard_status(status_path, results)
         marker.unlink(missing_ok=True)
         log_summary(results, shard, time.perf_counter() - start)

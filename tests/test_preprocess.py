@@ -663,3 +663,21 @@ def test_eval_fold_alone_trains_on_every_other_fold_and_validates_on_a_tenth_of_
     assert len(lists["validation"]) == 3 and len(lists["train"]) == 51  # 18 per class: 1 validation, 17 train
     assert "3" not in {fold_of[name] for name in lists["train"] + lists["validation"]}
     assert len({fold_of[name] for name in lists["train"]}) == 9  # every other fold trains
+
+
+def test_batched_device_path_matches_the_worker_path(dataset_factory):
+    # --device cuda batches the transform on the GPU; on this CPU-only machine the same code
+    # path runs with device "cpu" and must give the worker path's features.
+    dataset = dataset_factory(clips_per_class=10, duration=0.4)
+    damage(dataset.audio_path(dataset.rows[1]), "text")
+    reference = run_preprocessing(options(dataset, num_workers=2))
+    batched_dir = dataset.root / "batched"
+    batched = run_preprocessing(options(dataset, save_dir=batched_dir, device="cpu", num_workers=2))
+    assert statuses(batched) == statuses(reference)
+    assert skipped_rows(batched_dir) == skipped_rows(dataset.save_dir)
+    for path in feature_files(dataset.save_dir):
+        np.testing.assert_allclose(np.load(batched_dir / path.relative_to(dataset.save_dir)), np.load(path),
+                                   atol=1e-3)
+    assert listed_files(batched_dir) == listed_files(dataset.save_dir)
+    assert set(statuses(run_preprocessing(options(dataset, save_dir=batched_dir, device="cpu"))).values()) \
+        == {"reused", "skipped"}
