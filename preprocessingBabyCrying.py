@@ -67,7 +67,8 @@ def options_from_args(args: argparse.Namespace) -> PreprocessOptions:
     return PreprocessOptions(
         csv_file=args.csv_file, data_dir=args.data_dir, save_dir=args.save_dir, params=params, seed=args.seed,
         num_workers=max(1, args.num_workers), overwrite=args.overwrite, num_shards=args.num_shards,
-        shard_index=args.shard_index, fold_subdirs=args.fold_subdirs, device=args.device, extract=not (sharded and args.write_lists),
+        shard_index=args.shard_index, fold_subdirs=args.fold_subdirs, device=args.device,
+        extract=not (sharded and args.write_lists),
         write_lists=args.write_lists or not sharded,
         validation_folds=[str(f) for f in args.val_fold], evaluation_folds=[str(f) for f in args.eval_fold])
 
