@@ -28,7 +28,7 @@ from audioclf.classifier import AudioClassifier, constructor_args
 from audioclf.distributed import (DistInfo, ShardSampler, all_reduce_sum, barrier, broadcast_object,
                                   cleanup_distributed, init_distributed, sync_buffers)
 from dataloaders.dataloader import SpectrogramDataset, check_compatible, feature_statistics
-from models import check_input_size
+from models import check_input_size, get_model_entry
 from utils import Params, RunningAverage, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -390,6 +390,7 @@ def train(params: Params, resume: bool = False, show_progress: bool = True) -> d
 
 
 def _train(params: Params, info: DistInfo, resume: bool, show_progress: bool) -> dict:
+    get_model_entry(params.model)  # an unknown model name fails now, before any data is read
     device = resolve_device(params.device, info)
     seed_everything(params.seed + info.rank)
     checkpoint_dir = Path(params.checkpoint_dir)

@@ -182,3 +182,9 @@ def test_short_run_on_demo_features_learns(tmp_path):
     # 6 classes, 2 validation clips each: chance is 1/6 ~ 0.17.
     assert result["best_accuracy"] >= 0.6, result["history"]
     assert len(list_checkpoints(tmp_path / "checkpoints")) == 5
+
+
+def test_unknown_model_fails_first_with_a_suggestion(tmp_path):
+    config = make_config(tmp_path, tmp_path / "no_features_yet", model="resnet81")
+    with pytest.raises(ValueError, match="Unknown model 'resnet81'. Did you mean 'resnet18'"):
+        train(Params(config), show_progress=False)
