@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from audioclf.classifier import model_from_checkpoint
-from audioclf.events import DetectionParams, Event, detect_events
+from audioclf.events import DetectionParams, Event, detect_events, window_bounds
 from audioclf.frontend import (AudioReadError, FeatureExtractor, FeatureParams, audio_info, fit_length,
                                iter_audio_blocks)
 from audioclf.training import amp_dtype_for, autocast, resolve_device  # noqa: F401 (re-exported)
@@ -168,14 +168,9 @@ class WindowPredictions:
     duration_s: float
 
     @property
-    def starts(self) -> np.ndarray:
-        """Window start times (s): ``i * hop``."""
-        return np.arange(len(self.probabilities)) * self.hop_s
-
-    @property
-    def ends(self) -> np.ndarray:
-        """Window end times (s): ``min(start + window, duration)``."""
-        return np.minimum(self.starts + self.window_s, self.duration_s)
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Window start and end times (s), as ``events.window_bounds`` defines them."""
+        return window_bounds(len(self.probabilities), self.hop_s, self.window_s, self.duration_s)
 
 
 @dataclass
@@ -456,7 +451,7 @@ def write_windows_csv(windows: Sequence[WindowPredictions], class_names: Sequenc
         writer = csv.writer(handle)
         writer.writerow(["file", "start_s", "end_s", *class_names])
         for prediction in windows:
-            for start, end, row in zip(prediction.starts, prediction.ends, prediction.probabilities):
+            for start, end, row in zip(*prediction.bounds, prediction.probabilities):
                 writer.writerow([prediction.file, f"{start:.3f}", f"{end:.3f}", *(f"{p:.6f}" for p in row)])
     return path
 

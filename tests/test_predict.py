@@ -157,8 +157,9 @@ def test_long_mode_windows_match_cutting_the_decoded_file(trained, predictor):
     # starts 0, 0.5, ..., 89.0 s; a window holds n_samples = 16353 samples (a bit over 1 s), so the
     # last one, at 89.0 s, is the padded tail
     assert len(result.probabilities) == 179
-    np.testing.assert_allclose(result.starts[:3], [0.0, 0.5, 1.0])
-    np.testing.assert_allclose(result.ends[-2:], [89.5, 90.0])
+    starts, ends = result.bounds
+    np.testing.assert_allclose(starts[:3], [0.0, 0.5, 1.0])
+    np.testing.assert_allclose(ends[-2:], [89.5, 90.0])
     audio = read_audio(trained.long_file, PARAMS.sample_rate)  # whole file at once
     hop = 8000
     picks = [0, 57, 177]
