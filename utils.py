@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import json5
+import numpy as np
 import torch
 
 __all__ = [
@@ -541,11 +542,13 @@ def _atomic_write(
     path: str | os.PathLike[str],
     write: Callable[[Any], None],
     check: Callable[[Path], None] | None = None,
+    durable: bool = True,
 ) -> Path:
     """Write via ``write(binary_file)`` to a temp file beside ``path``, fsync, then rename.
 
     ``check(temp_path)``, if given, runs before the rename; if it raises, ``path`` is untouched.
-    Readers see the old file or the new one, never a partial one.
+    Readers see the old file or the new one, never a partial one. ``durable=False`` skips the
+    fsyncs (still atomic; for many small files that a re-run would recompute anyway).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -555,21 +558,28 @@ def _atomic_write(
     try:
         with os.fdopen(fd, "wb") as file:
             write(file)
-            file.flush()
-            os.fsync(file.fileno())
+            if durable:
+                file.flush()
+                os.fsync(file.fileno())
         if check is not None:
             check(temp)
         os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
     return path
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically: temp file in the same folder, then rename."""
     return _atomic_write(path, lambda file: file.write(text.encode("utf-8")))
+
+
+def atomic_save_npy(path: str | os.PathLike[str], array: Any) -> Path:
+    """``np.save`` to ``path`` atomically (no fsync): never a truncated ``.npy``."""
+    return _atomic_write(path, lambda file: np.save(file, array), durable=False)
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:

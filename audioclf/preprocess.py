@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing as mp
-import os
 import shutil
 import time
 from collections import Counter
@@ -30,7 +29,7 @@ from audioclf.frontend import AudioReadError, FeatureExtractor, FeatureParams, f
 from audioclf.listfile import SPLITS, ListEntry, render_list
 from audioclf.metadata import (Clip, MetadataError, Refused, empty_split_warnings, read_metadata,
                                split_by_fold, split_random)
-from utils import atomic_write_json, atomic_write_text
+from utils import atomic_save_npy, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -93,20 +92,6 @@ def _init_worker(params: FeatureParams) -> None:
     _ensure_extractor(params)
 
 
-def save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    """Write ``array`` to ``path`` via a temp file + rename: never a truncated ``.npy``."""
-    if not path.parent.is_dir():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    temp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one writer per process: unique
-    try:
-        with open(temp_path, "wb") as stream:
-            np.save(stream, array)
-        os.replace(temp_path, path)
-    except BaseException:
-        temp_path.unlink(missing_ok=True)
-        raise
-
-
 def _skipped(clip: Clip, feature_path: Path, error: Exception) -> ClipResult:
     reason = str(error) if isinstance(error, AudioReadError) else f"unreadable: {type(error).__name__}: {error}"
     feature_path.unlink(missing_ok=True)  # an older feature of a now-unreadable clip must not be listed
@@ -122,7 +107,7 @@ def process_clip(task: tuple[Clip, Path, Path, bool]) -> ClipResult:
         feature = _worker_extractor.file_to_feature(audio_path)
     except Exception as error:  # a bad file must never stop the run
         return _skipped(clip, feature_path, error)
-    save_npy_atomic(feature_path, feature)
+    atomic_save_npy(feature_path, feature)
     return ClipResult(clip.line, "written")
 
 
@@ -148,7 +133,7 @@ def process_batch(tasks: list[tuple], extractor: FeatureExtractor, readers: Thre
     if ready:
         features = extractor.waveforms_to_features(np.stack([audio for _, audio in ready]))  # (B, n_mels, n_frames)
         for (task, _), feature in zip(ready, features):
-            save_npy_atomic(task[2], feature)
+            atomic_save_npy(task[2], feature)
             results.append(ClipResult(task[0].line, "written"))
     return results
 
@@ -382,4 +367,4 @@ def run_preprocessing(options: PreprocessOptions) -> dict:
 
 
 __all__ = ["PreprocessOptions", "PreprocessError", "MetadataError", "run_preprocessing", "write_lists",
-           "process_clip", "save_npy_atomic"]
+           "process_clip"]
