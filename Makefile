@@ -25,7 +25,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 	touch $(STAMP)
 
 demo: $(SETUP)
-	$(PY) -m audioclf.demo_data --out $(DEMO_DATA) --clips_per_class 80 --long_recording $(DEMO_DATA)/long.wav
+	$(PY) -m tools.demo_data --out $(DEMO_DATA) --clips_per_class 80 --long_recording $(DEMO_DATA)/long.wav
 	$(PY) preprocessingBabyCrying.py --csv_file $(DEMO_DATA)/metadata.csv --data_dir $(DEMO_DATA)/audio \
 		--save_dir $(DEMO_FEATURES) $(DEMO_FEATURE_FLAGS)
 	$(PY) train.py --config_path $(DEMO_CONFIG) --no_progress --resume

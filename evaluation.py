@@ -14,8 +14,10 @@ import argparse
 import logging
 import sys
 
+from audioclf.checkpoint import CheckpointError
+from audioclf.config import ConfigError, Params
 from audioclf.evaluation import run_evaluation, summary_text
-from utils import CheckpointError, ConfigError, Params, setup_logging
+from audioclf.runtime import setup_logging
 
 log = logging.getLogger("evaluation")
 

@@ -23,19 +23,21 @@ from pathlib import Path
 
 import torch
 
+from audioclf.checkpoint import OPERATING_POINT_FILE, SCORES_DIRNAME, CheckpointError
 from audioclf.events import (DetectionParams, LOW_THRESHOLD_RATIO, format_comparison, format_events_table,
                              read_events_csv, score_events, write_events_csv)
 from audioclf.inference import (LONG_FACTOR, Predictor, align_reference, collect_inputs, detect, format_clip_table,
-                                format_metrics, load_operating_point, resolve_device, write_clip_csv,
-                                write_clip_json, write_events_json, write_windows_csv)
-from utils import CheckpointError
+                                format_metrics, load_operating_point, write_clip_csv, write_clip_json,
+                                write_events_json, write_windows_csv)
+from audioclf.runtime import resolve_device
 
 log = logging.getLogger("predict")
 ALL_CLASSES = "all"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line (``argv`` defaults to ``sys.argv[1:]``)."""
+    """The command line (``argv`` defaults to ``sys.argv[1:]``); detection defaults come from ``DetectionParams``."""
+    defaults = DetectionParams()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders or .txt lists of paths")
@@ -60,14 +62,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     long.add_argument("--events_json", type=Path, help="write detected events here (JSON)")
     long.add_argument("--target_class", default=None,
                       help=f"class to detect, or '{ALL_CLASSES}' (default: the operating point's class "
-                           "if <checkpoint dir>/scores/operating_point.json exists, else all)")
+                           f"if <checkpoint dir>/{SCORES_DIRNAME}/{OPERATING_POINT_FILE} exists, else all)")
     long.add_argument("--threshold", type=float, default=None,
-                      help="detection threshold (default: the operating point's, else 0.5)")
-    long.add_argument("--threshold_low", type=float, default=None,
+                      help=f"detection threshold (default: the operating point's, else {defaults.threshold})")
+    long.add_argument("--threshold_low", type=float, default=defaults.threshold_low,
                       help=f"hysteresis: an event lasts while p >= this (default {LOW_THRESHOLD_RATIO} x threshold)")
-    long.add_argument("--median_filter", type=int, default=3, help="median filter length in windows (odd; 1 = off)")
-    long.add_argument("--min_duration", type=float, default=0.0, help="drop events shorter than this (s)")
-    long.add_argument("--merge_gap", type=float, default=0.0, help="merge events separated by at most this (s)")
+    long.add_argument("--median_filter", type=int, default=defaults.median_filter,
+                      help="median filter length in windows (odd; 1 = off)")
+    long.add_argument("--min_duration", type=float, default=defaults.min_duration,
+                      help="drop events shorter than this (s)")
+    long.add_argument("--merge_gap", type=float, default=defaults.merge_gap,
+                      help="merge events separated by at most this (s)")
     long.add_argument("--reference", type=Path,
                       help="annotations CSV (file, onset[_s], offset[_s], class): print truth vs detections "
                            "and event/segment F1")
@@ -99,7 +104,7 @@ def detection_settings(args: argparse.Namespace, class_names: list[str], operati
         threshold = args.threshold
         if threshold is None:
             use_point = operating_point is not None and operating_point["target_class"] == name
-            threshold = operating_point["threshold"] if use_point else 0.5
+            threshold = operating_point["threshold"] if use_point else DetectionParams.threshold
         settings[name] = DetectionParams(threshold, args.threshold_low, args.median_filter, args.min_duration,
                                          args.merge_gap).validate()
     return settings

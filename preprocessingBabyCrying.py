@@ -19,7 +19,7 @@ from pathlib import Path
 from audioclf.frontend import FeatureParams
 from audioclf.metadata import MetadataError
 from audioclf.preprocess import PreprocessError, PreprocessOptions, run_preprocessing
-from utils import setup_logging
+from audioclf.runtime import setup_logging
 
 log = logging.getLogger("preprocess")
 

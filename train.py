@@ -11,9 +11,11 @@ import argparse
 import logging
 import sys
 
+from audioclf.checkpoint import CheckpointError
+from audioclf.config import ConfigError, Params
+from audioclf.runtime import setup_logging
 from audioclf.training import NonFiniteLossError, train
 from models import PretrainedWeightsUnavailable
-from utils import CheckpointError, ConfigError, Params, setup_logging
 
 log = logging.getLogger("train")
 

@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from models import get_model
+from models import get_model, get_model_entry
 
 
 class InputNormalization(nn.Module):
@@ -38,11 +38,16 @@ class InputNormalization(nn.Module):
 
 
 class AudioClassifier(nn.Module):
-    """Log-mel ``(B, 1, n_mels, n_frames)`` -> logits ``(B, num_classes)``."""
+    """Log-mel ``(B, 1, n_mels, n_frames)`` -> logits ``(B, num_classes)``.
+
+    ``probabilities(logits)`` is the head's output activation, from the backbone's registry entry:
+    softmax over classes for a single-label head, a sigmoid per class for a multi-label one.
+    """
 
     def __init__(self, model_name: str, num_classes: int, n_mels: int, pretrained: bool = False,
                  model_args: dict | None = None, center_per_clip: bool = False):
         super().__init__()
+        self.multi_label: bool = get_model_entry(model_name).multi_label
         self.normalize = InputNormalization(n_mels, center_per_clip)
         self.backbone = get_model(model_name, num_classes, pretrained=pretrained, in_channels=1,
                                   **(model_args or {}))
@@ -54,6 +59,10 @@ class AudioClassifier(nn.Module):
             x = augment(x)
         return self.backbone(x)
 
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, C)`` -> probabilities ``(B, C)``: sigmoid per class if multi-label, else softmax."""
+        return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=1)
+
 
 def constructor_args(model_name: str, num_classes: int, n_mels: int, model_args: dict | None,
                      center_per_clip: bool = False) -> dict:
@@ -61,9 +70,3 @@ def constructor_args(model_name: str, num_classes: int, n_mels: int, model_args:
     return {"model_name": model_name, "num_classes": num_classes, "n_mels": n_mels,
             "model_args": dict(model_args or {}), "center_per_clip": center_per_clip}
 
-
-def model_from_checkpoint(checkpoint: dict) -> AudioClassifier:
-    """Rebuild the model a checkpoint describes and load its weights (eval mode)."""
-    model = AudioClassifier(**checkpoint["model_args"], pretrained=False)
-    model.load_state_dict(checkpoint["model"])
-    return model.eval()

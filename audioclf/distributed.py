@@ -6,45 +6,33 @@
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from audioclf.runtime import DistInfo
+
+__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "all_reduce_sum", "barrier", "broadcast_object",
+           "ShardSampler", "sync_buffers"]
+
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class DistInfo:
-    """This process's place in the job."""
+def init_distributed(info: DistInfo, device: torch.device) -> None:
+    """Join the process group when launched by torchrun with several processes (nccl on CUDA, gloo on CPU).
 
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device_type: str) -> DistInfo:
-    """Join the process group when launched by torchrun (nccl on CUDA, gloo on CPU)."""
-    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return DistInfo()
-    info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
-    backend = "nccl" if device_type == "cuda" else "gloo"
-    if device_type == "cuda":
-        torch.cuda.set_device(info.local_rank)
+    ``device`` comes from ``resolve_device(name, info)``, which has already refused a GPU count
+    that does not fit, so no process starts work it cannot finish.
+    """
+    if not info.enabled:
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     dist.init_process_group(backend=backend)
     log.info("distributed: rank %d of %d (%s)", info.rank, info.world_size, backend)
-    return info
 
 
 def cleanup_distributed(info: DistInfo) -> None:

@@ -69,21 +69,20 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from audioclf.classifier import model_from_checkpoint
-from audioclf.distributed import DistInfo
-from audioclf.training import amp_dtype_for, autocast, resolve_device
-from dataloaders.dataloader import FEATURE_CONFIG, SpectrogramDataset
-from utils import BEST_CHECKPOINT_NAME, CheckpointError, Params, atomic_write_json, atomic_write_text, load_checkpoint
+from audioclf.checkpoint import (BEST_CHECKPOINT_NAME, CONFUSION_MATRIX_FILE, DETECTION_FILES, METRICS_FILE,
+                                 OPERATING_POINT_FILE, PR_CURVE_FILE, PROBABILITIES_FILE, REPORT_FILE, ROC_CURVE_FILE,
+                                 SCORE_FILE, check_required_keys, load_checkpoint, model_from_checkpoint, scores_dir)
+from audioclf.config import Params
+from audioclf.files import atomic_write_json, atomic_write_text
+from audioclf.listfile import FEATURE_CONFIG
+from audioclf.runtime import amp_dtype_for, predict_probabilities, resolve_device
+from dataloaders.dataloader import SpectrogramDataset
 
 log = logging.getLogger(__name__)
 
-SCORES_DIRNAME = "scores"
 SCORE_HEADER = ("file", "true_class", "predicted_class", "confidence")
 ACCURACY_PREFIX = "# accuracy: "
 DETECTION_RULE = "p(target_class) >= threshold"
-DETECTION_FILES = ("operating_point.json", "roc_curve.png", "pr_curve.png")
-# Checkpoint keys evaluation needs (written by audioclf.training.checkpoint_state).
-REQUIRED_CHECKPOINT_KEYS = ("model", "model_args", "class_names", "feature_shape")
 
 
 class EvaluationError(ValueError):
@@ -101,11 +100,7 @@ def default_checkpoint_path(params: Params) -> Path:
 
 def load_evaluation_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint on the CPU and check it holds what evaluation needs."""
-    checkpoint = load_checkpoint(path, map_location="cpu")
-    missing = [key for key in REQUIRED_CHECKPOINT_KEYS if not isinstance(checkpoint, dict) or key not in checkpoint]
-    if missing:
-        raise CheckpointError(f"{path} is not a checkpoint written by train.py: missing {missing}")
-    return checkpoint
+    return check_required_keys(load_checkpoint(path, map_location="cpu"), path)
 
 
 def load_list(list_file: str | Path, datapath: str | Path, key: str) -> SpectrogramDataset:
@@ -176,16 +171,10 @@ def predict_list(model: nn.Module, dataset: SpectrogramDataset, device: torch.de
     model = model.to(device).eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
-    amp_dtype = amp_dtype_for(device, amp)
-    probabilities, labels = [], []
-    for inputs, targets in tqdm(loader, desc=f"evaluate {dataset.list_file.name}", unit="batch", leave=False,
-                                disable=not show_progress):
-        inputs = inputs.to(device, non_blocking=True)  # (B, 1, n_mels, n_frames)
-        with autocast(device, amp_dtype):
-            logits = model(inputs)  # (B, C)
-        probabilities.append(torch.softmax(logits.float(), dim=1).cpu())
-        labels.append(targets)
-    return torch.cat(probabilities).numpy(), torch.cat(labels).numpy().astype(np.int64)
+    batches = tqdm(loader, desc=f"evaluate {dataset.list_file.name}", unit="batch", leave=False,
+                   disable=not show_progress)
+    probabilities, labels = predict_probabilities(model, batches, device, amp_dtype_for(device, amp))
+    return probabilities, labels.astype(np.int64)
 
 
 # ---------------------------------------------------------------------------------------
@@ -507,9 +496,9 @@ def write_report(output_dir: str | Path, files: Sequence[str], probabilities: np
     output_dir.mkdir(parents=True, exist_ok=True)
     probabilities, labels = np.asarray(probabilities), np.asarray(labels)
     predictions = probabilities.argmax(axis=1)
-    paths = {"score": output_dir / "score.txt", "probabilities": output_dir / "probabilities.csv",
-             "report": output_dir / "report.txt", "confusion_matrix_png": output_dir / "confusion_matrix.png",
-             "metrics": output_dir / "metrics.json"}
+    paths = {"score": output_dir / SCORE_FILE, "probabilities": output_dir / PROBABILITIES_FILE,
+             "report": output_dir / REPORT_FILE, "confusion_matrix_png": output_dir / CONFUSION_MATRIX_FILE,
+             "metrics": output_dir / METRICS_FILE}
     atomic_write_text(paths["score"], score_file_text(files, probabilities, labels, class_names))
     atomic_write_text(paths["probabilities"], probabilities_csv_text(files, probabilities, labels, class_names))
     atomic_write_text(paths["report"], report_text(report, class_names, labels, predictions, detection,
@@ -520,12 +509,12 @@ def write_report(output_dir: str | Path, files: Sequence[str], probabilities: np
         if _has_both(is_target):
             figures["roc_curve"] = plot_roc_curve(scores, is_target, detection["target_class"], detection["threshold"])
             figures["pr_curve"] = plot_pr_curve(scores, is_target, detection["target_class"], detection["threshold"])
-            paths["roc_curve_png"] = output_dir / "roc_curve.png"
-            paths["pr_curve_png"] = output_dir / "pr_curve.png"
+            paths["roc_curve_png"] = output_dir / ROC_CURVE_FILE
+            paths["pr_curve_png"] = output_dir / PR_CURVE_FILE
         else:
             log.warning("evaluation list has no %s clips of %r: no ROC/PR curves drawn",
                         "non-target" if is_target.all() else "target", detection["target_class"])
-        paths["operating_point"] = output_dir / "operating_point.json"
+        paths["operating_point"] = output_dir / OPERATING_POINT_FILE
         atomic_write_json(paths["operating_point"], detection)
     images = {name: render_figure(figure) for name, figure in figures.items()}
     for name, pixels in images.items():
@@ -561,7 +550,7 @@ def run_evaluation(params: Params, checkpoint_path: str | Path | None = None, ta
     ``files`` (``{kind: path}``) and ``tensorboard_dir`` (or None).
     """
     checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else default_checkpoint_path(params)
-    output_dir = Path(output_dir) if output_dir is not None else Path(params.checkpoint_dir) / SCORES_DIRNAME
+    output_dir = Path(output_dir) if output_dir is not None else scores_dir(params.checkpoint_dir)
     checkpoint = load_evaluation_checkpoint(checkpoint_path)
     class_names = list(checkpoint["class_names"])
     class_id = resolve_target_class(class_names, target_class if target_class is not None else params.target_class)
@@ -573,7 +562,7 @@ def run_evaluation(params: Params, checkpoint_path: str | Path | None = None, ta
         validation_set = load_list(params.vallist, params.datapath, "vallist")
         check_matches_checkpoint(validation_set, checkpoint, checkpoint_path)
 
-    device = resolve_device(params.device, DistInfo())
+    device = resolve_device(params.device)
     model = model_from_checkpoint(checkpoint)
     epoch = int(checkpoint.get("epoch", 0))
     log.info("evaluating %s (epoch %d, %s) on %s (%d clips, %s)", checkpoint_path, epoch,

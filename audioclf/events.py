@@ -34,6 +34,11 @@ from pathlib import Path
 import numpy as np
 
 EVENT_CSV_COLUMNS = ("file", "class", "onset_s", "offset_s", "peak_probability", "mean_probability")
+REFERENCE_CSV_COLUMNS = ("file", "onset_s", "offset_s", "class")  # annotations: no probabilities
+# DCASE / sed_eval scoring: onset collar (s); offset collar max(ONSET_COLLAR_S, fraction x reference length).
+ONSET_COLLAR_S = 0.2
+OFFSET_COLLAR_FRACTION = 0.2
+SEGMENT_S = 1.0  # segment length of the segment-based metrics
 ONSET_COLUMNS = ("onset_s", "onset")
 OFFSET_COLUMNS = ("offset_s", "offset")
 CLASS_COLUMNS = ("class", "event_label", "label")
@@ -213,8 +218,8 @@ def detect_events(probabilities: np.ndarray, hop_s: float, window_s: float, dura
 # Scoring (DCASE conventions)
 # ---------------------------------------------------------------------------------------
 
-def events_match(reference: Event, estimated: Event, t_collar: float = 0.2,
-                 percentage_of_length: float = 0.2) -> bool:
+def events_match(reference: Event, estimated: Event, t_collar: float = ONSET_COLLAR_S,
+                 percentage_of_length: float = OFFSET_COLLAR_FRACTION) -> bool:
     """sed_eval's onset+offset condition for a reference/estimate pair of the same file and class."""
     if (reference.file, reference.class_name) != (estimated.file, estimated.class_name):
         return False
@@ -223,8 +228,8 @@ def events_match(reference: Event, estimated: Event, t_collar: float = 0.2,
             and abs(reference.offset_s - estimated.offset_s) <= offset_collar)
 
 
-def match_events(reference: Sequence[Event], estimated: Sequence[Event], t_collar: float = 0.2,
-                 percentage_of_length: float = 0.2) -> list[tuple[int, int]]:
+def match_events(reference: Sequence[Event], estimated: Sequence[Event], t_collar: float = ONSET_COLLAR_S,
+                 percentage_of_length: float = OFFSET_COLLAR_FRACTION) -> list[tuple[int, int]]:
     """One-to-one ``(reference index, estimated index)`` pairs: a maximum bipartite matching."""
     candidates: dict[int, list[int]] = {
         r: [e for e, est in enumerate(estimated) if events_match(ref, est, t_collar, percentage_of_length)]
@@ -254,8 +259,8 @@ def _prf(tp: int, fp: int, fn: int) -> dict:
     return {"precision": precision, "recall": recall, "f1": f1}
 
 
-def event_based_metrics(reference: Sequence[Event], estimated: Sequence[Event], t_collar: float = 0.2,
-                        percentage_of_length: float = 0.2) -> dict:
+def event_based_metrics(reference: Sequence[Event], estimated: Sequence[Event], t_collar: float = ONSET_COLLAR_S,
+                        percentage_of_length: float = OFFSET_COLLAR_FRACTION) -> dict:
     """Overall (micro) event-based counts, precision, recall, F1, plus the scores per class."""
     matches = match_events(reference, estimated, t_collar, percentage_of_length)
     tp = len(matches)
@@ -277,7 +282,7 @@ def event_based_metrics(reference: Sequence[Event], estimated: Sequence[Event], 
 
 
 def activity_matrix(events: Iterable[Event], classes: Sequence[str], n_segments: int,
-                    segment_s: float = 1.0) -> np.ndarray:
+                    segment_s: float = SEGMENT_S) -> np.ndarray:
     """``(n_segments, n_classes)`` bool: segment ``k`` = ``[k * s, (k + 1) * s)`` overlaps an event."""
     activity = np.zeros((n_segments, len(classes)), dtype=bool)
     index = {name: i for i, name in enumerate(classes)}
@@ -292,7 +297,7 @@ def activity_matrix(events: Iterable[Event], classes: Sequence[str], n_segments:
 
 def segment_based_metrics(reference: Sequence[Event], estimated: Sequence[Event],
                           durations_s: dict[str, float], classes: Sequence[str] | None = None,
-                          segment_s: float = 1.0) -> dict:
+                          segment_s: float = SEGMENT_S) -> dict:
     """Overall segment-based precision, recall, F1 and error rate (sed_eval's definitions).
 
     Each file of ``durations_s`` is cut into ``ceil(duration / segment_s)`` segments; per segment,
@@ -406,12 +411,14 @@ def read_events_csv(path: str | Path) -> list[Event]:
     return events
 
 
-def write_events_csv(events: Iterable[Event], path: str | Path) -> Path:
-    """Write events with columns ``file, class, onset_s, offset_s, peak_probability, mean_probability``."""
+def write_events_csv(events: Iterable[Event], path: str | Path,
+                     columns: Sequence[str] = EVENT_CSV_COLUMNS) -> Path:
+    """Write events with ``columns`` (default ``file, class, onset_s, offset_s, peak_probability,
+    mean_probability``; ``REFERENCE_CSV_COLUMNS`` for annotations). ``read_events_csv`` reads both."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(EVENT_CSV_COLUMNS))
+        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(event.to_dict() for event in events)
     return path
@@ -428,8 +435,8 @@ def format_events_table(events: Sequence[Event]) -> str:
     return "\n".join(lines)
 
 
-def format_comparison(reference: Sequence[Event], estimated: Sequence[Event], t_collar: float = 0.2,
-                      percentage_of_length: float = 0.2) -> str:
+def format_comparison(reference: Sequence[Event], estimated: Sequence[Event], t_collar: float = ONSET_COLLAR_S,
+                      percentage_of_length: float = OFFSET_COLLAR_FRACTION) -> str:
     """Side-by-side table, in time order: true event | detected event | hit / miss / false alarm.
 
     A detection is shown next to the reference event it is matched to (DCASE collars); an

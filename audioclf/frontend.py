@@ -30,6 +30,8 @@ import torch
 import torchaudio
 from torch import nn
 
+from audioclf.files import atomic_write
+
 AMIN = 1e-10  # power floor before the log: -100 dB
 PAD_MODES = ("repeat", "zeros")
 
@@ -190,6 +192,37 @@ def audio_info(path: str | Path) -> sf._SoundFileInfo:
         return sf.info(str(path))
     except Exception as error:  # libsndfile raises several types
         raise _open_error(path, error) from None
+
+
+# ---------------------------------------------------------------------------------------
+# Writing audio
+# ---------------------------------------------------------------------------------------
+
+def _zero_peak_timestamp(path: Path) -> None:
+    """Zero the wall-clock timestamp libsndfile writes into a float WAV's PEAK chunk (reproducible bytes)."""
+    data = bytearray(path.read_bytes())
+    offset = 12  # after b"RIFF" <size> b"WAVE"
+    while offset + 8 <= len(data):
+        chunk_id, chunk_size = bytes(data[offset:offset + 4]), int.from_bytes(data[offset + 4:offset + 8], "little")
+        if chunk_id == b"PEAK" and chunk_size >= 8:
+            data[offset + 12:offset + 16] = bytes(4)  # layout: version (uint32), timestamp (uint32), peaks
+            path.write_bytes(bytes(data))
+            return
+        if chunk_id == b"data":
+            return
+        offset += 8 + chunk_size + (chunk_size % 2)
+
+
+def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int, subtype: str = "PCM_16") -> Path:
+    """Write ``audio`` ``(n,)`` or ``(n, channels)`` as a WAV file, atomically (no fsync).
+
+    ``subtype`` is soundfile's (``PCM_16``, ``PCM_24``, ``PCM_U8``, ``FLOAT``, ...). The same
+    samples always give the same bytes: the timestamp of a float WAV's PEAK chunk is zeroed.
+    """
+    def write(file) -> None:
+        sf.write(file, audio, sample_rate, subtype=subtype, format="WAV")
+
+    return atomic_write(path, write, check=_zero_peak_timestamp, durable=False)
 
 
 def to_mono(audio: np.ndarray) -> np.ndarray:

@@ -24,19 +24,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from audioclf.classifier import model_from_checkpoint
+from audioclf.checkpoint import (CheckpointError, check_required_keys, load_checkpoint, model_from_checkpoint,
+                                 operating_point_path)
 from audioclf.events import DetectionParams, Event, detect_events, window_bounds
 from audioclf.frontend import (AudioReadError, FeatureExtractor, FeatureParams, audio_info, fit_length,
                                iter_audio_blocks)
-from audioclf.training import amp_dtype_for, autocast, resolve_device  # noqa: F401 (re-exported)
-from utils import CheckpointError, load_checkpoint
+from audioclf.listfile import FEATURE_CONFIG
+from audioclf.runtime import amp_dtype_for, predict_probabilities
 
 log = logging.getLogger(__name__)
 
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc",
                               ".au", ".snd", ".w64", ".caf", ".rf64"})
 LIST_EXTENSION = ".txt"
-OPERATING_POINT_FILE = Path("scores") / "operating_point.json"
 # Auto mode: a file longer than this many clip lengths is analysed with sliding windows.
 LONG_FACTOR = 4.0
 BLOCK_SECONDS = 10.0  # audio decoded per read in long mode
@@ -74,7 +74,7 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[str]:
 
 def load_operating_point(checkpoint_path: str | Path, class_names: Sequence[str]) -> dict | None:
     """``<checkpoint dir>/scores/operating_point.json`` when it exists and names a class of this model."""
-    path = Path(checkpoint_path).parent / OPERATING_POINT_FILE
+    path = operating_point_path(checkpoint_path)
     if not path.is_file():
         return None
     try:
@@ -227,7 +227,7 @@ class Predictor:
         self.device = torch.device(device)
         self.class_names: list[str] = list(checkpoint["class_names"])
         if not checkpoint.get("feature_params"):
-            raise CheckpointError("the checkpoint has no feature parameters (its lists had no feature_config.json); "
+            raise CheckpointError(f"the checkpoint has no feature parameters (its lists had no {FEATURE_CONFIG}); "
                                   "re-run preprocessingBabyCrying.py, then train again")
         self.params = FeatureParams.from_dict(checkpoint["feature_params"])
         self.extractor = FeatureExtractor(self.params, self.device)
@@ -241,7 +241,7 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", **kwargs) -> "Predictor":
         """Load ``path`` (FileNotFoundError with a hint when it is missing)."""
-        return cls(load_checkpoint(path, map_location="cpu"), device, **kwargs)
+        return cls(check_required_keys(load_checkpoint(path, map_location="cpu"), path), device, **kwargs)
 
     @property
     def window_s(self) -> float:
@@ -250,14 +250,10 @@ class Predictor:
 
     @torch.inference_mode()
     def classify_features(self, features: np.ndarray) -> np.ndarray:
-        """Log-mel features ``(B, n_mels, n_frames)`` -> softmax probabilities ``(B, n_classes)``."""
+        """Log-mel features ``(B, n_mels, n_frames)`` -> probabilities ``(B, n_classes)`` (the model's activation)."""
         started = time.perf_counter()
-        inputs = torch.as_tensor(features, dtype=torch.float32).to(self.device)[:, None]  # (B, 1, n_mels, n_frames)
-        if self.channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.amp_dtype):
-            logits = self.model(inputs)
-        probabilities = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        inputs = torch.as_tensor(features, dtype=torch.float32)[:, None]  # (B, 1, n_mels, n_frames)
+        probabilities, _ = predict_probabilities(self.model, [inputs], self.device, self.amp_dtype, self.channels_last)
         self.timings.model_s += time.perf_counter() - started
         return probabilities
 

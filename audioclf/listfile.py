@@ -1,4 +1,5 @@
-"""Split list files: one line per clip, ``<feature-file.npy> <classID> <class-name>``.
+"""Split list files: one line per clip, ``<feature-file.npy> <classID> <class-name>``; and the names
+of the files preprocessing writes beside them (``<save_dir>/filenames/``).
 
 Fields are separated by single spaces. A field that contains a space (or a quote) is quoted
 shell-style (``shlex.quote``), so ``'my clip.npy' 0 'baby cry'`` round-trips; plain names are
@@ -12,6 +13,17 @@ from pathlib import Path
 from typing import Iterable
 
 SPLITS = ("train", "validation", "evaluation")
+# The feature folder: ``<save_dir>/<LISTS_DIR>/`` holds the lists and these files.
+LISTS_DIR = "filenames"
+LIST_SUFFIX = ".txt"
+FEATURE_CONFIG = "feature_config.json"  # feature parameters, class names, split counts
+FEATURE_PARAMS_FILE = "feature_params.json"  # the parameters the features on disk were made with
+SKIPPED_FILE = "skipped.txt"  # clips not usable, with the reason
+
+
+def list_path(lists_dir: str | Path, split: str) -> Path:
+    """``<lists_dir>/<split>.txt``."""
+    return Path(lists_dir) / f"{split}{LIST_SUFFIX}"
 
 
 @dataclass(frozen=True)

@@ -26,17 +26,14 @@ import torch
 from tqdm import tqdm
 
 from audioclf.frontend import AudioReadError, FeatureExtractor, FeatureParams, fit_length, read_audio
-from audioclf.listfile import SPLITS, ListEntry, render_list
+from audioclf.files import atomic_save_npy, atomic_write_json, atomic_write_text
+from audioclf.listfile import (FEATURE_CONFIG, FEATURE_PARAMS_FILE, LISTS_DIR, SKIPPED_FILE, SPLITS, ListEntry,
+                               list_path, render_list)
 from audioclf.metadata import (Clip, MetadataError, Refused, empty_split_warnings, read_metadata,
                                split_by_fold, split_random)
-from utils import atomic_save_npy, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-LISTS_DIR = "filenames"
-PARAMS_FILE = "feature_params.json"
-CONFIG_FILE = "feature_config.json"
-SKIPPED_FILE = "skipped.txt"
 DEVICE_BATCH = 64  # clips per batched transform with --device
 
 
@@ -180,7 +177,7 @@ def run_tasks(tasks: list[tuple], params: FeatureParams, num_workers: int, devic
 
 def check_or_record_params(lists_dir: Path, params: FeatureParams, overwrite: bool) -> None:
     """Refuse to mix features made with other parameters into ``save_dir`` (unless overwrite)."""
-    path = lists_dir / PARAMS_FILE
+    path = lists_dir / FEATURE_PARAMS_FILE
     unfinished = sorted((lists_dir / "shards").glob("*.overwrite-in-progress"))
     if unfinished and not overwrite:
         raise PreprocessError(
@@ -253,7 +250,7 @@ def write_lists(options: PreprocessOptions, clips: list[Clip], refused: list[Ref
     splits = {split: [clip for clip in members if clip.line in usable_lines]
               for split, members in make_splits(clips, class_names, options).items()}
     for split in SPLITS:
-        atomic_write_text(lists_dir / f"{split}.txt", render_list(_entries(splits[split])))
+        atomic_write_text(list_path(lists_dir, split), render_list(_entries(splits[split])))
     atomic_write_text(lists_dir / SKIPPED_FILE, "line\tslice_file_name\treason\n" + "".join(
         f"{line}\t{name}\t{reason}\n" for line, name, reason in skipped))
     if options.csv_file.resolve() != (lists_dir / "metadata.csv").resolve():
@@ -273,7 +270,7 @@ def write_lists(options: PreprocessOptions, clips: list[Clip], refused: list[Ref
         "source_csv": str(options.csv_file),
         "data_dir": str(options.data_dir),
     }
-    atomic_write_json(lists_dir / CONFIG_FILE, config)
+    atomic_write_json(lists_dir / FEATURE_CONFIG, config)
     return {"splits": splits, "skipped": skipped, "config": config}
 
 
@@ -292,7 +289,7 @@ def check_outcome(outcome: dict, class_names: list[str]) -> list[str]:
         if set(reasons) == {"missing"}:
             hint = (" Every file was missing: check --data_dir (clips are read from --data_dir/"
                     "<slice_file_name>; for UrbanSound8K's fold<N>/ folders add --fold_subdirs).")
-        raise PreprocessError(f"no usable clip remains ({dict(reasons)}); see filenames/skipped.txt.{hint}")
+        raise PreprocessError(f"no usable clip remains ({dict(reasons)}); see {LISTS_DIR}/{SKIPPED_FILE}.{hint}")
     per_class = Counter(clip.class_id for members in splits.values() for clip in members)
     lost = [f"{name!r} (classID {i})" for i, name in enumerate(class_names) if per_class[i] == 0]
     warnings = empty_split_warnings(splits, class_names)
@@ -300,7 +297,7 @@ def check_outcome(outcome: dict, class_names: list[str]) -> list[str]:
         log.warning(message)
     if lost:
         raise PreprocessError(
-            f"class(es) {', '.join(lost)} have no usable clip; see filenames/skipped.txt. "
+            f"class(es) {', '.join(lost)} have no usable clip; see {LISTS_DIR}/{SKIPPED_FILE}. "
             "Fix or remove those rows, or the classIDs")
     return warnings
 
@@ -321,7 +318,7 @@ def log_summary(results: list[ClipResult], clips: list[Clip], seconds: float) ->
         log.info("  %-24s %s", name, "  ".join(f"{status} {table[(name, status)]:>5d}" for status in statuses))
     reasons = Counter(r.reason.split(":")[0] for r in results if r.status == "skipped")
     if reasons:
-        log.warning("skipped clips by reason: %s (details in filenames/skipped.txt)", dict(reasons))
+        log.warning("skipped clips by reason: %s (details in %s/%s)", dict(reasons), LISTS_DIR, SKIPPED_FILE)
 
 
 def audio_path(options: PreprocessOptions, clip: Clip) -> Path:

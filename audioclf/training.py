@@ -11,12 +11,10 @@ import copy
 import io
 import logging
 import math
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -24,12 +22,17 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Weig
 from tqdm import tqdm
 
 from audioclf.augment import SpecAugment, mixup, random_frequency_warp, random_time_shift
+from audioclf.checkpoint import (CONFIG_FILE, checkpoint_state, latest_checkpoint, list_checkpoints, load_checkpoint,
+                                 save_checkpoint, unwrap)
 from audioclf.classifier import AudioClassifier, constructor_args
-from audioclf.distributed import (DistInfo, ShardSampler, all_reduce_sum, barrier, broadcast_object,
-                                  cleanup_distributed, init_distributed, sync_buffers)
+from audioclf.config import Params
+from audioclf.distributed import (ShardSampler, all_reduce_sum, barrier, broadcast_object, cleanup_distributed,
+                                  init_distributed, sync_buffers)
+from audioclf.listfile import FEATURE_CONFIG
+from audioclf.runtime import (DistInfo, RunningAverage, amp_dtype_for, autocast, iter_outputs, resolve_device,
+                              rng_state, seed_everything, set_rng_state)
 from dataloaders.dataloader import SpectrogramDataset, check_compatible, feature_statistics
 from models import check_input_size, get_model_entry
-from utils import Params, RunningAverage, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -41,45 +44,6 @@ class NonFiniteLossError(RuntimeError):
 # ---------------------------------------------------------------------------------------
 # Set-up
 # ---------------------------------------------------------------------------------------
-
-def resolve_device(name: str = "auto", info: DistInfo = DistInfo()) -> torch.device:
-    """``auto`` -> CUDA when available (this rank's GPU under torchrun), else CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f'device "{name}" was asked for, but CUDA is not available; use "auto" or "cpu"')
-        return torch.device("cuda", info.local_rank if name == "cuda" else int(name.split(":")[1]))
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict:
-    """All RNG states, as tensors/ints (loadable with ``weights_only=True``)."""
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64))}
-    numpy_state = np.random.get_state()
-    state["numpy_pos"], state["numpy_gauss"] = int(numpy_state[2]), (int(numpy_state[3]), float(numpy_state[4]))
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    """Restore what ``rng_state`` saved."""
-    torch.set_rng_state(state["torch"])
-    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
-    has_gauss, gauss = state["numpy_gauss"]
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], has_gauss, gauss))
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
 
 @dataclass
 class Data:
@@ -165,18 +129,6 @@ def build_criterion(params: Params, train_set: SpectrogramDataset, device: torch
         counts = train_set.class_counts().float()
         weight = (counts.sum() / (len(counts) * counts.clamp(min=1))).to(device)
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=params.label_smoothing)
-
-
-def amp_dtype_for(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """bf16 where the GPU supports it, else fp16; None (full precision) on CPU or when disabled."""
-    if not enabled or device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """The one AMP context: autocast when ``dtype`` is set, else a no-op."""
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def model_summary(model: nn.Module, input_shape: tuple[int, ...], device: torch.device) -> str:
@@ -284,16 +236,12 @@ def evaluate(model: nn.Module, loader: DataLoader, options: StepOptions, info: D
     Each process sees a disjoint shard (no padding), so the result equals one process
     evaluating the whole list.
     """
-    model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=options.device)  # loss sum, correct, count
     criterion = nn.CrossEntropyLoss(reduction="sum")
-    for inputs, targets in loader:
-        inputs, targets = to_device(inputs, targets, options)
-        with autocast(options.device, options.amp_dtype):
-            logits = model(inputs)
-        totals[0] += criterion(logits.float(), targets).double()
-        totals[1] += (logits.argmax(1) == targets).sum()
-        totals[2] += len(targets)
+    for output in iter_outputs(model, loader, options.device, options.amp_dtype, options.channels_last):
+        totals[0] += criterion(output.logits, output.targets).double()
+        totals[1] += (output.logits.argmax(1) == output.targets).sum()
+        totals[2] += len(output.targets)
     loss_sum, correct, count = all_reduce_sum(totals, info).tolist()
     return {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1), "n": int(count)}
 
@@ -302,34 +250,13 @@ def evaluate(model: nn.Module, loader: DataLoader, options: StepOptions, info: D
 # Checkpoints
 # ---------------------------------------------------------------------------------------
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain model inside a DDP wrapper."""
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
-def checkpoint_state(model, optimizer, scheduler, scaler, epoch: int, best: dict, params: Params,
-                     model_args: dict, train_set: SpectrogramDataset, metrics: dict) -> dict:
-    """Everything needed to resume, evaluate or serve (loadable with ``weights_only=True``)."""
-    plain = unwrap(model)
-    return {
-        "model": plain.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "lr_scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
-        "epoch": epoch,
-        "best_accuracy": best["accuracy"],
-        "best_epoch": best["epoch"],
-        "config": params.to_dict(),
-        "model_name": params.model,
-        "model_args": model_args,
-        "class_names": list(train_set.class_names),
-        "feature_params": train_set.info.feature_params,
-        "feature_shape": list(train_set.feature_shape),
-        "normalization": {"mode": params.normalization, "mean": plain.normalize.mean.flatten().cpu(),
-                          "std": plain.normalize.std.flatten().cpu()},
-        "rng_state": rng_state(),
-        "metrics": metrics,
-    }
+def training_checkpoint(model: nn.Module, optimizer, scheduler, scaler, epoch: int, best: dict, params: Params,
+                        model_args: dict, train_set: SpectrogramDataset, metrics: dict) -> dict:
+    """This epoch's checkpoint in the format of ``audioclf.checkpoint.checkpoint_state``."""
+    return checkpoint_state(unwrap(model), optimizer, scheduler, scaler, epoch=epoch, best=best,
+                            config=params.to_dict(), model_args=model_args, class_names=train_set.class_names,
+                            feature_params=train_set.info.feature_params, feature_shape=train_set.feature_shape,
+                            rng_state=rng_state(), metrics=metrics)
 
 
 def refuse_to_overwrite(checkpoint_dir: Path, resume: bool) -> None:
@@ -382,23 +309,25 @@ def log_scalars(writer, epoch: int, train_metrics: dict, val_metrics: dict, lr: 
 
 def train(params: Params, resume: bool = False, show_progress: bool = True) -> dict:
     """Train as the config says; returns ``{"history": [...], "best_accuracy", "best_epoch"}``."""
-    info = init_distributed("cuda" if params.device != "cpu" and torch.cuda.is_available() else "cpu")
+    get_model_entry(params.model)  # an unknown model name fails now, before any data is read
+    info = DistInfo.from_env()
+    device = resolve_device(params.device, info)  # a device that does not fit fails before the group forms
+    init_distributed(info, device)
     try:
-        return _train(params, info, resume or params.resume, show_progress and info.is_main)
+        return _train(params, info, device, resume or params.resume, show_progress and info.is_main)
     finally:
         cleanup_distributed(info)
 
 
-def _train(params: Params, info: DistInfo, resume: bool, show_progress: bool) -> dict:
-    get_model_entry(params.model)  # an unknown model name fails now, before any data is read
-    device = resolve_device(params.device, info)
+def _train(params: Params, info: DistInfo, device: torch.device, resume: bool, show_progress: bool) -> dict:
     seed_everything(params.seed + info.rank)
     checkpoint_dir = Path(params.checkpoint_dir)
     data = build_data(params, info, device)
     model, model_args = build_model(params, data.train_set)
     if data.train_set.info.feature_params is None:
-        log.warning("no feature_config.json beside %s: the checkpoints will not know the feature parameters, so "
-                    "predict.py cannot use them (re-run preprocessingBabyCrying.py to write it)", params.trainlist)
+        log.warning("no %s beside %s: the checkpoints will not know the feature parameters, so "
+                    "predict.py cannot use them (re-run preprocessingBabyCrying.py to write it)", FEATURE_CONFIG,
+                    params.trainlist)
     model.to(device)
     options = step_options(params, device)
     if options.channels_last:
@@ -406,7 +335,7 @@ def _train(params: Params, info: DistInfo, resume: bool, show_progress: bool) ->
     refuse_to_overwrite(checkpoint_dir, resume)
     if info.is_main:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        params.save(checkpoint_dir / "config.json")
+        params.save(checkpoint_dir / CONFIG_FILE)
         shape = (1, data.train_set.n_mels, data.train_set.n_frames)
         log.info("model %s, %d classes %s, input %s\n%s", params.model, len(data.train_set.class_names),
                  data.train_set.class_names, shape, model_summary(model, shape, device))
@@ -457,8 +386,8 @@ def _train(params: Params, info: DistInfo, resume: bool, show_progress: bool) ->
             metrics = {"train": train_metrics, "validation": val_metrics, "lr": lr}
             history.append({"epoch": epoch, **metrics})
             if info.is_main:
-                state = checkpoint_state(model, optimizer, scheduler, scaler, epoch, best, params, model_args,
-                                         data.train_set, metrics)
+                state = training_checkpoint(model, optimizer, scheduler, scaler, epoch, best, params, model_args,
+                                            data.train_set, metrics)
                 save_checkpoint(state, checkpoint_dir, epoch, is_best, keep=params.keep_checkpoints)
                 log_scalars(writer, epoch, train_metrics, val_metrics, lr)
                 log.info(epoch_line(epoch, params.epochs, train_metrics, val_metrics, lr,

@@ -26,6 +26,7 @@ import pandas as pd
 
 from audioclf.evaluation import run_evaluation
 from audioclf.frontend import FeatureParams
+from audioclf.listfile import FEATURE_CONFIG, LISTS_DIR, SPLITS, list_path
 from audioclf.preprocess import PreprocessOptions, run_preprocessing
 from audioclf.training import train
 from utils import Params, setup_logging
@@ -80,12 +81,13 @@ def run_once(name: str, args: argparse.Namespace, work_dir: Path, validation_fol
         num_workers=args.num_workers, validation_folds=validation_folds, evaluation_folds=evaluation_folds))
     shutil.rmtree(work_dir / name, ignore_errors=True)  # the bench owns its run folders: start clean
     lists.mkdir(parents=True, exist_ok=True)
-    for file in ("train.txt", "validation.txt", "evaluation.txt", "feature_config.json"):
-        (lists / file).write_bytes((features / "filenames" / file).read_bytes())
+    for file in [list_path(lists, split).name for split in SPLITS] + [FEATURE_CONFIG]:
+        (lists / file).write_bytes((features / LISTS_DIR / file).read_bytes())
     preprocess_seconds = time.perf_counter() - started
     config = Params(args.config).to_dict()
-    config.update(datapath=str(features), trainlist=str(lists / "train.txt"), vallist=str(lists / "validation.txt"),
-                  evallist=str(lists / "evaluation.txt"), checkpoint_dir=str(work_dir / name / "checkpoints"),
+    config.update(datapath=str(features), trainlist=str(list_path(lists, "train")),
+                  vallist=str(list_path(lists, "validation")), evallist=str(list_path(lists, "evaluation")),
+                  checkpoint_dir=str(work_dir / name / "checkpoints"),
                   summaries_dir=str(work_dir / name / "runs"))
     config.update(config_overrides(args))
     params_config = Params.from_dict(config, source=f"{args.config} ({name})")

@@ -40,10 +40,10 @@ import soundfile as sf
 import torch
 
 from audioclf.classifier import AudioClassifier, constructor_args
-from audioclf.demo_data import CLASS_NAMES, make_long_recording
-from audioclf.frontend import FeatureParams
+from audioclf.frontend import FeatureParams, write_audio
 from audioclf.inference import Predictor
 from bench.common import format_table, machine_info, write_json
+from tools.demo_data import CLASS_NAMES, make_long_recording
 
 log = logging.getLogger("bench.predict")
 
@@ -89,7 +89,7 @@ def write_recordings(folder: Path, seconds: float) -> dict[str, Path]:
     mono44.unlink()
     excerpt = folder / "warmup.wav"
     audio, rate = sf.read(str(mono16), frames=int(WARMUP_SECONDS * 16000), dtype="float32")
-    sf.write(excerpt, audio, rate)
+    write_audio(excerpt, audio, rate)
     return {"16k mono": mono16, "44.1k stereo": stereo44, "warmup": excerpt}
 
 
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.sweep:
             excerpt = Path(scratch) / "two_minutes.wav"
             audio, rate = sf.read(str(recordings["16k mono"]), frames=120 * 16000, dtype="float32")
-            sf.write(excerpt, audio, rate)
+            write_audio(excerpt, audio, rate)
             spec = MODELS[1]
             sweep_rows = []
             for threads in sorted({1, args.threads}):

@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from audioclf.config import Params
+from audioclf.runtime import DistInfo
 from audioclf.training import build_data, build_model, build_optimizer, step_options, train_one_epoch
-from audioclf.distributed import DistInfo
 from bench.common import machine_info
-from tests.factories import make_config, make_feature_dataset
-from utils import Params
+from tools.synthetic_features import make_config, make_feature_dataset
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -21,6 +21,8 @@ import psutil
 import soundfile as sf
 import torch
 
+from audioclf.frontend import write_audio
+
 
 # ---------------------------------------------------------------------------------------
 # Inputs
@@ -53,7 +55,7 @@ def write_synthetic_clips(out_dir: Path, name: str, n_clips: int, sample_rate: i
             frequency = rng.uniform(200.0, 0.4 * sample_rate)
             audio += 0.5 * np.sin(2 * np.pi * frequency * time_axis)[:, None]
         file_name = f"clip_{index:05d}.wav"
-        sf.write(data_dir / file_name, np.clip(audio, -1.0, 1.0).astype(np.float32), sample_rate, subtype=subtype)
+        write_audio(data_dir / file_name, np.clip(audio, -1.0, 1.0).astype(np.float32), sample_rate, subtype)
         rows.append((file_name, class_id, ("tone", "noise")[class_id]))
         files.append(data_dir / file_name)
         total_seconds += n_samples / sample_rate

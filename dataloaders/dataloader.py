@@ -14,9 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from audioclf.listfile import ListEntry, read_list
-
-FEATURE_CONFIG = "feature_config.json"
+from audioclf.listfile import FEATURE_CONFIG, ListEntry, read_list
 
 
 class FeatureDataError(ValueError):

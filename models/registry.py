@@ -39,6 +39,9 @@ class ModelEntry:
     native_in_channels: int = 3  # input channels the builder (and the weights) use
     remap_state_dict: Optional[StateDictRemap] = None  # fix legacy checkpoint keys
     finalize: Optional[Callable[[nn.Module], None]] = None  # last touch after weights load
+    # A multi-label head (independent classes, e.g. AudioSet's 527 labels) turns logits into
+    # probabilities with a sigmoid per class; a single-label head (one class per clip) with a softmax.
+    multi_label: bool = False
 
     def builder_arguments(self) -> list[str]:
         """Keyword arguments the builder accepts besides ``num_classes`` (``model_args``)."""
@@ -75,8 +78,12 @@ def register_model(
     native_in_channels: int = 3,
     remap_state_dict: Optional[StateDictRemap] = None,
     finalize: Optional[Callable[[nn.Module], None]] = None,
+    multi_label: bool = False,
 ) -> Callable[[ModelBuilder], ModelBuilder]:
-    """Decorator adding a ``builder(num_classes, **model_kwargs) -> nn.Module`` under ``name``."""
+    """Decorator adding a ``builder(num_classes, **model_kwargs) -> nn.Module`` under ``name``.
+
+    ``multi_label=True`` marks a head whose classes are independent (sigmoid, not softmax).
+    """
 
     def decorator(builder: ModelBuilder) -> ModelBuilder:
         if name in _MODEL_REGISTRY:
@@ -91,6 +98,7 @@ def register_model(
             native_in_channels=native_in_channels,
             remap_state_dict=remap_state_dict,
             finalize=finalize,
+            multi_label=multi_label,
         )
         return builder
 

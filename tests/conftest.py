@@ -18,10 +18,9 @@ from typing import Callable
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
-from audioclf.frontend import FeatureParams
+from audioclf.frontend import FeatureParams, write_audio
 
 # Columns of a UrbanSound8K-style metadata CSV: the three required ones plus extras.
 CSV_COLUMNS = ("slice_file_name", "fold", "start", "end", "classID", "class")
@@ -55,12 +54,9 @@ def make_signal(kind: str = "tone", *, sample_rate: int = 16000, duration: float
 def write_wav(path: str | Path, signal: np.ndarray | None = None, *, sample_rate: int = 16000,
               subtype: str = "PCM_16", **signal_args) -> Path:
     """Write ``signal`` (or ``make_signal(sample_rate=..., **signal_args)``) as a WAV file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if signal is None:
         signal = make_signal(sample_rate=sample_rate, **signal_args)
-    sf.write(str(path), signal, sample_rate, subtype=subtype, format="WAV")
-    return path
+    return write_audio(path, signal, sample_rate, subtype)
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from audioclf.demo_data import generate_demo_dataset
+from tools.demo_data import generate_demo_dataset
 from bench import bench_accuracy
 
 

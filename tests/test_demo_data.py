@@ -1,4 +1,4 @@
-"""Tests for the synthetic demo dataset generator (audioclf.demo_data)."""
+"""Tests for the synthetic demo dataset generator (tools.demo_data)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 from scipy import signal
 
-from audioclf.demo_data import (
+from tools.demo_data import (
     CLASS_NAMES,
     METADATA_COLUMNS,
     generate_demo_dataset,
@@ -210,7 +210,7 @@ def test_cli_writes_dataset_and_long_recording(tmp_path: Path) -> None:
     out = tmp_path / "demo dir"
     long_path = out / "long.wav"
     command = [
-        sys.executable, "-m", "audioclf.demo_data", "--out", str(out), "--clips_per_class", "1",
+        sys.executable, "-m", "tools.demo_data", "--out", str(out), "--clips_per_class", "1",
         "--long_recording", str(long_path), "--long_duration", "20", "--long_events", "2",
     ]  # fmt: skip
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)

@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from audioclf.classifier import model_from_checkpoint
+from audioclf.checkpoint import model_from_checkpoint
 from audioclf.training import StepOptions, evaluate
 from dataloaders.dataloader import SpectrogramDataset
-from tests.factories import make_config, make_feature_dataset
-from tests.test_training import read_scalar_tags
+from tools.synthetic_features import make_config, make_feature_dataset
+from test_training import read_scalar_tags
 from utils import list_checkpoints, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +40,8 @@ def single_process_validation(checkpoint: dict, features: Path) -> dict:
 def test_torchrun_two_processes_train_log_once_and_resume(tmp_path):
     # 15 validation clips: shards of 8 and 7, so padded duplicates would change the metrics.
     features = make_feature_dataset(tmp_path, per_class=(16, 5, 4))
-    config = make_config(tmp_path, features, epochs=2, batch_size=4)
+    # CPU/gloo whatever the machine has: two processes need not find two GPUs.
+    config = make_config(tmp_path, features, epochs=2, batch_size=4, device="cpu")
     run = torchrun(config)
     assert run.returncode == 0, run.stderr[-3000:]
 
@@ -59,7 +60,7 @@ def test_torchrun_two_processes_train_log_once_and_resume(tmp_path):
         assert logged["accuracy"] == pytest.approx(reference["accuracy"], abs=1e-12)
         assert logged["loss"] == pytest.approx(reference["loss"], rel=1e-5)
 
-    make_config(tmp_path, features, epochs=3, batch_size=4)
+    make_config(tmp_path, features, epochs=3, batch_size=4, device="cpu")
     resumed = torchrun(config, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "continuing at epoch 3" in resumed.stderr

@@ -16,14 +16,14 @@ import torch
 from PIL import Image
 
 import evaluation
-from audioclf.classifier import model_from_checkpoint
+from audioclf.checkpoint import model_from_checkpoint
 from audioclf.evaluation import (EvaluationError, classification_report_dict, detection_report, operating_point,
                                  predict_list, read_score_file, resolve_target_class, run_evaluation,
                                  threshold_metrics)
 from audioclf.listfile import ListEntry, read_list, render_list
 from audioclf.training import train
 from dataloaders.dataloader import FEATURE_CONFIG, FeatureDataError, SpectrogramDataset
-from tests.factories import CLASS_NAMES, make_config, make_feature_dataset
+from tools.synthetic_features import CLASS_NAMES, make_config, make_feature_dataset
 from utils import BEST_CHECKPOINT_NAME, Params, load_checkpoint
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

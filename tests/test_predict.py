@@ -22,13 +22,13 @@ import soundfile as sf
 import torch
 
 import predict
-from audioclf.demo_data import generate_demo_dataset, make_long_recording, write_events_csv
+from tools.demo_data import generate_demo_dataset, make_long_recording, write_reference_csv
 from audioclf.events import DetectionParams, Event, score_events
 from audioclf.frontend import FeatureParams, fit_length, read_audio
 from audioclf.inference import Predictor, WindowSlicer, collect_inputs, detect, load_operating_point
 from audioclf.preprocess import PreprocessOptions, run_preprocessing
 from audioclf.training import train
-from tests.factories import make_config
+from tools.synthetic_features import make_config
 from utils import Params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def trained(tmp_path_factory) -> Trained:
     long_file = root / "long" / "long.wav"
     true_events = make_long_recording(long_file, duration_s=90.0, sample_rate=22050, n_events=5, seed=1,
                                       quiet_until_s=30.0)
-    write_events_csv(true_events, long_file.with_name("long_events.csv"))
+    write_reference_csv(true_events, long_file.with_name("long_events.csv"))
     return Trained(root / "checkpoints" / "model_best.pth.tar", csv_file.parent / "audio", features, rows,
                    long_file, true_events, 30.0)
 

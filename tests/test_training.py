@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import train as train_script
-from audioclf.classifier import model_from_checkpoint
+from audioclf.checkpoint import model_from_checkpoint
 from audioclf.training import NonFiniteLossError, train
-from tests.factories import make_config, make_feature_dataset
+from tools.synthetic_features import make_config, make_feature_dataset
 from utils import Params, list_checkpoints, load_checkpoint
 
 
@@ -168,7 +168,7 @@ def test_fresh_run_refuses_to_mix_with_an_earlier_runs_checkpoints(tmp_path, fea
 
 
 def test_short_run_on_demo_features_learns(tmp_path):
-    from audioclf.demo_data import generate_demo_dataset
+    from tools.demo_data import generate_demo_dataset
     from audioclf.frontend import FeatureParams
     from audioclf.preprocess import PreprocessOptions, run_preprocessing
 

@@ -8,7 +8,7 @@ events for testing sliding-window detection.
 
 Usage::
 
-    python -m audioclf.demo_data --out data/demo [--clips_per_class 40] [--seed 0] \
+    python -m tools.demo_data --out data/demo [--clips_per_class 40] [--seed 0] \
         [--long_recording data/demo/long.wav --long_duration 120]
 """
 
@@ -29,6 +29,9 @@ import soundfile as sf
 from scipy import signal
 from scipy.ndimage import uniform_filter1d
 
+from audioclf.events import REFERENCE_CSV_COLUMNS, Event, write_events_csv
+from audioclf.frontend import write_audio
+
 logger = logging.getLogger(__name__)
 
 CLASS_NAMES: tuple[str, ...] = ("babycry", "speech", "dog_bark", "siren", "hum", "noise")
@@ -40,7 +43,6 @@ CHANNEL_CYCLE: tuple[int, ...] = (1, 1, 2)
 SUBTYPE_CYCLE: tuple[str, ...] = ("PCM_16", "FLOAT", "PCM_16", "FLOAT", "PCM_24", "PCM_16", "PCM_U8")
 
 METADATA_COLUMNS: tuple[str, ...] = ("slice_file_name", "classID", "start", "end", "fold", "class")
-EVENT_COLUMNS: tuple[str, ...] = ("file", "onset_s", "offset_s", "class")
 INFO_FILE_NAME = "demo_info.json"
 METADATA_FILE_NAME = "metadata.csv"
 # Bump when the synthesis changes so cached demo folders are regenerated.
@@ -615,35 +617,13 @@ def _to_stereo(mono: np.ndarray, sample_rate: int, rng: np.random.Generator) -> 
     return np.stack(channels, axis=1)
 
 
-def _zero_peak_chunk_timestamp(path: Path) -> None:
-    """Zero the wall-clock timestamp libsndfile writes into a float WAV's PEAK chunk (reproducible bytes)."""
-    data = bytearray(path.read_bytes())
-    offset = 12  # after b"RIFF" <size> b"WAVE"
-    while offset + 8 <= len(data):
-        chunk_id, chunk_size = (
-            bytes(data[offset : offset + 4]),
-            int.from_bytes(data[offset + 4 : offset + 8], "little"),
-        )
-        if chunk_id == b"PEAK" and chunk_size >= 8:
-            data[offset + 12 : offset + 16] = bytes(4)  # layout: version (uint32), timestamp (uint32), peaks
-            path.write_bytes(bytes(data))
-            return
-        if chunk_id == b"data":
-            return
-        offset += 8 + chunk_size + (chunk_size % 2)
-
-
 def _write_clip(audio_dir: Path, spec: ClipSpec, seed: int) -> float:
     """Synthesise and write one clip; return its duration in seconds (3 decimals)."""
     rng = np.random.default_rng([seed, spec.class_id, spec.clip_index])
     duration_s = round(rng.uniform(*CLIP_DURATION_RANGE_S), 3)
     mono = synthesize_clip(CLASS_NAMES[spec.class_id], duration_s, spec.sample_rate, rng)
     data = _to_stereo(mono, spec.sample_rate, rng) if spec.channels == 2 else mono
-    path = audio_dir / spec.relative_path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, data, spec.sample_rate, subtype=spec.subtype, format="WAV")
-    if spec.subtype == "FLOAT":
-        _zero_peak_chunk_timestamp(path)
+    write_audio(audio_dir / spec.relative_path, data, spec.sample_rate, spec.subtype)
     return round(len(mono) / spec.sample_rate, 3)
 
 
@@ -840,14 +820,10 @@ class _Background:
         return self.noise_level * noise + self.hum_level * hum
 
 
-def write_events_csv(events: Sequence[dict], path: str | Path) -> Path:
-    """Write events as CSV with columns file,onset_s,offset_s,class; return the path."""
-    path = Path(path)
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=EVENT_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({column: event[column] for column in EVENT_COLUMNS} for event in events)
-    return path
+def write_reference_csv(events: Sequence[dict], path: str | Path) -> Path:
+    """Write ``make_long_recording``'s events as an annotations CSV (file, onset_s, offset_s, class)."""
+    rows = [Event(event["file"], event["class"], event["onset_s"], event["offset_s"]) for event in events]
+    return write_events_csv(rows, path, REFERENCE_CSV_COLUMNS)
 
 
 def make_long_recording(
@@ -931,7 +907,7 @@ def make_long_recording(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Argument parser for `python -m audioclf.demo_data`."""
+    """Argument parser for `python -m tools.demo_data`."""
     parser = argparse.ArgumentParser(
         description="Generate the synthetic baby-cry demo dataset (no downloads)."
     )
@@ -967,7 +943,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             quiet_until_s=args.quiet_until,
         )
-        events_path = write_events_csv(
+        events_path = write_reference_csv(
             events, args.long_recording.with_name(f"{args.long_recording.stem}_events.csv")
         )
         logger.info("events: %s", events_path)

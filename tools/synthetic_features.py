@@ -1,6 +1,6 @@
-"""Small on-disk fixtures for training/evaluation tests: features, lists, configs, checkpoints.
+"""Tiny synthetic feature sets and configs, for tests and the training benchmark.
 
-Features are written directly (no audio) so training tests take seconds: class ``k`` has a
+Features are written directly (no audio) so training takes seconds: class ``k`` has a
 bright horizontal band at mel rows ``4k..4k+3`` on top of noise, which a tiny CNN learns fast.
 """
 from __future__ import annotations
@@ -11,19 +11,19 @@ from pathlib import Path
 import numpy as np
 
 from audioclf.frontend import FeatureParams
-from audioclf.listfile import ListEntry, render_list
+from audioclf.listfile import FEATURE_CONFIG, LISTS_DIR, SPLITS, ListEntry, list_path, render_list
 
 CLASS_NAMES = ("babycry", "dog bark", "noise")
 
 
 def make_feature_dataset(root: Path, class_names=CLASS_NAMES, per_class: tuple[int, int, int] = (16, 4, 4),
                          n_mels: int = 32, n_frames: int = 40, seed: int = 0) -> Path:
-    """Write ``root/features/<class>/<i>.npy`` and ``root/features/filenames/*`` (train/val/eval)."""
+    """Write ``root/features/<class>/<i>.npy`` and ``root/features/filenames/*`` (train/val/eval); return the folder."""
     rng = np.random.default_rng(seed)
     features = root / "features"
-    lists = features / "filenames"
+    lists = features / LISTS_DIR
     lists.mkdir(parents=True, exist_ok=True)
-    splits: dict[str, list[ListEntry]] = {"train": [], "validation": [], "evaluation": []}
+    splits: dict[str, list[ListEntry]] = {split: [] for split in SPLITS}
     for class_id, name in enumerate(class_names):
         index = 0
         for split, count in zip(splits, per_class):
@@ -36,9 +36,9 @@ def make_feature_dataset(root: Path, class_names=CLASS_NAMES, per_class: tuple[i
                 splits[split].append(ListEntry(relative, class_id, name))
                 index += 1
     for split, entries in splits.items():
-        (lists / f"{split}.txt").write_text(render_list(entries))
+        list_path(lists, split).write_text(render_list(entries))
     params = FeatureParams(n_mels=n_mels, n_frames=n_frames, n_fft=512)
-    (lists / "feature_config.json").write_text(json.dumps({
+    (lists / FEATURE_CONFIG).write_text(json.dumps({
         "feature_params": params.to_dict(), "class_names": list(class_names), "n_classes": len(class_names)}))
     return features
 
@@ -47,9 +47,9 @@ def make_config(root: Path, features: Path, **overrides) -> Path:
     """A valid training config for ``features`` (tiny, CPU, deterministic); returns its path."""
     config = {
         "datapath": str(features),
-        "trainlist": str(features / "filenames/train.txt"),
-        "vallist": str(features / "filenames/validation.txt"),
-        "evallist": str(features / "filenames/evaluation.txt"),
+        "trainlist": str(list_path(features / LISTS_DIR, "train")),
+        "vallist": str(list_path(features / LISTS_DIR, "validation")),
+        "evallist": str(list_path(features / LISTS_DIR, "evaluation")),
         "checkpoint_dir": str(root / "checkpoints"),
         "summaries_dir": str(root / "runs"),
         "model": "audiocnn",

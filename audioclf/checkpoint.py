@@ -1,0 +1,202 @@
+"""The checkpoint format and the run folder's layout: one place that says what a run writes.
+
+A run folder (the config's ``checkpoint_dir``) holds::
+
+    config.json                         the resolved training config
+    checkpoint_epochNNNN.pth.tar        one per epoch; the newest ``keep_checkpoints`` are kept
+    model_best.pth.tar                  a copy of the best epoch's checkpoint (never rotated away)
+    scores/                             evaluation.py's output (see audioclf/evaluation.py):
+        score.txt probabilities.csv report.txt metrics.json confusion_matrix.png
+        roc_curve.png pr_curve.png operating_point.json   (detection only)
+
+A checkpoint is a dict (``checkpoint_state``) loadable with ``torch.load(weights_only=True)``:
+model (unwrapped from DDP), optimizer, scheduler, scaler, epoch, best metric, config, model
+constructor arguments, class names, feature parameters and shape, normalisation, RNG state and
+the epoch's metrics. ``model_from_checkpoint`` rebuilds the model from it alone.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from audioclf.classifier import AudioClassifier
+from audioclf.files import atomic_write
+
+# ---- the run folder ------------------------------------------------------------------------
+CONFIG_FILE = "config.json"
+BEST_CHECKPOINT_NAME = "model_best.pth.tar"
+_EPOCH_PREFIX, _CHECKPOINT_SUFFIX = "checkpoint_epoch", ".pth.tar"
+_EPOCH_CHECKPOINT_RE = re.compile(rf"^{_EPOCH_PREFIX}(\d+){re.escape(_CHECKPOINT_SUFFIX)}$")
+SCORES_DIRNAME = "scores"
+SCORE_FILE = "score.txt"
+PROBABILITIES_FILE = "probabilities.csv"
+REPORT_FILE = "report.txt"
+METRICS_FILE = "metrics.json"
+CONFUSION_MATRIX_FILE = "confusion_matrix.png"
+ROC_CURVE_FILE = "roc_curve.png"
+PR_CURVE_FILE = "pr_curve.png"
+OPERATING_POINT_FILE = "operating_point.json"
+# Written only for detection; an evaluation without detection removes them (they would describe another model).
+DETECTION_FILES = (OPERATING_POINT_FILE, ROC_CURVE_FILE, PR_CURVE_FILE)
+
+# ---- the checkpoint dict -------------------------------------------------------------------
+# Keys every consumer of a checkpoint (evaluation, prediction) relies on.
+REQUIRED_KEYS = ("model", "model_args", "class_names", "feature_shape")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be written or read back."""
+
+
+def scores_dir(checkpoint_dir: str | os.PathLike[str]) -> Path:
+    """``<checkpoint_dir>/scores``: where evaluation writes its files."""
+    return Path(checkpoint_dir) / SCORES_DIRNAME
+
+
+def operating_point_path(checkpoint_path: str | os.PathLike[str]) -> Path:
+    """``<checkpoint's folder>/scores/operating_point.json``: the threshold evaluation chose for it."""
+    return scores_dir(Path(checkpoint_path).parent) / OPERATING_POINT_FILE
+
+
+def epoch_checkpoint_path(checkpoint_dir: str | os.PathLike[str], epoch: int) -> Path:
+    """``<checkpoint_dir>/checkpoint_epochNNNN.pth.tar``."""
+    return Path(checkpoint_dir) / f"{_EPOCH_PREFIX}{epoch:04d}{_CHECKPOINT_SUFFIX}"
+
+
+def checkpoint_state(model: AudioClassifier, optimizer: torch.optim.Optimizer, scheduler: Any,
+                     scaler: torch.amp.GradScaler, *, epoch: int, best: dict, config: dict, model_args: dict,
+                     class_names: list[str], feature_params: dict | None, feature_shape: tuple[int, int],
+                     rng_state: dict, metrics: dict) -> dict:
+    """Everything needed to resume, evaluate or serve (loadable with ``weights_only=True``).
+
+    ``model`` is the plain model (not a DDP wrapper); ``best`` is ``{"accuracy", "epoch"}``;
+    ``config`` the resolved config (``Params.to_dict()``).
+    """
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "lr_scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "epoch": epoch,
+        "best_accuracy": best["accuracy"],
+        "best_epoch": best["epoch"],
+        "config": config,
+        "model_name": config["model"],
+        "model_args": model_args,
+        "class_names": list(class_names),
+        "feature_params": feature_params,
+        "feature_shape": list(feature_shape),
+        "normalization": {"mode": config["normalization"], "mean": model.normalize.mean.flatten().cpu(),
+                          "std": model.normalize.std.flatten().cpu()},
+        "rng_state": rng_state,
+        "metrics": metrics,
+    }
+
+
+def check_required_keys(checkpoint: Any, path: str | os.PathLike[str]) -> dict:
+    """``checkpoint`` when it holds ``REQUIRED_KEYS``; else CheckpointError naming the missing ones."""
+    missing = [key for key in REQUIRED_KEYS if not isinstance(checkpoint, dict) or key not in checkpoint]
+    if missing:
+        raise CheckpointError(f"{path} is not a checkpoint written by train.py: missing {missing}")
+    return checkpoint
+
+
+def model_from_checkpoint(checkpoint: dict) -> AudioClassifier:
+    """Rebuild the model a checkpoint describes and load its weights (eval mode)."""
+    model = AudioClassifier(**checkpoint["model_args"], pretrained=False)
+    model.load_state_dict(checkpoint["model"])
+    return model.eval()
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside a DDP wrapper; the model itself otherwise."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+# ---- files ---------------------------------------------------------------------------------
+
+def _check_loadable(path: Path) -> None:
+    """Fail now, not at resume time, if a checkpoint cannot be read with ``weights_only=True``."""
+    try:
+        # mmap: tensors are not read back, only the pickled structure is checked.
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:
+        raise CheckpointError(
+            "checkpoint state cannot be loaded with torch.load(weights_only=True); store only "
+            "tensors, containers and plain Python values (e.g. float(metric), params.to_dict(), "
+            f"not numpy scalars or argparse.Namespace): {error}"
+        ) from error
+
+
+def save_checkpoint(
+    state: dict[str, Any],
+    checkpoint_dir: str | os.PathLike[str],
+    epoch: int,
+    is_best: bool,
+    keep: int = 5,
+) -> Path:
+    """Write ``checkpoint_epoch{epoch:04d}.pth.tar`` (and ``model_best.pth.tar``) atomically.
+
+    Afterwards only the ``keep`` highest-epoch checkpoint files remain (``keep=0`` keeps all);
+    ``model_best.pth.tar`` and the file just written are never deleted. Returns the epoch file.
+    Raises ``CheckpointError`` (leaving no file behind) if ``state`` would not load back with
+    ``weights_only=True``.
+    """
+    if keep < 0:
+        raise ValueError(f"keep must be >= 0, got {keep}")
+    checkpoint_dir = Path(checkpoint_dir)
+    epoch_path = epoch_checkpoint_path(checkpoint_dir, epoch)
+    atomic_write(epoch_path, lambda file: torch.save(state, file), check=_check_loadable)
+    if is_best:
+        # Copy the verified bytes rather than pickling the state a second time.
+        def copy_epoch_file(file: Any) -> None:
+            with open(epoch_path, "rb") as source:
+                while chunk := source.read(1 << 20):
+                    file.write(chunk)
+
+        atomic_write(checkpoint_dir / BEST_CHECKPOINT_NAME, copy_epoch_file)
+    if keep:
+        for old in list_checkpoints(checkpoint_dir)[:-keep]:
+            if old != epoch_path:
+                old.unlink(missing_ok=True)
+    return epoch_path
+
+
+def list_checkpoints(checkpoint_dir: str | os.PathLike[str]) -> list[Path]:
+    """Epoch checkpoint files in ``checkpoint_dir`` sorted by epoch; ``[]`` if none or no folder."""
+    checkpoint_dir = Path(checkpoint_dir)
+    if not checkpoint_dir.is_dir():
+        return []
+    found = []
+    for path in checkpoint_dir.iterdir():
+        match = _EPOCH_CHECKPOINT_RE.match(path.name)
+        if match and path.is_file():
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(checkpoint_dir: str | os.PathLike[str]) -> Path | None:
+    """The highest-epoch checkpoint in ``checkpoint_dir``, or None."""
+    checkpoints = list_checkpoints(checkpoint_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a checkpoint dict with ``torch.load(..., weights_only=True)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint not found: {path}. Train a model first with "
+            "`python train.py --config_path <config.json>`, or check the path."
+        )
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:
+        raise CheckpointError(
+            f"cannot load checkpoint {path} (corrupt, truncated or not a torch.save file?): {error}"
+        ) from error

@@ -1,0 +1,456 @@
+"""The config schema and ``Params``, the validated JSON config.
+
+The schema lives in one table, ``CONFIG_SCHEMA``; defaults, type checks, the error messages and
+the README's config reference (``config_reference_markdown``) all come from it.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import math
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import json5
+
+from audioclf.files import atomic_write_json
+
+__all__ = ["REQUIRED", "ConfigError", "ConfigKey", "CONFIG_SCHEMA", "Params", "config_reference_markdown"]
+
+
+class _Required:
+    """Sentinel type for a config key that has no default."""
+
+    _instance: _Required | None = None
+
+    def __new__(cls) -> _Required:
+        # A singleton, so `default is REQUIRED` also holds after copy/pickle.
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+    def __reduce__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED = _Required()
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be parsed or does not match ``CONFIG_SCHEMA``.
+
+    ``problems`` lists every problem found (one line each); ``source`` is the file (or label).
+    """
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = list(problems)
+        super().__init__("\n".join(f"{source}: {problem}" for problem in self.problems))
+
+
+@dataclass(frozen=True)
+class ConfigKey:
+    """One config key: accepted types, default (or ``REQUIRED``), one-line help and constraints."""
+
+    type: tuple[type, ...]
+    default: Any = REQUIRED
+    help: str = ""
+    choices: tuple[str, ...] | None = None  # allowed string values
+    pattern: tuple[str, str] | None = None  # (regex, human form) also allowed, e.g. cuda:N
+    minimum: float | None = None  # inclusive lower bound for numbers
+    maximum: float | None = None  # inclusive upper bound for numbers
+    positive: bool = False  # number must be > 0
+    is_path: bool = False  # relative paths are made absolute against the cwd at load time
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+
+CONFIG_SCHEMA: dict[str, ConfigKey] = {
+    # Data and run folders.
+    "datapath": ConfigKey((str,), help="Folder with the .npy features.", is_path=True),
+    "trainlist": ConfigKey(
+        (str,), help="File listing the training clips and labels.", is_path=True,
+    ),
+    "vallist": ConfigKey(
+        (str,), help="File listing the validation clips and labels.", is_path=True,
+    ),
+    "evallist": ConfigKey(
+        (str,), help="File listing the evaluation clips and labels.", is_path=True,
+    ),
+    "checkpoint_dir": ConfigKey(
+        (str,), help="Folder for checkpoints and the resolved config.", is_path=True,
+    ),
+    "summaries_dir": ConfigKey(
+        (str,), None, "TensorBoard log folder; null means `<checkpoint_dir>/runs`.", is_path=True
+    ),
+    "dataset_name": ConfigKey((str,), "", "Free-form dataset name recorded with the run."),
+    # Model.
+    "model": ConfigKey((str,), help="Backbone name in the model registry."),
+    "pretrained": ConfigKey((bool,), False, "Start from pretrained weights (head replaced)."),
+    "model_args": ConfigKey((dict,), {}, "Extra keyword arguments for the backbone constructor."),
+    # Optimisation.
+    "epochs": ConfigKey((int,), help="Number of training epochs.", positive=True),
+    "batch_size": ConfigKey((int,), help="Clips per batch.", positive=True),
+    "lr": ConfigKey((float,), help="Peak learning rate.", positive=True),
+    "weight_decay": ConfigKey((float,), 0.0, "Optimizer weight decay.", minimum=0),
+    "scheduler": ConfigKey(
+        (bool, str),
+        False,
+        "Learning-rate schedule; true means `step`, false means `none`.",
+        choices=("step", "cosine", "none"),
+    ),
+    "scheduler_step": ConfigKey(
+        (int,), 30, "Epochs between decays of the `step` schedule.", positive=True,
+    ),
+    "scheduler_gamma": ConfigKey(
+        (float,), 0.1, "Decay factor of the `step` schedule.", positive=True,
+    ),
+    "warmup_epochs": ConfigKey((int,), 0, "Epochs of linear learning-rate warm-up.", minimum=0),
+    "label_smoothing": ConfigKey(
+        (float,), 0.0, "Label smoothing of the cross-entropy loss.", minimum=0, maximum=1,
+    ),
+    "grad_clip": ConfigKey((float,), 0.0, "Max gradient norm; 0 turns clipping off.", minimum=0),
+    # Runtime.
+    "num_workers": ConfigKey((int,), 2, "DataLoader worker processes.", minimum=0),
+    "device": ConfigKey(
+        (str,), "auto", "Device; `auto` picks CUDA when available.",
+        choices=("auto", "cpu", "cuda"), pattern=(r"cuda:\d+", "cuda:N"),
+    ),
+    "seed": ConfigKey((int,), 42, "Random seed."),
+    "amp": ConfigKey((bool,), True, "Mixed precision on CUDA (ignored on CPU)."),
+    "channels_last": ConfigKey((bool,), True, "Channels-last memory format for conv nets (faster on CPU and CUDA)."),
+    "resume": ConfigKey((bool,), False, "Resume from the latest checkpoint in `checkpoint_dir`."),
+    "keep_checkpoints": ConfigKey(
+        (int,), 5, "Epoch checkpoints to keep (0 keeps all); model_best is kept.", minimum=0,
+    ),
+    "log_every": ConfigKey((int,), 0, "Log every N steps; 0 logs once per epoch only.", minimum=0),
+    # Features and augmentation.
+    "normalization": ConfigKey(
+        (str,), "per_band",
+        "Feature normalisation: training-set mean/std per mel band or global; `per_clip` first removes "
+        "each clip's own per-band mean (robust to microphones and speakers).",
+        choices=("per_band", "per_clip", "global", "none"),
+    ),
+    "class_weighting": ConfigKey(
+        (str,), "none", "Loss weights per class.", choices=("none", "balanced"),
+    ),
+    "balanced_sampling": ConfigKey((bool,), False, "Sample training clips class-balanced."),
+    "spec_augment": ConfigKey((bool,), False, "Apply SpecAugment frequency/time masks."),
+    "freq_mask": ConfigKey(
+        (int,), 16, "Max width of a SpecAugment frequency mask (bins).", minimum=0,
+    ),
+    "time_mask": ConfigKey((int,), 40, "Max width of a SpecAugment time mask (frames).", minimum=0),
+    "n_masks": ConfigKey((int,), 2, "SpecAugment masks of each kind.", minimum=0),
+    "mixup_alpha": ConfigKey(
+        (float,), 0.0, "Mixup Beta(alpha, alpha); 0 turns mixup off.", minimum=0,
+    ),
+    "random_shift": ConfigKey((bool,), False, "Random circular time shift of each training clip."),
+    "freq_warp": ConfigKey(
+        (float,), 0.0, "Random stretch of the mel axis by up to this fraction (0 turns it off).",
+        minimum=0, maximum=0.5,
+    ),
+    # Reporting.
+    "target_class": ConfigKey(
+        (str,), None, "Class name for binary-detection reports; null for none.",
+    ),
+    "max_false_alarm_rate": ConfigKey(
+        (float,),
+        0.05,
+        "False-alarm rate at which detection reports pick a threshold.",
+        minimum=0,
+        maximum=1,
+    ),
+}
+
+# Names people commonly write instead of ours; used only to suggest the right key.
+_KEY_ALIASES: dict[str, str] = {
+    "learning_rate": "lr",
+    "num_epochs": "epochs",
+    "n_epochs": "epochs",
+    "max_epochs": "epochs",
+    "bs": "batch_size",
+    "wd": "weight_decay",
+    "workers": "num_workers",
+    "arch": "model",
+    "model_name": "model",
+    "data_dir": "datapath",
+    "log_dir": "summaries_dir",
+    "lr_scheduler": "scheduler",
+    "mixup": "mixup_alpha",
+    "clip_grad_norm": "grad_clip",
+}
+
+_URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _suggest_key(name: str) -> str | None:
+    """Closest valid key for a misspelt or aliased one, or None."""
+    lowered = name.lower()
+    if lowered in CONFIG_SCHEMA:
+        return lowered
+    if lowered in _KEY_ALIASES:
+        return _KEY_ALIASES[lowered]
+    candidates = list(CONFIG_SCHEMA) + list(_KEY_ALIASES)
+    matches = difflib.get_close_matches(lowered, candidates, n=1, cutoff=0.6)
+    if not matches:
+        return None
+    return _KEY_ALIASES.get(matches[0], matches[0])
+
+
+def _type_name(spec: ConfigKey) -> str:
+    names = {bool: "bool", int: "int", float: "float", str: "str", dict: "dict"}
+    name = " or ".join(names.get(t, t.__name__) for t in spec.type)
+    if spec.default is None:
+        name += " or null"
+    return name
+
+
+def _show(value: Any) -> str:
+    """A value as the user wrote it in JSON, with its Python type."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return f"{text} ({type(value).__name__})"
+
+
+def _check_value(key: str, value: Any) -> tuple[Any, str | None]:
+    """Validate one value against its schema entry; return (normalised value, problem or None)."""
+    spec = CONFIG_SCHEMA[key]
+    if value is None:
+        if spec.default is None:
+            return None, None
+        return value, f'"{key}" must be {_type_name(spec)}, got null'
+    # bool is a subclass of int in Python but never a number in a config.
+    if isinstance(value, bool) and bool not in spec.type:
+        return value, f'"{key}" must be {_type_name(spec)}, got {_show(value)}'
+    if float in spec.type and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)  # "lr": 1 means 1.0
+    if not isinstance(value, spec.type):
+        return value, f'"{key}" must be {_type_name(spec)}, got {_show(value)}'
+
+    if isinstance(value, str) and (spec.choices or spec.pattern):
+        allowed = value in (spec.choices or ()) or (
+            spec.pattern is not None and re.fullmatch(spec.pattern[0], value) is not None
+        )
+        if not allowed:
+            options = [f'"{c}"' for c in spec.choices or ()]
+            if spec.pattern is not None:
+                options.append(f'"{spec.pattern[1]}"')
+            return value, f'"{key}" must be one of {", ".join(options)}; got "{value}"'
+
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, float) and not math.isfinite(value):
+            return value, f'"{key}" must be a finite number, got {value}'
+        if spec.positive and not value > 0:
+            return value, f'"{key}" must be > 0, got {value}'
+        if spec.minimum is not None and value < spec.minimum:
+            return value, f'"{key}" must be >= {spec.minimum:g}, got {value}'
+        if spec.maximum is not None and value > spec.maximum:
+            return value, f'"{key}" must be <= {spec.maximum:g}, got {value}'
+    return value, None
+
+
+def _resolve(given: Mapping[str, Any]) -> dict[str, Any]:
+    """Fill defaults and derived values into validated, explicitly given keys (schema order)."""
+    values: dict[str, Any] = {}
+    for key, spec in CONFIG_SCHEMA.items():
+        values[key] = copy.deepcopy(given[key] if key in given else spec.default)
+    if values["summaries_dir"] is None:
+        values["summaries_dir"] = os.path.join(values["checkpoint_dir"], "runs")
+    # One spelling for the schedule, so consumers compare against a string only.
+    if values["scheduler"] is True:
+        values["scheduler"] = "step"
+    elif values["scheduler"] is False:
+        values["scheduler"] = "none"
+    return values
+
+
+def _absolute(path: str) -> str:
+    """Absolute form of a local path (relative to the cwd); URLs such as s3://... kept as given."""
+    if _URL_RE.match(path):
+        return path
+    return os.path.abspath(os.path.expanduser(path))
+
+
+class Params:
+    """Training configuration loaded from a JSON file and validated against ``CONFIG_SCHEMA``.
+
+    The file may use ``//`` and ``/* */`` comments and trailing commas (it is read with
+    ``json5``). Unknown keys, missing required keys, wrong types and out-of-range values are
+    all reported together in one ``ConfigError``. Defaults come from ``CONFIG_SCHEMA``;
+    ``summaries_dir`` defaults to ``<checkpoint_dir>/runs`` and ``scheduler`` is normalised
+    to one of ``"step"``, ``"cosine"``, ``"none"``.
+
+    Relative paths (``datapath``, ``trainlist``, ``vallist``, ``evallist``, ``checkpoint_dir``,
+    ``summaries_dir``) are resolved against the current working directory at load (or
+    ``update``) time, not against the config file's folder, and stored as absolute strings;
+    ``~`` is expanded and URL-like values (``s3://...``) are kept as written.
+
+    Values are read as attributes (``params.lr``) or keys (``params["lr"]``). Assigning a
+    known key validates it; assigning an unknown one raises ``ConfigError``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]):
+        source = str(path)
+        try:
+            with open(path, encoding="utf-8") as file:
+                data = json5.load(file, allow_duplicate_keys=False)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"config file not found: {source}") from None
+        except ValueError as error:  # json5 reports syntax errors as "<string>:LINE message"
+            message = str(error)
+            match = re.match(r"^<string>:(\d+)\s+(.*)$", message, re.DOTALL)
+            if match:
+                line, message = match.groups()
+                raise ConfigError(source, [f"line {line}: invalid JSON: {message}"]) from error
+            raise ConfigError(source, [f"invalid JSON: {message}"]) from error
+        self._load(data, source)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "<dict>") -> Params:
+        """Build validated params from an already parsed mapping (``source`` labels errors)."""
+        params = cls.__new__(cls)
+        params._load(data, source)
+        return params
+
+    def _load(self, data: Any, source: str) -> None:
+        object.__setattr__(self, "_source", source)
+        if not isinstance(data, Mapping):
+            problem = f"top level must be a JSON object, got {type(data).__name__}"
+            raise ConfigError(source, [problem])
+        given = self._validate(dict(data), source, check_required=True)
+        object.__setattr__(self, "_given", given)
+        object.__setattr__(self, "_values", _resolve(given))
+
+    @staticmethod
+    def _validate(data: dict[str, Any], source: str, check_required: bool) -> dict[str, Any]:
+        """Check every key; return normalised values with absolute paths, or raise all problems."""
+        problems: list[str] = []
+        checked: dict[str, Any] = {}
+        for key, value in data.items():
+            if key not in CONFIG_SCHEMA:
+                suggestion = _suggest_key(str(key))
+                hint = f' (did you mean "{suggestion}"?)' if suggestion else ""
+                problems.append(f'unknown key "{key}"{hint}')
+                continue
+            value, problem = _check_value(key, value)
+            if problem:
+                problems.append(problem)
+                continue
+            if CONFIG_SCHEMA[key].is_path and isinstance(value, str):
+                value = _absolute(value)
+            checked[key] = value
+        if check_required:
+            for key, spec in CONFIG_SCHEMA.items():
+                if spec.required and key not in data:
+                    meaning = spec.help.rstrip(".").lower()
+                    problems.append(f'missing required key "{key}" ({meaning})')
+        if problems:
+            raise ConfigError(source, problems)
+        return checked
+
+    # ---- access --------------------------------------------------------------------------
+
+    @property
+    def source(self) -> str:
+        """The file (or label) this config was loaded from."""
+        return self._source
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails. Private names must not recurse into _values
+        # (copy and pickle probe for __setstate__ etc. before __dict__ is filled).
+        if name.startswith("_"):
+            raise AttributeError(name)
+        values = self.__dict__.get("_values", {})
+        if name in values:
+            return values[name]
+        suggestion = _suggest_key(name)
+        hint = f'; did you mean "{suggestion}"?' if suggestion else ""
+        raise AttributeError(f'no config key "{name}"{hint}')
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in CONFIG_SCHEMA:
+            self.update({name: value})
+            return
+        suggestion = _suggest_key(name)
+        hint = f' (did you mean "{suggestion}"?)' if suggestion else ""
+        raise ConfigError(self._source, [f'cannot set unknown key "{name}"{hint}'])
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in CONFIG_SCHEMA:
+            raise KeyError(key)
+        return self._values[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.__setattr__(key, value)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._values
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Params):
+            return NotImplemented
+        return self._values == other._values
+
+    def __repr__(self) -> str:
+        return f"Params({self._source!r}, {self._values!r})"
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Value of ``key``, or ``default`` if it is not a config key."""
+        return self._values.get(key, default)
+
+    def keys(self) -> list[str]:
+        """All config keys, in schema order."""
+        return list(self._values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-serialisable copy of the resolved config (defaults filled)."""
+        return copy.deepcopy(self._values)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the resolved config as indented JSON, atomically."""
+        atomic_write_json(path, self.to_dict())
+
+    def update(self, data: Mapping[str, Any]) -> None:
+        """Set several keys at once; validated, and nothing changes if any value is invalid."""
+        checked = self._validate(dict(data), self._source, check_required=False)
+        given = {**self._given, **checked}
+        object.__setattr__(self, "_given", given)
+        object.__setattr__(self, "_values", _resolve(given))
+
+
+def config_reference_markdown() -> str:
+    """Markdown table of every config key (key, type, default, meaning) for the README."""
+    lines = ["| Key | Type | Default | Meaning |", "|---|---|---|---|"]
+    for key, spec in CONFIG_SCHEMA.items():
+        default = "*required*" if spec.required else f"`{json.dumps(spec.default)}`"
+        meaning = spec.help
+        options = [f"`{c}`" for c in spec.choices or ()]
+        if spec.pattern is not None:
+            options.append(f"`{spec.pattern[1]}`")
+        if options:
+            meaning += f" One of {', '.join(options)}."
+        bounds = []
+        if spec.positive:
+            bounds.append("> 0")
+        if spec.minimum is not None:
+            bounds.append(f">= {spec.minimum:g}")
+        if spec.maximum is not None:
+            bounds.append(f"<= {spec.maximum:g}")
+        if bounds:
+            meaning += f" Must be {' and '.join(bounds)}."
+        lines.append(f"| `{key}` | {_type_name(spec)} | {default} | {meaning} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,234 @@
+"""The seams: serving imports no training code, each shared constant is spelt once, devices fit the job."""
+from __future__ import annotations
+
+import ast
+import functools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import predict
+from audioclf import distributed
+from audioclf.checkpoint import model_from_checkpoint
+from audioclf.classifier import AudioClassifier, constructor_args
+from audioclf.config import Params
+from audioclf.events import DetectionParams
+from audioclf.runtime import DistInfo, iter_outputs, predict_probabilities, resolve_device
+from audioclf.training import train
+from models import get_model_entry, list_models
+from tools.synthetic_features import make_config, make_feature_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+TRAINING_ONLY = ("audioclf.training", "audioclf.distributed", "audioclf.augment", "dataloaders")
+
+
+@functools.cache
+def library_sources() -> dict[Path, ast.Module]:
+    """Every Python file of the project except the tests, parsed."""
+    paths = [path for path in REPO.rglob("*.py")
+             if path.relative_to(REPO).parts[0] not in ("tests", ".venv", "data", "runs", "features")
+             and not path.relative_to(REPO).parts[0].startswith(".")]
+    return {path: ast.parse(path.read_text(encoding="utf-8")) for path in sorted(paths)}
+
+
+def string_constants(tree: ast.Module) -> list[str]:
+    """String literals of a module, docstrings left out."""
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                docstrings.add(id(first.value))
+    return [node.value for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
+
+
+# ---------------------------------------------------------------------------------------
+# Serving does not import training
+# ---------------------------------------------------------------------------------------
+
+def test_importing_predict_imports_no_training_code():
+    code = ("import json, sys; import predict; "
+            f"print(json.dumps(sorted(m for m in sys.modules if m.startswith({TRAINING_ONLY!r}))))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+# ---------------------------------------------------------------------------------------
+# Constants spelt once
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["feature_config.json", "feature_params.json", "skipped.txt", "filenames",
+                                  "operating_point.json", "scores", "score.txt", "probabilities.csv",
+                                  "metrics.json", "report.txt", "model_best.pth.tar", "roc_curve.png",
+                                  "pr_curve.png", "confusion_matrix.png"])
+def test_each_file_name_is_spelt_once(name):
+    places = [f"{path.relative_to(REPO)}" for path, tree in library_sources().items()
+              for value in string_constants(tree) if value == name]
+    assert len(places) == 1, f"{name!r} is spelt in {places}; import the constant instead"
+
+
+def test_collars_and_segment_length_are_defined_once():
+    events = ast.parse((REPO / "audioclf/events.py").read_text())
+    defaults = {}
+    for node in ast.walk(events):
+        if isinstance(node, ast.FunctionDef):
+            arguments = node.args.args[len(node.args.args) - len(node.args.defaults):]
+            for argument, default in zip(arguments, node.args.defaults):
+                if argument.arg in ("t_collar", "percentage_of_length", "segment_s"):
+                    defaults.setdefault(argument.arg, []).append(default)
+    assert set(defaults) == {"t_collar", "percentage_of_length", "segment_s"}
+    for argument, values in defaults.items():
+        assert all(isinstance(value, ast.Name) for value in values), f"{argument} has a literal default"
+    for path, tree in library_sources().items():  # nobody else passes a collar of their own
+        for node in ast.walk(tree):
+            if isinstance(node, ast.keyword) and node.arg in ("t_collar", "percentage_of_length"):
+                assert not isinstance(node.value, ast.Constant), f"{path}: literal {node.arg}"
+
+
+def test_predict_takes_its_detection_defaults_from_detection_params():
+    tree = ast.parse((REPO / "predict.py").read_text())
+    flags = {"--threshold", "--threshold_low", "--median_filter", "--min_duration", "--merge_gap"}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument" and node.args:
+            flag = getattr(node.args[0], "value", None)
+            if flag in flags:
+                default = next(k.value for k in node.keywords if k.arg == "default")
+                assert not (isinstance(default, ast.Constant) and default.value is not None), flag
+    numbers = [node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)
+               and isinstance(node.value, float)]
+    assert numbers == []  # no threshold or duration of its own
+    args = predict.parse_args(["x.wav", "--checkpoint", "c.pth.tar"])
+    expected = DetectionParams()
+    assert (args.threshold_low, args.median_filter, args.min_duration, args.merge_gap) == (
+        expected.threshold_low, expected.median_filter, expected.min_duration, expected.merge_gap)
+    assert predict.detection_settings(args, ["babycry", "noise"], None)["babycry"] == expected
+
+
+# ---------------------------------------------------------------------------------------
+# Devices under torchrun
+# ---------------------------------------------------------------------------------------
+
+@pytest.fixture
+def gpus(monkeypatch):
+    """Pretend this machine has ``n`` visible GPUs."""
+    def fake(n: int) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: n > 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+    return fake
+
+
+TWO_LOCAL = dict(world_size=2, local_world_size=2)
+
+
+def test_each_torchrun_process_takes_its_local_ranks_gpu(gpus):
+    gpus(2)
+    assert resolve_device("cuda", DistInfo(rank=1, local_rank=1, **TWO_LOCAL)) == torch.device("cuda", 1)
+    assert resolve_device("auto", DistInfo(rank=3, world_size=4, local_rank=1, local_world_size=2)) == \
+        torch.device("cuda", 1)
+    assert resolve_device("cpu", DistInfo(rank=1, local_rank=1, **TWO_LOCAL)) == torch.device("cpu")
+
+
+@pytest.mark.parametrize("device", ["auto", "cuda"])
+def test_more_torchrun_processes_than_gpus_is_a_clear_error(gpus, device):
+    gpus(1)
+    with pytest.raises(ValueError, match=r"2 processes on this node, but only 1 GPU\(s\) are visible") as error:
+        resolve_device(device, DistInfo(rank=1, local_rank=1, **TWO_LOCAL))
+    assert "--nproc_per_node=1" in str(error.value) and '"device": "cpu"' in str(error.value)
+
+
+def test_cuda_n_under_torchrun_is_a_clear_error(gpus):
+    gpus(2)
+    with pytest.raises(ValueError, match='"device": "cuda:0" cannot be used under torchrun.*use "cuda"'):
+        resolve_device("cuda:0", DistInfo(rank=0, local_rank=0, **TWO_LOCAL))
+
+
+def test_single_process_devices(gpus):
+    gpus(1)
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+    assert resolve_device("auto") == torch.device("cuda", 0)
+    with pytest.raises(ValueError, match=r'"cuda:1" was asked for, but only 1 GPU\(s\) are visible'):
+        resolve_device("cuda:1")
+    gpus(0)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        resolve_device("cuda")
+
+
+def test_dist_info_from_torchrun_environment(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert DistInfo.from_env() == DistInfo()
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert DistInfo.from_env() == DistInfo(rank=3, world_size=4, local_rank=1, local_world_size=2)
+
+
+def test_training_refuses_a_gpu_count_that_does_not_fit_before_any_work(tmp_path, gpus, monkeypatch):
+    gpus(1)
+    for name, value in (("RANK", "1"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "1"), ("LOCAL_WORLD_SIZE", "2")):
+        monkeypatch.setenv(name, value)
+
+    def no_group(*args, **kwargs):
+        raise AssertionError("the process group must not be joined")
+
+    monkeypatch.setattr(distributed.dist, "init_process_group", no_group)
+    features = make_feature_dataset(tmp_path)
+    params = Params(make_config(tmp_path, features, device="auto"))
+    with pytest.raises(ValueError, match="--nproc_per_node=1"):
+        train(params, show_progress=False)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# One helper: batches -> probabilities, activation from the model
+# ---------------------------------------------------------------------------------------
+
+def tiny_classifier() -> AudioClassifier:
+    torch.manual_seed(0)
+    return AudioClassifier(**constructor_args("audiocnn", 3, 16, {"width": 4})).eval()
+
+
+def test_every_registered_backbone_is_single_label():
+    assert all(get_model_entry(name).multi_label is False for name in list_models())
+    assert tiny_classifier().multi_label is False
+
+
+def test_probabilities_use_the_models_activation():
+    model = tiny_classifier()
+    inputs = torch.randn(5, 1, 16, 20)  # (B, 1, n_mels, n_frames)
+    with torch.no_grad():
+        logits = model(inputs)
+    probabilities, labels = predict_probabilities(model, [inputs[:3], inputs[3:]], torch.device("cpu"))
+    assert labels is None
+    torch.testing.assert_close(torch.from_numpy(probabilities), torch.softmax(logits, dim=1))
+    assert probabilities.sum(axis=1) == pytest.approx(1.0, abs=1e-6)
+    model.multi_label = True  # as a multi-label head (e.g. AudioSet's) would say
+    multi, _ = predict_probabilities(model, [inputs], torch.device("cpu"), channels_last=True)
+    torch.testing.assert_close(torch.from_numpy(multi), torch.sigmoid(logits))
+
+
+def test_labelled_batches_give_logits_probabilities_and_targets():
+    model = tiny_classifier()
+    inputs, targets = torch.randn(4, 1, 16, 20), torch.tensor([0, 2, 1, 0])
+    (output,) = list(iter_outputs(model, [(inputs, targets)], torch.device("cpu")))
+    assert output.logits.dtype == torch.float32 and output.logits.shape == (4, 3)
+    torch.testing.assert_close(output.probabilities, torch.softmax(output.logits, dim=1))
+    assert output.targets.tolist() == [0, 2, 1, 0]
+    _, labels = predict_probabilities(model, [(inputs, targets)], torch.device("cpu"))
+    assert labels.tolist() == [0, 2, 1, 0]
+
+
+def test_a_rebuilt_checkpoint_model_keeps_its_activation():
+    model = tiny_classifier()
+    checkpoint = {"model": model.state_dict(), "model_args": constructor_args("audiocnn", 3, 16, {"width": 4})}
+    rebuilt = model_from_checkpoint(checkpoint)
+    assert rebuilt.multi_label is False
+    assert rebuilt.probabilities(torch.zeros(1, 3)).tolist()[0] == pytest.approx([1 / 3] * 3)
