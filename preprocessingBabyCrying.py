@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from audioclf.frontend import FeatureParams
-from audioclf.metadata import MetadataError
+from audioclf.metadata import AUTO_GROUPS, GROUP_COLUMN, NO_GROUPS, MetadataError
 from audioclf.preprocess import PreprocessError, PreprocessOptions, run_preprocessing
 from audioclf.runtime import setup_logging
 
@@ -49,6 +49,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval_fold", nargs="+", default=[], metavar="FOLD",
                         help="these folds form the evaluation list (without --val_fold, validation is a "
                              "seeded tenth of the other folds)")
+    parser.add_argument("--group_column", default=AUTO_GROUPS, metavar="COLUMN",
+                        help=f"keep each value of this CSV column (recording, source file, speaker) in one split; "
+                             f"default: the CSV's {GROUP_COLUMN!r} column when it has one (python -m tools.datasets "
+                             f"writes it); {NO_GROUPS!r} splits clip by clip")
     parser.add_argument("--device", default=None,
                         help="e.g. cuda: compute the log-mels in batches of 64 there, reading files on "
                              "--num_workers threads (default: CPU worker processes)")
@@ -70,7 +74,8 @@ def options_from_args(args: argparse.Namespace) -> PreprocessOptions:
         shard_index=args.shard_index, fold_subdirs=args.fold_subdirs, device=args.device,
         extract=not (sharded and args.write_lists),
         write_lists=args.write_lists or not sharded,
-        validation_folds=[str(f) for f in args.val_fold], evaluation_folds=[str(f) for f in args.eval_fold])
+        validation_folds=[str(f) for f in args.val_fold], evaluation_folds=[str(f) for f in args.eval_fold],
+        group_column=args.group_column)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -18,6 +19,9 @@ REQUIRED_COLUMNS = ("slice_file_name", "classID", "class")
 N_FOLDS = 10
 TRAIN_FOLDS = range(0, 8)  # of the 10 per-class folds: 8 train, 1 validation, 1 evaluation
 VALIDATION_FOLD, EVALUATION_FOLD = 8, 9
+GROUP_COLUMN = "group"  # written by tools.datasets; a grouped split uses it when the CSV has it
+AUTO_GROUPS, NO_GROUPS = "auto", "none"  # --group_column values: the CSV's `group` column if any / off
+_WHOLE_NUMBER = re.compile(r"[0-9]+")
 
 
 class MetadataError(ValueError):
@@ -33,6 +37,7 @@ class Clip:
     class_id: int
     class_name: str
     fold: str | None = None
+    group: str | None = None  # clips of one group (recording, source file, speaker) share a split
 
     @property
     def feature_file(self) -> str:
@@ -118,6 +123,14 @@ def refusal_reason(slice_file_name: str) -> str | None:
     return None
 
 
+def fold_refusal_reason(fold: str | None) -> str | None:
+    """Why a ``fold`` may not name the folder ``fold<N>/`` (``--fold_subdirs``), else None."""
+    if fold is None or not _WHOLE_NUMBER.fullmatch(fold):
+        return (f"refused: fold {fold!r} is not a whole number; with --fold_subdirs clips are read from "
+                "--data_dir/fold<N>/")
+    return None
+
+
 def _check_feature_collisions(clips: list[Clip], csv_path: Path) -> None:
     by_feature: dict[str, list[Clip]] = defaultdict(list)
     for clip in clips:
@@ -130,22 +143,55 @@ def _check_feature_collisions(clips: list[Clip], csv_path: Path) -> None:
         raise MetadataError(f"{csv_path}: these clips would write the same feature file: {detail}")
 
 
-def read_metadata(csv_path: str | Path) -> tuple[list[Clip], list[Refused], list[str]]:
-    """Validate the metadata CSV; return (usable clips, refused rows, class names by ID)."""
-    csv_path = Path(csv_path)
+def _read_frame(csv_path: Path, **read_args) -> pd.DataFrame:
     if not csv_path.is_file():
         raise MetadataError(f"metadata CSV not found: {csv_path}")
     try:
-        frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=True, **read_args)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise MetadataError(f"{csv_path}: cannot parse as CSV ({error})") from None
     frame.columns = [str(column).strip() for column in frame.columns]
+    return frame
+
+
+def resolve_group_column(csv_path: str | Path, requested: str | None) -> str | None:
+    """The column a grouped split uses: ``auto`` is ``group`` when the CSV has it; ``none``/None is off."""
+    if requested is None or requested == NO_GROUPS:
+        return None
+    if requested != AUTO_GROUPS:
+        return requested
+    return GROUP_COLUMN if GROUP_COLUMN in _read_frame(Path(csv_path), nrows=0).columns else None
+
+
+def _read_groups(frame: pd.DataFrame, column: str, csv_path: Path) -> pd.Series:
+    if column not in frame.columns:
+        raise MetadataError(
+            f"{csv_path}: --group_column {column!r} is not a column of the CSV (found "
+            f"{', '.join(map(str, frame.columns))}); name one of those, or pass --group_column {NO_GROUPS}")
+    groups = frame[column].str.strip()
+    empty = frame.index[groups == ""]
+    if len(empty):
+        log.warning("%s: empty %s at %s: each of those clips is a group of its own", csv_path, column,
+                    _lines(empty))
+        groups = groups.where(groups != "", [f"<line {int(row) + 2}>" for row in frame.index])
+    return groups
+
+
+def read_metadata(csv_path: str | Path, group_column: str | None = None
+                  ) -> tuple[list[Clip], list[Refused], list[str]]:
+    """Validate the metadata CSV; return (usable clips, refused rows, class names by ID).
+
+    ``group_column`` (a column name, or None) fills each clip's ``group`` for a grouped split.
+    """
+    csv_path = Path(csv_path)
+    frame = _read_frame(csv_path)
     _check_columns(frame, csv_path)
     if frame.empty:
         raise MetadataError(f"{csv_path}: no rows")
     class_ids = _check_class_ids(frame, csv_path)
     _check_duplicates(frame, csv_path)
     class_names = [str(name) for name in frame.groupby(class_ids)["class"].first()]
+    groups = _read_groups(frame, group_column, csv_path) if group_column else None
     has_fold = "fold" in frame.columns
     clips, refused = [], []
     for row, name, class_id, class_name in zip(frame.index, frame["slice_file_name"], class_ids, frame["class"]):
@@ -156,7 +202,8 @@ def read_metadata(csv_path: str | Path) -> tuple[list[Clip], list[Refused], list
             refused.append(Refused(line, name, reason))
             continue
         fold = str(frame.at[row, "fold"]).strip() if has_fold else None
-        clips.append(Clip(line, name, int(class_id), str(class_name), fold))
+        group = str(groups[row]) if groups is not None else None
+        clips.append(Clip(line, name, int(class_id), str(class_name), fold, group))
     _check_feature_collisions(clips, csv_path)
     return clips, refused, class_names
 
@@ -176,24 +223,59 @@ def deal_folds(clips: list[Clip], n_classes: int, seed: int, n_folds: int = N_FO
     return [sorted(fold, key=lambda clip: clip.line) for fold in folds]
 
 
-def split_random(clips: list[Clip], n_classes: int, seed: int) -> dict[str, list[Clip]]:
+def deal_groups(clips: list[Clip], n_classes: int, seed: int, n_folds: int = N_FOLDS) -> list[list[Clip]]:
+    """Whole groups into ``n_folds`` folds, stratified by class as far as the groups allow.
+
+    Greedy, largest group first (equal sizes in a seeded order): each group goes to the fold
+    that holds the smallest share of the group's classes so far; ties go to the fold with the
+    fewest clips, then to a seeded random one. A group is never split across folds.
+    """
+    rng = np.random.default_rng(seed)
+    members: dict[str, list[Clip]] = defaultdict(list)
+    for clip in clips:
+        members[clip.group].append(clip)
+    keys = list(members)
+    names = [keys[index] for index in rng.permutation(len(keys))]
+    names.sort(key=lambda name: -len(members[name]))  # stable: the seeded order breaks size ties
+    class_totals = np.bincount([clip.class_id for clip in clips], minlength=n_classes)  # (n_classes,)
+    weights = 1.0 / np.maximum(class_totals, 1)
+    fold_counts = np.zeros((n_folds, n_classes))  # clips of each class per fold so far
+    fold_sizes = np.zeros(n_folds)
+    folds: list[list[Clip]] = [[] for _ in range(n_folds)]
+    for name in names:
+        group_counts = np.bincount([clip.class_id for clip in members[name]], minlength=n_classes)
+        present = np.flatnonzero(group_counts)
+        share = fold_counts[:, present] @ (group_counts[present] * weights[present])  # (n_folds,)
+        fold = int(np.lexsort((rng.random(n_folds), fold_sizes, share))[0])  # last key sorts first
+        fold_counts[fold] += group_counts
+        fold_sizes[fold] += len(members[name])
+        folds[fold].extend(members[name])
+    return [sorted(fold, key=lambda clip: clip.line) for fold in folds]
+
+
+def _deal(clips: list[Clip], n_classes: int, seed: int, by_group: bool) -> list[list[Clip]]:
+    return deal_groups(clips, n_classes, seed) if by_group else deal_folds(clips, n_classes, seed)
+
+
+def split_random(clips: list[Clip], n_classes: int, seed: int, by_group: bool = False) -> dict[str, list[Clip]]:
     """Seeded shuffle, then per class into 10 folds: folds 0-7 train, 8 validation, 9 evaluation.
 
     Deterministic for a seed and a set of clips; each class is split on its own (stratified),
-    so every split holds ~80/10/10 % of every class.
+    so every split holds ~80/10/10 % of every class. ``by_group`` deals whole groups instead
+    (``deal_groups``): no group straddles two splits, and the shares hold as far as group sizes allow.
     """
-    folds = deal_folds(clips, n_classes, seed)
+    folds = _deal(clips, n_classes, seed, by_group)
     train = sorted((clip for fold in TRAIN_FOLDS for clip in folds[fold]), key=lambda clip: clip.line)
     return {"train": train, "validation": folds[VALIDATION_FOLD], "evaluation": folds[EVALUATION_FOLD]}
 
 
 def split_by_fold(clips: list[Clip], validation_folds: list[str], evaluation_folds: list[str],
-                  n_classes: int = 0, seed: int = 42) -> dict[str, list[Clip]]:
+                  n_classes: int = 0, seed: int = 42, by_group: bool = False) -> dict[str, list[Clip]]:
     """Use the CSV's own ``fold`` column (e.g. UrbanSound8K's official folds or speakers).
 
     With evaluation folds but no validation folds, validation is one tenth of every class of
-    the remaining clips (seeded), so every other fold still trains: e.g. hold out one speaker
-    for evaluation and train on all the others.
+    the remaining clips (seeded; whole groups with ``by_group``), so every other fold still
+    trains: e.g. hold out one speaker for evaluation and train on all the others.
     """
     if clips and clips[0].fold is None:
         raise MetadataError("--val_fold/--eval_fold need a 'fold' column in the metadata CSV")
@@ -206,7 +288,7 @@ def split_by_fold(clips: list[Clip], validation_folds: list[str], evaluation_fol
         raise MetadataError(f"fold(s) {unknown} not found in the CSV's fold column (found {sorted(present)})")
     if not validation_folds:
         evaluation = [clip for clip in clips if clip.fold in evaluation_folds]
-        rest = deal_folds([clip for clip in clips if clip.fold not in evaluation_folds], n_classes, seed)
+        rest = _deal([clip for clip in clips if clip.fold not in evaluation_folds], n_classes, seed, by_group)
         train = sorted((clip for fold in rest[:-1] for clip in fold), key=lambda clip: clip.line)
         return {"train": train, "validation": rest[-1], "evaluation": evaluation}
     splits: dict[str, list[Clip]] = {split: [] for split in SPLITS}
@@ -217,8 +299,22 @@ def split_by_fold(clips: list[Clip], validation_folds: list[str], evaluation_fol
     return splits
 
 
-def empty_split_warnings(splits: dict[str, list[Clip]], class_names: list[str]) -> list[str]:
-    """One message per class that some split gets none of (e.g. a class with < 10 clips)."""
+def straddling_groups(splits: dict[str, list[Clip]]) -> dict[str, list[str]]:
+    """Groups whose clips sit in more than one split -> those splits (empty for a grouped split)."""
+    splits_of: dict[str, set[str]] = defaultdict(set)
+    for split, members in splits.items():
+        for clip in members:
+            if clip.group is not None:
+                splits_of[clip.group].add(split)
+    return {group: [split for split in SPLITS if split in names]
+            for group, names in splits_of.items() if len(names) > 1}
+
+
+def empty_split_warnings(splits: dict[str, list[Clip]], class_names: list[str], by_group: bool = False
+                         ) -> list[str]:
+    """One message per class that some split gets none of (e.g. a class with < 10 clips or groups)."""
+    enough = "a class needs 10 or more groups for every split to get some" if by_group \
+        else "10 or more clips give every split some"
     messages = []
     for class_id, name in enumerate(class_names):
         counts = {split: sum(clip.class_id == class_id for clip in members) for split, members in splits.items()}
@@ -226,5 +322,5 @@ def empty_split_warnings(splits: dict[str, list[Clip]], class_names: list[str]) 
         if empty and sum(counts.values()):
             messages.append(
                 f"class {name!r} (classID {class_id}) has {sum(counts.values())} usable clip(s): "
-                f"the {' and '.join(empty)} split(s) get none of it (10 or more clips give every split some)")
+                f"the {' and '.join(empty)} split(s) get none of it ({enough})")
     return messages

@@ -11,6 +11,7 @@ Layout written under ``save_dir``::
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import multiprocessing as mp
@@ -29,8 +30,9 @@ from audioclf.frontend import AudioReadError, FeatureExtractor, FeatureParams, f
 from audioclf.files import atomic_save_npy, atomic_write_json, atomic_write_text
 from audioclf.listfile import (FEATURE_CONFIG, FEATURE_PARAMS_FILE, LISTS_DIR, SKIPPED_FILE, SPLITS, ListEntry,
                                list_path, render_list)
-from audioclf.metadata import (Clip, MetadataError, Refused, empty_split_warnings, read_metadata,
-                               split_by_fold, split_random)
+from audioclf.metadata import (AUTO_GROUPS, GROUP_COLUMN, NO_GROUPS, Clip, MetadataError, Refused,
+                               empty_split_warnings, fold_refusal_reason, read_metadata, resolve_group_column,
+                               split_by_fold, split_random, straddling_groups)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,8 @@ class PreprocessOptions:
     device: str | None = None  # None: CPU worker processes; "cuda" / "cpu": batched transforms there
     validation_folds: list[str] = field(default_factory=list)
     evaluation_folds: list[str] = field(default_factory=list)
+    # Column whose values are kept in one split; "auto": the CSV's `group` column when it has one.
+    group_column: str | None = AUTO_GROUPS
 
 
 @dataclass
@@ -227,11 +231,49 @@ def _entries(clips: list[Clip]) -> list[ListEntry]:
     return [ListEntry(clip.feature_file, clip.class_id, clip.class_name) for clip in clips]
 
 
+def is_grouped(clips: list[Clip]) -> bool:
+    """True when the clips were read with a group column (a grouped split)."""
+    return bool(clips) and clips[0].group is not None
+
+
 def make_splits(clips: list[Clip], class_names: list[str], options: PreprocessOptions) -> dict[str, list[Clip]]:
-    """Fold-column split when folds are named, else the seeded stratified 80/10/10 split."""
+    """Fold-column split when folds are named, else the seeded stratified 80/10/10 split (by group if any)."""
     if options.validation_folds or options.evaluation_folds:
-        return split_by_fold(clips, options.validation_folds, options.evaluation_folds, len(class_names), options.seed)
-    return split_random(clips, len(class_names), options.seed)
+        return split_by_fold(clips, options.validation_folds, options.evaluation_folds, len(class_names),
+                             options.seed, by_group=is_grouped(clips))
+    return split_random(clips, len(class_names), options.seed, by_group=is_grouped(clips))
+
+
+def split_summary(options: PreprocessOptions, splits: dict[str, list[Clip]]) -> dict:
+    """The ``split`` entry of feature_config.json: method, its parameters and the grouping."""
+    if options.validation_folds or options.evaluation_folds:
+        summary = {"method": "fold", "validation_folds": options.validation_folds,
+                   "evaluation_folds": options.evaluation_folds}
+    else:
+        summary = {"method": "random_stratified", "seed": options.seed, "n_folds": 10}
+    clips = [clip for members in splits.values() for clip in members]
+    if is_grouped(clips):
+        straddling = straddling_groups(splits)
+        summary.update(group_column=options.group_column, n_groups=len({clip.group for clip in clips}),
+                       groups_in_several_splits=len(straddling))
+    return summary
+
+
+def log_grouping(options: PreprocessOptions, split: dict, requested: str | None) -> None:
+    """Say how groups were used (and how to turn that off), or warn when a fold split leaks groups."""
+    if "group_column" not in split:
+        return
+    how = (f"the CSV's {GROUP_COLUMN!r} column, used automatically (--group_column {NO_GROUPS} turns it off)"
+           if requested == AUTO_GROUPS else f"column {split['group_column']!r}")
+    if split["method"] == "fold" and options.validation_folds:
+        log.info("split by the fold column; groups from %s: %d groups", how, split["n_groups"])
+    else:
+        log.info("grouped split: whole groups dealt into the folds, stratified by class (%d groups from %s)",
+                 split["n_groups"], how)
+    if split["groups_in_several_splits"]:
+        log.warning("%d group(s) of column %r have clips in more than one split (the CSV's folds separate "
+                    "them): those clips leak between training and evaluation", split["groups_in_several_splits"],
+                    split["group_column"])
 
 
 def write_lists(options: PreprocessOptions, clips: list[Clip], refused: list[Refused],
@@ -261,10 +303,7 @@ def write_lists(options: PreprocessOptions, clips: list[Clip], refused: list[Ref
         "feature_params": options.params.to_dict(),
         "class_names": class_names,
         "n_classes": len(class_names),
-        "split": ({"method": "fold", "validation_folds": options.validation_folds,
-                   "evaluation_folds": options.evaluation_folds}
-                  if options.validation_folds or options.evaluation_folds
-                  else {"method": "random_stratified", "seed": options.seed, "n_folds": 10}),
+        "split": split_summary(options, splits),
         "counts": counts,
         "n_skipped": len(skipped),
         "source_csv": str(options.csv_file),
@@ -292,7 +331,8 @@ def check_outcome(outcome: dict, class_names: list[str]) -> list[str]:
         raise PreprocessError(f"no usable clip remains ({dict(reasons)}); see {LISTS_DIR}/{SKIPPED_FILE}.{hint}")
     per_class = Counter(clip.class_id for members in splits.values() for clip in members)
     lost = [f"{name!r} (classID {i})" for i, name in enumerate(class_names) if per_class[i] == 0]
-    warnings = empty_split_warnings(splits, class_names)
+    warnings = empty_split_warnings(splits, class_names, by_group=is_grouped(
+        [clip for members in splits.values() for clip in members]))
     for message in warnings:
         log.warning(message)
     if lost:
@@ -321,6 +361,19 @@ def log_summary(results: list[ClipResult], clips: list[Clip], seconds: float) ->
         log.warning("skipped clips by reason: %s (details in %s/%s)", dict(reasons), LISTS_DIR, SKIPPED_FILE)
 
 
+def refuse_bad_folds(clips: list[Clip], refused: list[Refused]) -> tuple[list[Clip], list[Refused]]:
+    """With --fold_subdirs the fold names a folder: refuse rows whose fold is not a whole number."""
+    kept = []
+    for clip in clips:
+        reason = fold_refusal_reason(clip.fold)
+        if reason:
+            log.warning("line %d: %s (%s)", clip.line, reason, clip.slice_file_name)
+            refused.append(Refused(clip.line, clip.slice_file_name, reason))
+        else:
+            kept.append(clip)
+    return kept, sorted(refused, key=lambda row: row.line)
+
+
 def audio_path(options: PreprocessOptions, clip: Clip) -> Path:
     """``data_dir/slice_file_name``, or ``data_dir/fold<fold>/slice_file_name`` (UrbanSound8K layout)."""
     if options.fold_subdirs:
@@ -335,7 +388,11 @@ def run_preprocessing(options: PreprocessOptions) -> dict:
     options.params.validate()
     if not 0 <= options.shard_index < options.num_shards:
         raise PreprocessError(f"--shard_index must be in [0, {options.num_shards}), got {options.shard_index}")
-    clips, refused, class_names = read_metadata(options.csv_file)
+    requested_groups = options.group_column
+    options = dataclasses.replace(options, group_column=resolve_group_column(options.csv_file, requested_groups))
+    clips, refused, class_names = read_metadata(options.csv_file, options.group_column)
+    if options.fold_subdirs and clips and clips[0].fold is not None:
+        clips, refused = refuse_bad_folds(clips, refused)
     if not options.data_dir.is_dir():
         raise PreprocessError(f"--data_dir {options.data_dir} is not a folder")
     lists_dir = options.save_dir / LISTS_DIR
@@ -357,6 +414,7 @@ def run_preprocessing(options: PreprocessOptions) -> dict:
     outcome = {"results": results, "class_names": class_names}
     if options.write_lists:
         outcome.update(write_lists(options, clips, refused, class_names))
+        log_grouping(options, outcome["config"]["split"], requested_groups)
         outcome["warnings"] = check_outcome(outcome, class_names)
         counts = {split: len(members) for split, members in outcome["splits"].items()}
         log.info("lists in %s: %s; %d skipped", lists_dir, counts, len(outcome["skipped"]))
