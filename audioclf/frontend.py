@@ -34,6 +34,9 @@ from audioclf.files import atomic_write
 
 AMIN = 1e-10  # power floor before the log: -100 dB
 PAD_MODES = ("repeat", "zeros")
+# File types read_audio opens (libsndfile through soundfile); folders are searched for these.
+AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc",
+                              ".au", ".snd", ".w64", ".caf", ".rf64"})
 
 
 class AudioReadError(Exception):

@@ -1,0 +1,1 @@
+"""Data-making tools with thin command lines (outside the training library's core)."""
