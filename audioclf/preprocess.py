@@ -30,7 +30,7 @@ from audioclf.frontend import AudioReadError, FeatureExtractor, FeatureParams, f
 from audioclf.files import atomic_save_npy, atomic_write_json, atomic_write_text
 from audioclf.listfile import (FEATURE_CONFIG, FEATURE_PARAMS_FILE, LISTS_DIR, SKIPPED_FILE, SPLITS, ListEntry,
                                list_path, render_list)
-from audioclf.metadata import (AUTO_GROUPS, GROUP_COLUMN, NO_GROUPS, Clip, MetadataError, Refused,
+from audioclf.metadata import (AUTO_GROUPS, NO_GROUPS, Clip, MetadataError, Refused,
                                empty_split_warnings, fold_refusal_reason, read_metadata, resolve_group_column,
                                split_by_fold, split_random, straddling_groups)
 
@@ -263,13 +263,13 @@ def log_grouping(options: PreprocessOptions, split: dict, requested: str | None)
     """Say how groups were used (and how to turn that off), or warn when a fold split leaks groups."""
     if "group_column" not in split:
         return
-    how = (f"the CSV's {GROUP_COLUMN!r} column, used automatically (--group_column {NO_GROUPS} turns it off)"
-           if requested == AUTO_GROUPS else f"column {split['group_column']!r}")
+    auto = requested == AUTO_GROUPS
+    groups = (f"{split['n_groups']} groups of the CSV's {split['group_column']!r} column"
+              + (f" (used automatically; --group_column {NO_GROUPS} turns it off)" if auto else ""))
     if split["method"] == "fold" and options.validation_folds:
-        log.info("split by the fold column; groups from %s: %d groups", how, split["n_groups"])
+        log.info("split by the fold column; %s: %d in several splits", groups, split["groups_in_several_splits"])
     else:
-        log.info("grouped split: whole groups dealt into the folds, stratified by class (%d groups from %s)",
-                 split["n_groups"], how)
+        log.info("grouped split: whole groups dealt into the folds, stratified by class; %s", groups)
     if split["groups_in_several_splits"]:
         log.warning("%d group(s) of column %r have clips in more than one split (the CSV's folds separate "
                     "them): those clips leak between training and evaluation", split["groups_in_several_splits"],

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
+import shlex
 from collections import defaultdict
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from audioclf.preprocess import PreprocessOptions, run_preprocessing
 from conftest import write_wav
 from tools.datasets import (ESC50_COLUMNS, US8K_COLUMNS, AdapterOptions, DatasetError, build, dropped_path, main,
                             parse_args)
+from utils import Params
 
 US8K_CLASSES = ((0, "air_conditioner"), (3, "dog_bark"), (8, "siren"))
 ESC50_CLASSES = (("dog", 0), ("rooster", 1), ("crying_baby", 20))  # category, target (ESC-50's own IDs)
@@ -268,7 +271,7 @@ def test_donateacry_reasons_are_classes_and_app_instances_are_groups(tmp_path):
                       "donateacry:643d64ad-b711-469a-af69-55c0d5d3e30f": 2,  # iOS upper case, same instance
                       "donateacry:02c3b725-26e4-4a2c-9336-04ddc58836d9": 1,
                       "donateacry:06c4cfa2-7fa6-4fda-91a1-ea186a4acc64": 1}
-    row = frame.set_index("slice_file_name").loc["tired/06c4cfa2-7fa6-4fda-91a1-ea186a4acc64-1430029221058-1.7-f-26-ti.wav"]
+    row = frame.set_index("slice_file_name").loc[f"tired/{DONATEACRY['tired'][0]}"]
     assert row[["gender", "age", "reason"]].tolist() == ["f", "26", "ti"]
 
 
@@ -532,3 +535,75 @@ def test_written_csv_preprocesses_into_a_grouped_split_without_leaks(tmp_path, c
     assert len(splits_of) == 34 and all(len(splits) == 1 for splits in splits_of.values())
     assert sum(len(read_list(save_dir / "filenames" / f"{s}.txt")) for s in SPLITS) == len(frame) == 66
 
+
+
+def test_audioset_segments_of_classes_left_out_are_not_reported_absent(tmp_path):
+    root = make_audioset(tmp_path)
+    with open(root / "balanced_train_segments.csv", "a") as handle:
+        handle.write(segment_line("musicnofile", 0, "/m/04rlf"))  # line 8: not downloaded, Music only
+        handle.write(segment_line("dognofile00", 0, "/m/0bt9lr"))  # line 9: not downloaded, Dog
+    out = tmp_path / "dog.csv"
+
+    build(["audioset"], [root], out, classes=["dog"])
+
+    assert [row["where"] for row in dropped(out)] == [f"{root / 'balanced_train_segments.csv'}:9"]
+    assert sorted(read_out(out)["ytid"]) == ["-0RWZT-miFs", "abcdefghijk"]
+
+
+# ---------------------------------------------------------------------------------------
+# The README's corpus recipes stay runnable: every command parses, and the files chain up
+# ---------------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def readme_recipes() -> list[list[list[str]]]:
+    """The bash blocks of the README's "Public corpora" section, as lists of argv."""
+    section = (REPO / "README.md").read_text().split("## Public corpora", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
+    return [[shlex.split(line, comments=True) for line in block.replace("\\\n", " ").splitlines()
+             if shlex.split(line, comments=True)] for block in blocks[1:]]  # blocks[0] is the synopsis
+
+
+def apply_sed(script: str, text: str) -> str:
+    for old, new in re.findall(r"s#([^#]*)#([^#]*)#g", script):
+        text = text.replace(old, new)
+    return text
+
+
+def test_readme_corpus_recipes_parse_and_chain(tmp_path, monkeypatch):
+    import evaluation
+    import predict
+    import preprocessingBabyCrying
+    import train
+
+    monkeypatch.chdir(tmp_path)
+    recipes = readme_recipes()
+    assert len(recipes) == 5
+    scripts = {"preprocessingBabyCrying.py": preprocessingBabyCrying.parse_args, "train.py": train.parse_args,
+               "evaluation.py": evaluation.parse_args, "predict.py": predict.parse_args}
+    for recipe in recipes:
+        made_configs, csv_out, save_dir, trained = {}, None, None, []
+        for argv in recipe:
+            if argv[0] == "sed":
+                source = (REPO / argv[2]).read_text()
+                made_configs[argv[4]] = tmp_path / Path(argv[4]).name
+                made_configs[argv[4]].write_text(apply_sed(argv[1], source))
+            if argv[0] != ".venv/bin/python":
+                continue
+            if argv[1:3] == ["-m", "tools.datasets"]:
+                csv_out = parse_args(argv[3:]).out
+            elif argv[1] in scripts:
+                args = scripts[argv[1]](argv[2:])
+                if argv[1] == "preprocessingBabyCrying.py":
+                    assert args.csv_file == csv_out, recipe
+                    save_dir = args.save_dir
+                elif argv[1] in ("train.py", "evaluation.py"):
+                    path = made_configs.get(args.config_path) or REPO / args.config_path
+                    params = Params(path)
+                    assert Path(params.datapath) == tmp_path / save_dir, (path, params.datapath)
+                    assert Path(params.trainlist) == tmp_path / save_dir / "filenames" / "train.txt"
+                    trained.append(argv[1])
+            else:
+                raise AssertionError(f"unexpected command in the README: {argv}")
+        assert trained == ["train.py", "evaluation.py"], recipe

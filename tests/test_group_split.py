@@ -161,8 +161,8 @@ def test_group_column_is_used_automatically_and_reported(dataset_factory, caplog
     split = json.loads((dataset.save_dir / "filenames" / "feature_config.json").read_text())["split"]
     assert split == {"method": "random_stratified", "seed": 42, "n_folds": 10, "group_column": "group",
                      "n_groups": 12, "groups_in_several_splits": 0}
-    assert "grouped split" in caplog.text and "12 groups from the CSV's 'group' column" in caplog.text
-    assert "--group_column none turns it off" in caplog.text
+    assert "grouped split: whole groups dealt into the folds, stratified by class; 12 groups of the CSV's " \
+        "'group' column (used automatically; --group_column none turns it off)" in caplog.text
     # 4 groups per class cannot fill 10 folds: the warning speaks of groups, not clips
     assert any("10 or more groups" in message for message in outcome["warnings"])
 

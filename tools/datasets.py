@@ -82,14 +82,18 @@ class CorpusError(DatasetError):
 
 @dataclass
 class Row:
-    """One clip found in a corpus. ``labels``: the corpus's class names for it (AudioSet: several)."""
+    """One clip listed by a corpus. ``labels``: the corpus's class names for it (AudioSet: several).
 
-    path: Path
+    ``path`` is None when no file was found for it (``missing`` says where it was looked for).
+    """
+
+    path: Path | None
     labels: tuple[str, ...]
     group: str
     where: str
     fold: str = ""
     extras: dict[str, str] = field(default_factory=dict)
+    missing: str = ""
 
 
 @dataclass(frozen=True)
@@ -381,15 +385,13 @@ def read_audioset(root: Path, source: str, options: AdapterOptions) -> Corpus:
                                "segments; name the file <YTID>_<start>.<ext>", "ambiguous")
             continue
         found = timed or untimed
-        if not found:
-            corpus.drop(where, f"clip listed but absent: no file for {ytid} at {start:g} s under {clips_dir}",
-                        "absent")
-            continue
         for extra in found[1:]:
             corpus.drop(str(extra), f"a second file of segment {where}; using {found[0].name}", "duplicate")
-        corpus.rows.append(Row(found[0], tuple(labels), ytid, where, "", {
+        # A segment without a file is reported only if its classes are kept (see merge).
+        corpus.rows.append(Row(found[0] if found else None, tuple(labels), ytid, where, "", {
             "ytid": ytid, "start_seconds": f"{start:.3f}", "end_seconds": end, "labels": "; ".join(labels),
-            "segments": Path(segment_file).stem.removesuffix("_segments")}))
+            "segments": Path(segment_file).stem.removesuffix("_segments")},
+            missing=f"no file for {ytid} at {start:g} s under {clips_dir}"))
     for path in unmatched:
         corpus.drop(str(path), "audio file matches no segment of the segment CSVs (names: [Y]<YTID>[_<start>"
                                "[_<end>]].<ext>)", "no segment")
@@ -590,42 +592,43 @@ def data_folder(corpora: list[Corpus], data_dir: Path | None) -> Path:
     return base
 
 
-def _check_files(corpora: list[Corpus]) -> None:
+def _check_files(chosen: list[tuple[Corpus, Row, str, str]]) -> list[tuple[Corpus, Row, str, str]]:
     """Drop rows whose audio is absent, and later rows naming a file an earlier row already has."""
     first: dict[Path, tuple[str, str]] = {}
-    for corpus in corpora:
-        kept = []
-        for row in corpus.rows:
-            if row.path in first:
-                source, where = first[row.path]
-                corpus.drop(row.where, f"duplicate: the same clip as {where}"
-                                       + (f" ({source})" if source != corpus.source else ""), "duplicate")
-            elif not row.path.is_file():
-                corpus.drop(row.where, f"clip listed but absent: {row.path} not found", "absent")
-            else:
-                first[row.path] = (corpus.source, row.where)
-                kept.append(row)
-        corpus.rows = kept
+    kept = []
+    for corpus, row, name, label in chosen:
+        if row.path is None or not row.path.is_file():
+            corpus.drop(row.where, f"clip listed but absent: {row.missing or f'{row.path} not found'}", "absent")
+        elif row.path in first:
+            source, where = first[row.path]
+            corpus.drop(row.where, f"duplicate: the same clip as {where}"
+                                   + (f" ({source})" if source != corpus.source else ""), "duplicate")
+        else:
+            first[row.path] = (corpus.source, row.where)
+            kept.append((corpus, row, name, label))
+    return kept
 
 
 def merge(corpora: list[Corpus], target: list[str], classes: list[str], data_dir: Path | None) -> Outcome:
     """Rows of the output CSV from the corpora read (classes assigned, IDs contiguous, groups prefixed)."""
-    _check_files(corpora)
     kept, target_spec = class_specs(corpora, target, classes)
     base = data_folder(corpora, data_dir)
-    assigned, left_out = [], Counter()
+    chosen, left_out = [], Counter()
     for corpus in corpora:
         for row in corpus.rows:
             decided = assign_class(row, corpus.name, kept, target_spec)
             if decided is None:
                 left_out[corpus.source] += 1
-                continue
-            relative = PurePosixPath(Path(os.path.relpath(row.path, base)).as_posix())
-            problem = refusal_reason(str(relative))
-            if problem:  # cannot happen for files found under the root; a last guard all the same
-                corpus.drop(row.where, problem)
-                continue
-            assigned.append((corpus, row, str(relative), *decided))
+            else:
+                chosen.append((corpus, row, *decided))
+    assigned = []
+    for corpus, row, name, label in _check_files(chosen):
+        relative = PurePosixPath(Path(os.path.relpath(row.path, base)).as_posix())
+        problem = refusal_reason(str(relative))
+        if problem:  # cannot happen for files found under the root; a last guard all the same
+            corpus.drop(row.where, problem)
+            continue
+        assigned.append((corpus, row, str(relative), name, label))
     if target_spec is not None:
         class_names = [OTHER, target_spec.name]
     elif kept is not None:
@@ -661,7 +664,7 @@ def _warn_shared_recordings(corpora: list[Corpus]) -> None:
     ids = defaultdict(set)
     for corpus in corpora:
         if corpus.name in ("esc50", "urbansound8k"):
-            ids[corpus.source] |= {row.group for row in corpus.rows}
+            ids[corpus.source] |= {row.group for row in corpus.rows if row.path is not None}
     if len(ids) > 1:
         shared = set.intersection(*ids.values())
         if shared:
