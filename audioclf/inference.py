@@ -27,15 +27,13 @@ from tqdm import tqdm
 from audioclf.checkpoint import (CheckpointError, check_required_keys, load_checkpoint, model_from_checkpoint,
                                  operating_point_path)
 from audioclf.events import DetectionParams, Event, detect_events, window_bounds
-from audioclf.frontend import (AudioReadError, FeatureExtractor, FeatureParams, audio_info, fit_length,
-                               iter_audio_blocks)
+from audioclf.frontend import (AUDIO_EXTENSIONS, AudioReadError, FeatureExtractor, FeatureParams, audio_info,
+                               fit_length, iter_audio_blocks)
 from audioclf.listfile import FEATURE_CONFIG
 from audioclf.runtime import amp_dtype_for, predict_probabilities
 
 log = logging.getLogger(__name__)
 
-AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc",
-                              ".au", ".snd", ".w64", ".caf", ".rf64"})
 LIST_EXTENSION = ".txt"
 # Auto mode: a file longer than this many clip lengths is analysed with sliding windows.
 LONG_FACTOR = 4.0

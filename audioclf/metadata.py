@@ -123,9 +123,14 @@ def refusal_reason(slice_file_name: str) -> str | None:
     return None
 
 
+def is_whole_number(text: str | None) -> bool:
+    """True for ``"7"`` or ``"10"``; False for ``"1/../.."``, ``"-1"``, ``""`` (folds that name folders)."""
+    return text is not None and _WHOLE_NUMBER.fullmatch(text) is not None
+
+
 def fold_refusal_reason(fold: str | None) -> str | None:
     """Why a ``fold`` may not name the folder ``fold<N>/`` (``--fold_subdirs``), else None."""
-    if fold is None or not _WHOLE_NUMBER.fullmatch(fold):
+    if not is_whole_number(fold):
         return (f"refused: fold {fold!r} is not a whole number; with --fold_subdirs clips are read from "
                 "--data_dir/fold<N>/")
     return None

@@ -22,6 +22,7 @@ import soundfile as sf
 import torch
 
 from audioclf.frontend import write_audio
+from audioclf.metadata import refusal_reason
 
 
 # ---------------------------------------------------------------------------------------
@@ -77,6 +78,10 @@ def clip_set_from_csv(csv_file: Path, data_dir: Path, limit: int | None, out_dir
     rows = _read_rows(csv_file, limit)
     if not rows:
         raise SystemExit(f"{csv_file} lists no clips")
+    for line, row in enumerate(rows, start=2):  # the same path rule as preprocessing
+        reason = refusal_reason(row["slice_file_name"])
+        if reason:
+            raise SystemExit(f"{csv_file} line {line}: {reason} ({row['slice_file_name']})")
     limited_csv = _write_rows(out_dir / f"{csv_file.stem}-first{len(rows)}.csv", rows)
     files = [data_dir / row["slice_file_name"] for row in rows]
     seconds = sum(sf.info(str(path)).duration for path in files)

@@ -18,13 +18,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from audioclf.config import Params
 from audioclf.frontend import FeatureParams
 from audioclf.listfile import SPLITS, read_list
 from audioclf.preprocess import PreprocessOptions, run_preprocessing
 from conftest import write_wav
 from tools.datasets import (ESC50_COLUMNS, US8K_COLUMNS, AdapterOptions, DatasetError, build, dropped_path, main,
                             parse_args)
-from utils import Params
 
 US8K_CLASSES = ((0, "air_conditioner"), (3, "dog_bark"), (8, "siren"))
 ESC50_CLASSES = (("dog", 0), ("rooster", 1), ("crying_baby", 20))  # category, target (ESC-50's own IDs)
@@ -607,3 +607,20 @@ def test_readme_corpus_recipes_parse_and_chain(tmp_path, monkeypatch):
             else:
                 raise AssertionError(f"unexpected command in the README: {argv}")
         assert trained == ["train.py", "evaluation.py"], recipe
+
+
+def test_audioset_clips_elsewhere_and_an_explicit_data_dir(tmp_path):
+    root = make_audioset(tmp_path)
+    clips = tmp_path / "big_disk" / "clips"
+    clips.parent.mkdir()
+    (root / "audio").rename(clips)
+    out = tmp_path / "as.csv"
+
+    outcome = build(["audioset"], [root], out, options=AdapterOptions(clips=clips))
+    assert outcome.data_dir == clips and len(outcome.rows) == 6
+    assert outcome.rows[0]["slice_file_name"] == "--PJHxphWEs_30.000.wav"
+
+    outcome = build(["audioset"], [root], out, options=AdapterOptions(clips=clips), data_dir=tmp_path)
+    assert outcome.rows[0]["slice_file_name"] == "big_disk/clips/--PJHxphWEs_30.000.wav"
+    with pytest.raises(DatasetError, match=f"--data_dir {root} does not hold {clips}"):
+        build(["audioset"], [root], out, options=AdapterOptions(clips=clips), data_dir=root)

@@ -1,5 +1,6 @@
 """Leak-free splits: whole groups (recording, source file, speaker) into one split; the default
-split without groups unchanged; ``--fold_subdirs`` never reads outside ``--data_dir``."""
+split without groups unchanged; no CSV column reaches outside ``--data_dir`` (``--fold_subdirs``'s
+fold, the bench's clip sets)."""
 from __future__ import annotations
 
 import json
@@ -193,7 +194,7 @@ def test_a_fold_split_that_separates_a_group_is_reported(dataset_factory, caplog
 
 
 # ---------------------------------------------------------------------------------------
-# --fold_subdirs: a fold names a folder, so it must be a whole number
+# CSV columns that reach a path: --fold_subdirs's fold must be a whole number
 # ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("fold", ["1/../..", "../..", "1/..", "-1", "", "1x"])
@@ -214,3 +215,14 @@ def test_fold_subdirs_refuses_a_fold_that_is_not_a_whole_number(dataset_factory,
                            "clips are read from --data_dir/fold<N>/"]
     assert "x.npy" not in [name for names in listed(dataset.save_dir).values() for name in names]
     assert not (dataset.save_dir / "x.npy").exists() and outside.is_file()
+
+
+def test_bench_clip_sets_refuse_paths_outside_data_dir(tmp_path):
+    from bench.common import clip_set_from_csv
+
+    write_wav(tmp_path / "outside.wav", duration=0.1)
+    (tmp_path / "data").mkdir()
+    csv_file = tmp_path / "data" / "meta.csv"
+    csv_file.write_text("slice_file_name,classID,class\n../outside.wav,0,a\n")
+    with pytest.raises(SystemExit, match=r"meta.csv line 2: refused: '\.\.' in path escapes --data_dir"):
+        clip_set_from_csv(csv_file, tmp_path / "data", None, tmp_path)

@@ -8,7 +8,7 @@ One ``NAME`` per corpus (``urbansound8k``, ``esc50``, ``audioset``, ``donateacry
 each with its ``--root`` in the same order; several are merged into one CSV. Columns written:
 
     slice_file_name  path of the clip relative to the data folder printed at the end: pass it to
-                     preprocessing as --data_dir (the deepest folder holding every --root)
+                     preprocessing as --data_dir (the deepest folder holding every corpus's audio)
     classID, class   0..K-1 and the name; with --target: 0 = other, 1 = the target
     fold             the corpus's own fold (UrbanSound8K 1-10, ESC-50 1-5), empty elsewhere
     group            <source>:<recording id>, unique across corpora: clips of one recording share
@@ -35,9 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable
 
+from audioclf.files import atomic_write_text
 from audioclf.frontend import AUDIO_EXTENSIONS
-from audioclf.metadata import GROUP_COLUMN, refusal_reason
-from utils import atomic_write_text, setup_logging
+from audioclf.metadata import GROUP_COLUMN, is_whole_number, refusal_reason
+from audioclf.runtime import setup_logging
 
 log = logging.getLogger("datasets")
 
@@ -69,7 +70,6 @@ DONATEACRY_NAME = re.compile(r"(?P<uuid>[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-
                              r"-(?P<version>[0-9.]+)-(?P<gender>[mf])-(?P<age>\d+)-(?P<reason>[a-z]+)")
 # A downloaded AudioSet clip: [Y]<YTID>[_<start>[_<end>]] (YouTube IDs have 11 characters).
 AUDIOSET_STEM = re.compile(r"(?P<ytid>[A-Za-z0-9_-]{11})(?:_(?P<start>\d+(?:\.\d+)?)(?:_(?P<end>\d+(?:\.\d+)?))?)?")
-_WHOLE_NUMBER = re.compile(r"[0-9]+")
 
 
 class DatasetError(ValueError):
@@ -184,9 +184,7 @@ def _bare_name_problem(column: str, name: str, folder: str) -> str | None:
 
 
 def _fold_problem(fold: str) -> str | None:
-    if not _WHOLE_NUMBER.fullmatch(fold):
-        return f"fold {fold!r} is not a whole number"
-    return None
+    return None if is_whole_number(fold) else f"fold {fold!r} is not a whole number"
 
 
 def _audio_files(folder: Path) -> Iterable[Path]:
@@ -228,7 +226,7 @@ def read_urbansound8k(root: Path, source: str, options: AdapterOptions) -> Corpu
                         "--root must be the UrbanSound8K folder (metadata/UrbanSound8K.csv, audio/fold1..10/)")
     names = {}
     for _, row in table:
-        if row["classID"].isdigit():
+        if is_whole_number(row["classID"]):
             names.setdefault(int(row["classID"]), row["class"])
     corpus.vocabulary = [names[class_id] for class_id in sorted(names)]
     for line, row in table:
@@ -253,7 +251,7 @@ def read_esc50(root: Path, source: str, options: AdapterOptions) -> Corpus:
                         "--root must be the ESC-50 folder (ESC-50-master: meta/esc50.csv, audio/)")
     names = {}
     for _, row in table:
-        if row["target"].isdigit():
+        if is_whole_number(row["target"]):
             names.setdefault(int(row["target"]), row["category"])
     corpus.vocabulary = [names[target] for target in sorted(names)]
     not_esc10 = 0
@@ -292,7 +290,7 @@ def _read_audioset_labels(path: Path, corpus: Corpus) -> dict[str, str]:
     table = _read_table(path, AUDIOSET_LABEL_COLUMNS, corpus,
                         f"--root must hold AudioSet's {AUDIOSET_LABELS} next to the *_segments.csv files")
     names = {row["mid"]: row["display_name"] for _, row in table}
-    order = {row["mid"]: int(row["index"]) if row["index"].isdigit() else len(table) for _, row in table}
+    order = {row["mid"]: int(row["index"]) if is_whole_number(row["index"]) else len(table) for _, row in table}
     corpus.vocabulary = [names[mid] for mid in sorted(names, key=order.get)]
     return names
 
