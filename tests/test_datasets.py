@@ -624,3 +624,15 @@ def test_audioset_clips_elsewhere_and_an_explicit_data_dir(tmp_path):
     assert outcome.rows[0]["slice_file_name"] == "big_disk/clips/--PJHxphWEs_30.000.wav"
     with pytest.raises(DatasetError, match=f"--data_dir {root} does not hold {clips}"):
         build(["audioset"], [root], out, options=AdapterOptions(clips=clips), data_dir=root)
+
+
+def test_a_freesound_recording_in_both_esc50_and_urbansound8k_is_warned_about(tmp_path, caplog):
+    us8k, esc50 = make_urbansound8k(tmp_path), make_esc50(tmp_path)
+    meta = esc50 / "meta" / "esc50.csv"
+    rows = list(csv.DictReader(meta.open()))
+    rows[0]["src_file"] = rows[1]["src_file"] = "1000"  # UrbanSound8K's fsID 1000 too
+    write_csv(meta, ESC50_COLUMNS, rows)
+
+    build(["esc50", "urbansound8k"], [esc50, us8k], tmp_path / "both.csv")
+
+    assert "1 Freesound recording(s) appear in both ESC-50 and UrbanSound8K (e.g. 1000)" in caplog.text
