@@ -1,0 +1,331 @@
+"""A feature cache per split list: every frame in one memory-mapped file, plus an offsets index.
+
+Reading one ``.npy`` per clip costs a file open, a header parse and a small read per item;
+with 16 or more GPU-fed processes that is what limits training. The cache holds the same
+numbers in one flat array, so a shuffled batch is one gather from memory (``gather``), and a
+clip of any length is a view (``clip``). Files, beside the list::
+
+    <list folder>/cache/<list stem>.<dtype>.<key>.frames.npy   (sum of n_mels x T_i,) float32 or float16;
+                                                               clip i is frames[offsets[i]:offsets[i + 1]]
+                                                               viewed as (n_mels, T_i)
+    <list folder>/cache/<list stem>.<dtype>.<key>.index.json   n_mels, T_i per clip, the list it was built from
+    <list folder>/cache/<list stem>.<dtype>.<key>.lock         held while one process builds
+
+``<key>`` is a hash of the list's bytes and every feature file's path, size and modification
+time (and the dtype and format version), so an edited list or a recomputed feature gives a new
+key and the cache is rebuilt; caches of older keys for the same list and dtype are removed.
+Both files are written under temporary names and renamed, the index last: a reader sees a whole
+cache or none. Builders take an exclusive ``flock`` on the lock file first, so concurrent
+processes build once and the others wait and then open the result.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import queue
+import secrets
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+from audioclf.distributed import DistInfo, barrier
+from dataloaders.dataloader import FeatureDataError, read_npy_shape
+from utils import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+CACHE_DIRNAME = "cache"
+CACHE_FORMAT_VERSION = 1
+CACHE_DTYPES = ("float32", "float16")
+
+
+@dataclass(frozen=True)
+class CacheFiles:
+    """Where one list's cache for one dtype and fingerprint lives."""
+
+    frames: Path
+    index: Path
+    lock: Path
+    stale_glob: str  # matches this list's caches of every key (same dtype), for clean-up
+
+
+def fingerprint(list_file: Path, paths: Sequence[Path], dtype: str) -> str:
+    """Hash of the list's bytes and each feature file's resolved path, size and mtime (ns)."""
+    digest = hashlib.sha256(f"feature-cache v{CACHE_FORMAT_VERSION} {dtype}\n".encode())
+    digest.update(Path(list_file).read_bytes())
+    for path in paths:
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:
+            raise FeatureDataError(f"{path}: feature file listed in {list_file} is missing") from None
+        digest.update(f"{os.path.abspath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def cache_files(list_file: str | Path, paths: Sequence[Path], dtype: str = "float32") -> CacheFiles:
+    """The cache file names for ``list_file`` over ``paths`` (fingerprinted now)."""
+    if dtype not in CACHE_DTYPES:
+        raise ValueError(f"feature cache dtype must be one of {CACHE_DTYPES}, got {dtype!r}")
+    list_file = Path(list_file)
+    key = fingerprint(list_file, paths, dtype)[:20]
+    stem = f"{list_file.stem}.{dtype}"
+    folder = list_file.parent / CACHE_DIRNAME
+    return CacheFiles(folder / f"{stem}.{key}.frames.npy", folder / f"{stem}.{key}.index.json",
+                      folder / f"{stem}.{key}.lock", f"{stem}.*")
+
+
+class FeatureCache:
+    """Read-only view of a built cache: ``clip(i)`` for any lengths, ``gather`` for equal lengths."""
+
+    def __init__(self, files: CacheFiles, built: bool = False):
+        index = json.loads(files.index.read_text())
+        self.files = files
+        self.built = built  # True when this process built it (rather than found it)
+        self.n_mels = int(index["n_mels"])
+        self.n_frames = np.asarray(index["n_frames"], dtype=np.int64)  # (N,) frames of each clip
+        self.offsets = np.zeros(len(self.n_frames) + 1, dtype=np.int64)  # (N + 1,) element offsets
+        np.cumsum(self.n_frames * self.n_mels, out=self.offsets[1:])
+        # Copy-on-write mapping: readable like "r", but writable as far as torch.from_numpy is
+        # concerned (no warning); nothing here ever writes to it.
+        self.frames = np.load(files.frames, mmap_mode="c")  # (total elements,)
+        if self.frames.shape != (int(self.offsets[-1]),) or self.frames.dtype != np.dtype(index["dtype"]):
+            raise FeatureDataError(f"{files.frames}: holds {self.frames.shape} {self.frames.dtype}, its index "
+                                   f"{files.index} says ({self.offsets[-1]},) {index['dtype']}; delete both")
+        lengths = np.unique(self.n_frames)
+        self.fixed_n_frames = int(lengths[0]) if len(lengths) == 1 else None
+        self._batched = None  # (N, n_mels, T) torch view for equal-length clips
+        if self.fixed_n_frames is not None:
+            self._batched = torch.from_numpy(self.frames).view(len(self), self.n_mels, self.fixed_n_frames)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """torch dtype of the stored frames."""
+        return torch.float16 if self.frames.dtype == np.float16 else torch.float32
+
+    def __len__(self) -> int:
+        return len(self.n_frames)
+
+    def clip(self, index: int) -> np.ndarray:
+        """Clip ``index`` as an ``(n_mels, T_i)`` view into the mapped file (no copy)."""
+        start, end = self.offsets[index], self.offsets[index + 1]
+        return self.frames[start:end].reshape(self.n_mels, int(self.n_frames[index]))
+
+    def gather(self, indices: Sequence[int] | torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Clips ``indices`` stacked as ``(B, n_mels, T)`` in one gather (equal-length clips only).
+
+        ``out`` (e.g. a pinned buffer of that shape and the cache's dtype) receives the copy.
+        """
+        if self._batched is None:
+            raise FeatureDataError(f"{self.files.frames}: clips have different lengths "
+                                   f"({int(self.n_frames.min())}..{int(self.n_frames.max())} frames); "
+                                   "crop them with clip(i) instead of gathering whole clips")
+        indices = torch.as_tensor(indices, dtype=torch.long)
+        return torch.index_select(self._batched, 0, indices, out=out)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if needed); blocks until it is free."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _feature_shape(path: Path) -> tuple[int, ...]:
+    try:
+        return read_npy_shape(path)
+    except (OSError, ValueError, EOFError) as error:
+        raise FeatureDataError(f"{path}: cannot read feature file ({error}); re-run preprocessing") from None
+
+
+def build_cache(files: CacheFiles, list_file: Path, paths: Sequence[Path], dtype: str) -> None:
+    """Copy every feature into a new frames file, then write the index (both renamed into place)."""
+    shapes = [_feature_shape(path) for path in paths]
+    bad = next((i for i, shape in enumerate(shapes) if len(shape) != 2 or shape[0] != shapes[0][0]), None)
+    if bad is not None:
+        raise FeatureDataError(f"{paths[bad]}: shape {shapes[bad]}, but {paths[0]} is {shapes[0]}; every feature "
+                               "must be (n_mels, frames) with the same n_mels (re-run preprocessing)")
+    n_mels = shapes[0][0]
+    n_frames = np.array([shape[1] for shape in shapes], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(n_frames * n_mels)])
+    log.info("building the feature cache of %s (%d clips, %.1f MB %s) in %s", list_file, len(paths),
+             offsets[-1] * np.dtype(dtype).itemsize / 1e6, dtype, files.frames.parent)
+    temp = files.frames.with_name(f".{files.frames.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        frames = np.lib.format.open_memmap(temp, mode="w+", dtype=dtype, shape=(int(offsets[-1]),))
+        for i, path in enumerate(paths):
+            try:
+                feature = np.load(path)
+            except (OSError, ValueError) as error:
+                raise FeatureDataError(f"{path}: cannot read feature file ({error}); re-run preprocessing") from None
+            if feature.shape != shapes[i]:
+                raise FeatureDataError(f"{path}: changed while the feature cache was being built; run again")
+            frames[offsets[i]:offsets[i + 1]] = feature.ravel()
+        frames.flush()
+        del frames
+        os.replace(temp, files.frames)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    atomic_write_json(files.index, {"version": CACHE_FORMAT_VERSION, "list_file": str(list_file), "dtype": dtype,
+                                    "n_mels": n_mels, "n_frames": n_frames.tolist()})
+    keep = {files.frames, files.index, files.lock}
+    for old in files.frames.parent.glob(files.stale_glob):
+        if old not in keep:
+            old.unlink(missing_ok=True)  # an older fingerprint of this list: stale
+
+
+def _open_or_build_locked(files: CacheFiles, list_file: Path, paths: Sequence[Path], dtype: str) -> FeatureCache:
+    if files.index.is_file():  # up to date, or another process built it while we waited
+        return FeatureCache(files)
+    build_cache(files, list_file, paths, dtype)
+    return FeatureCache(files, built=True)
+
+
+def open_or_build(list_file: str | Path, paths: Sequence[Path], dtype: str = "float32",
+                  info: DistInfo = DistInfo()) -> FeatureCache:
+    """The list's cache: opened when up to date, else built once (under the lock) and opened.
+
+    Under torchrun rank 0 takes the lock before the others pass a barrier, so it is the one
+    that builds while they wait on the lock (no barrier timeout however long the build takes).
+    Afterwards each of them opens the cache, or builds its own where ``list_file``'s folder is
+    not shared between machines.
+    """
+    list_file = Path(list_file)
+    files = cache_files(list_file, paths, dtype)
+    if info.enabled and info.is_main and not files.index.is_file():
+        at_barrier = False
+        try:
+            with exclusive_lock(files.lock):
+                at_barrier = True
+                barrier(info)
+                return _open_or_build_locked(files, list_file, paths, dtype)
+        finally:
+            if not at_barrier:  # rank 0 failed before the barrier: let the others go (and fail alike)
+                barrier(info)
+    barrier(info)  # every process passes it once; a no-op in a single process
+    if files.index.is_file():  # up to date (no lock needed: a read-only folder works too)
+        return FeatureCache(files)
+    with exclusive_lock(files.lock):
+        return _open_or_build_locked(files, list_file, paths, dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# Batches
+# ---------------------------------------------------------------------------------------
+
+Collate = Callable[[FeatureCache, list[int], bool], torch.Tensor]
+
+
+def gather_batch(cache: FeatureCache, indices: list[int], pin_memory: bool = False) -> torch.Tensor:
+    """Equal-length clips ``indices`` as ``(B, 1, n_mels, T)`` in the cache's dtype, in one gather.
+
+    With ``pin_memory`` the gather writes straight into page-locked memory (no second copy).
+    """
+    shape = (len(indices), cache.n_mels, cache.fixed_n_frames or 0)
+    if pin_memory:  # torch's caching host allocator hands back the same pinned blocks
+        out = torch.empty(shape, dtype=cache.dtype, pin_memory=True)
+    else:  # numpy's allocator asks for huge pages: a fresh 16 MB batch costs few page faults
+        out = torch.from_numpy(np.empty(shape, dtype=cache.frames.dtype))
+    return cache.gather(indices, out=out).unsqueeze(1)
+
+
+class CachedBatchLoader:
+    """``(inputs (B, 1, n_mels, T), labels (B,))`` batches from a ``FeatureCache``; a DataLoader stand-in.
+
+    ``batch_sampler`` yields lists of indices (``torch.utils.data.BatchSampler`` over a random,
+    distributed or weighted sampler). An epoch's batches are drawn in the calling thread when
+    iteration starts, so random-number use does not depend on ``prefetch``; a background thread
+    then gathers up to ``prefetch`` batches ahead of the training step (0: gather in the
+    caller's thread). Indices are sorted within a batch (nearby reads; a batch is a set).
+    ``collate(cache, indices, pin_memory)`` makes the inputs: ``gather_batch`` by default, or a
+    cropping function over ``cache.clip(i)`` for clips of different lengths.
+    """
+
+    def __init__(self, cache: FeatureCache, labels: torch.Tensor, batch_sampler: Iterable[list[int]],
+                 pin_memory: bool = False, prefetch: int = 2, collate: Collate = gather_batch):
+        if len(labels) != len(cache):
+            raise ValueError(f"{len(labels)} labels for a cache of {len(cache)} clips ({cache.files.frames})")
+        self.cache, self.labels, self.batch_sampler = cache, labels, batch_sampler
+        self.pin_memory, self.prefetch, self.collate = pin_memory, prefetch, collate
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def make_batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and labels of one batch of indices."""
+        indices = sorted(indices)
+        labels = self.labels[indices]  # (B,)
+        return self.collate(self.cache, indices, self.pin_memory), labels.pin_memory() if self.pin_memory else labels
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        batches = [list(batch) for batch in self.batch_sampler]
+        if self.prefetch <= 0:
+            return map(self.make_batch, batches)
+        return prefetched(map(self.make_batch, batches), self.prefetch)
+
+
+Item = TypeVar("Item")
+
+
+@dataclass(frozen=True)
+class _Failure:
+    error: BaseException
+
+
+_DONE = object()
+
+
+def prefetched(items: Iterator[Item], depth: int) -> Iterator[Item]:
+    """``items`` produced by a background thread, up to ``depth`` ahead of the consumer.
+
+    An error in the producer is raised in the consumer; leaving the loop early stops the thread.
+    """
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                buffer.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+        except BaseException as error:  # handed to the consumer, which raises it
+            put(_Failure(error))
+            return
+        put(_DONE)
+
+    thread = threading.Thread(target=produce, name="batch-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = buffer.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        thread.join()

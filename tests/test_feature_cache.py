@@ -1,0 +1,185 @@
+"""The feature cache (one memory-mapped file per split list) and the batch loader over it."""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler
+
+from audioclf.listfile import ListEntry, render_list
+from dataloaders.dataloader import FeatureDataError, SpectrogramDataset
+from dataloaders.feature_cache import CachedBatchLoader, FeatureCache, cache_files, gather_batch, open_or_build
+from tests.factories import make_feature_dataset
+
+
+@pytest.fixture
+def train_set(tmp_path) -> SpectrogramDataset:
+    """12 clips of (8, 6) features over three classes."""
+    features = make_feature_dataset(tmp_path, per_class=(4, 1, 1), n_mels=8, n_frames=6)
+    return SpectrogramDataset(features / "filenames/train.txt", features)
+
+
+def cache_folder_names(dataset: SpectrogramDataset) -> list[str]:
+    return sorted(path.name for path in (dataset.list_file.parent / "cache").iterdir())
+
+
+def test_built_next_to_the_list_and_equal_to_the_npy_files(train_set):
+    cache = open_or_build(train_set.list_file, train_set.paths)
+    assert cache.built and len(cache) == 12 and cache.fixed_n_frames == 6 and cache.dtype == torch.float32
+    names = cache_folder_names(train_set)
+    key = cache.files.frames.name.split(".")[2]
+    assert names == [f"train.float32.{key}.{suffix}" for suffix in ("frames.npy", "index.json", "lock")]
+    for i in range(len(train_set)):
+        np.testing.assert_array_equal(cache.clip(i), train_set.load(i))
+    batch = cache.gather([5, 0, 11])  # (3, 8, 6)
+    np.testing.assert_array_equal(batch.numpy(), np.stack([train_set.load(i) for i in (5, 0, 11)]))
+    again = open_or_build(train_set.list_file, train_set.paths)
+    assert not again.built and cache_folder_names(train_set) == names  # found, not rebuilt
+
+
+def test_float16_cache_holds_the_rounded_features(train_set):
+    cache = open_or_build(train_set.list_file, train_set.paths, dtype="float16")
+    assert cache.dtype == torch.float16
+    np.testing.assert_array_equal(cache.clip(3), train_set.load(3).astype(np.float16))
+    with pytest.raises(ValueError, match="float32"):
+        open_or_build(train_set.list_file, train_set.paths, dtype="int8")
+
+
+def test_rebuilt_when_a_feature_file_or_the_list_changes(train_set):
+    first = open_or_build(train_set.list_file, train_set.paths)
+    changed = train_set.load(2) + 1.0
+    np.save(train_set.paths[2], changed)
+    stat = os.stat(train_set.paths[2])  # same size; a later edit has a later mtime (made explicit here)
+    os.utime(train_set.paths[2], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    second = open_or_build(train_set.list_file, train_set.paths)
+    assert second.built and second.files.frames != first.files.frames
+    np.testing.assert_array_equal(second.clip(2), changed)
+    assert not first.files.frames.exists() and not first.files.index.exists()  # the stale cache is gone
+
+    entries = train_set.entries[:5]
+    train_set.list_file.write_text(render_list(entries))
+    third = open_or_build(train_set.list_file, train_set.paths[:5])
+    assert third.built and len(third) == 5
+    assert len([name for name in cache_folder_names(train_set) if name.endswith(".frames.npy")]) == 1
+
+
+def test_clips_of_different_lengths_are_views_and_cannot_be_gathered_whole(tmp_path):
+    lengths = [7, 3, 12, 5]
+    entries, arrays = [], []
+    for i, n_frames in enumerate(lengths):
+        array = np.random.default_rng(i).normal(size=(4, n_frames)).astype(np.float32)
+        np.save(tmp_path / f"clip{i}.npy", array)
+        entries.append(ListEntry(f"clip{i}.npy", i % 2, ("a", "b")[i % 2]))
+        arrays.append(array)
+    list_file = tmp_path / "lists" / "train.txt"
+    list_file.parent.mkdir()
+    list_file.write_text(render_list(entries))
+    cache = open_or_build(list_file, [tmp_path / entry.feature_file for entry in entries])
+    assert cache.fixed_n_frames is None and cache.n_frames.tolist() == lengths
+    for i, array in enumerate(arrays):
+        assert cache.clip(i).shape == (4, lengths[i])
+        np.testing.assert_array_equal(cache.clip(i), array)
+    crop = cache.clip(2)[:, 4:9]  # what a random-crop collate does on top
+    np.testing.assert_array_equal(crop, arrays[2][:, 4:9])
+    with pytest.raises(FeatureDataError, match="different lengths"):
+        cache.gather([0, 1])
+
+
+def test_a_bad_feature_file_is_named_and_leaves_no_cache(train_set):
+    train_set.paths[4].write_bytes(b"not a numpy file")
+    with pytest.raises(FeatureDataError, match=str(train_set.paths[4])):
+        open_or_build(train_set.list_file, train_set.paths)
+    assert [name for name in cache_folder_names(train_set) if not name.endswith(".lock")] == []
+
+
+def _build_in_child(list_file: str, paths: list[str], start: multiprocessing.Barrier, results) -> None:
+    start.wait()  # all builders start together
+    cache = open_or_build(list_file, [Path(p) for p in paths])
+    results.put((cache.built, float(cache.frames.astype(np.float64).sum())))
+
+
+def test_concurrent_builders_build_once_and_all_read_the_same_cache(train_set):
+    context = multiprocessing.get_context("fork")
+    start, results = context.Barrier(3), context.Queue()
+    children = [context.Process(target=_build_in_child,
+                                args=(str(train_set.list_file), [str(p) for p in train_set.paths], start, results))
+                for _ in range(3)]
+    for child in children:
+        child.start()
+    outcomes = [results.get(timeout=60) for _ in children]
+    for child in children:
+        child.join(timeout=60)
+        assert child.exitcode == 0
+    assert sorted(built for built, _ in outcomes) == [False, False, True]
+    expected = sum(train_set.load(i).astype(np.float64).sum() for i in range(len(train_set)))
+    assert all(total == pytest.approx(expected) for _, total in outcomes)
+    assert not [name for name in cache_folder_names(train_set) if name.startswith(".")]  # no temp files left
+
+
+def test_index_that_does_not_match_its_frames_is_an_error(train_set):
+    cache = open_or_build(train_set.list_file, train_set.paths)
+    index = json.loads(cache.files.index.read_text())
+    index["n_frames"][0] += 1
+    cache.files.index.write_text(json.dumps(index))
+    with pytest.raises(FeatureDataError, match="delete both"):
+        FeatureCache(cache_files(train_set.list_file, train_set.paths))
+
+
+# ---------------------------------------------------------------------------------------
+# The loader
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_an_epoch_gives_every_clip_once_with_its_label(train_set, prefetch):
+    cache = open_or_build(train_set.list_file, train_set.paths)
+    loader = CachedBatchLoader(cache, train_set.labels, BatchSampler(RandomSampler(train_set), 5, False),
+                               prefetch=prefetch)
+    assert len(loader) == 3
+    seen = []
+    for inputs, labels in loader:
+        assert inputs.shape[1:] == (1, 8, 6) and inputs.dtype == torch.float32
+        for feature, label in zip(inputs, labels):
+            index = next(i for i in range(len(train_set)) if torch.equal(train_set[i][0], feature))
+            assert int(label) == int(train_set.labels[index])
+            seen.append(index)
+    assert [len(batch) for batch, _ in loader] == [5, 5, 2]
+    assert sorted(seen) == list(range(12))
+
+
+def test_prefetch_does_not_change_the_batches_for_a_seed(train_set):
+    cache = open_or_build(train_set.list_file, train_set.paths)
+
+    def epoch(prefetch: int) -> list[torch.Tensor]:
+        torch.manual_seed(3)
+        loader = CachedBatchLoader(cache, train_set.labels, BatchSampler(RandomSampler(train_set), 4, False),
+                                   prefetch=prefetch)
+        return [inputs for inputs, _ in loader]
+
+    assert all(torch.equal(a, b) for a, b in zip(epoch(0), epoch(3), strict=True))
+
+
+def test_errors_in_the_prefetch_thread_reach_the_training_loop_and_leaving_early_stops_it(train_set):
+    cache = open_or_build(train_set.list_file, train_set.paths)
+
+    def failing(cache, indices, pin_memory):
+        if 0 in indices:
+            raise FeatureDataError("clip 0 is broken")
+        return gather_batch(cache, indices, pin_memory)
+
+    loader = CachedBatchLoader(cache, train_set.labels, BatchSampler(SequentialSampler(train_set), 4, False),
+                               prefetch=2, collate=failing)
+    with pytest.raises(FeatureDataError, match="clip 0 is broken"):
+        list(loader)
+    threads_before = threading.active_count()
+    loader = CachedBatchLoader(cache, train_set.labels, BatchSampler(SequentialSampler(train_set), 1, False),
+                               prefetch=2)
+    iterator = iter(loader)
+    next(iterator)
+    iterator.close()  # a loop that breaks early
+    assert threading.active_count() == threads_before
