@@ -3,20 +3,36 @@
 The cache file is ``<torch.hub.get_dir()>/checkpoints/<basename of weights.url>``, where
 ``torch.hub.get_dir()`` is ``$TORCH_HOME/hub`` (``~/.cache/torch/hub`` by default). A cached
 file is read without touching the network; a missing one is downloaded once, and when that
-fails the error says which file to fetch, from where, and where to put it.
+fails (no network, a server that stops answering, a link too slow to finish in time) the error
+says which file to fetch, from where, and where to put it.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
+import secrets
+import time
+import urllib.error
+import urllib.request
 from urllib.parse import urlparse
 
 import torch
 from torchvision.models import WeightsEnum
 
 
+# A download gives up when no byte arrives for STALL_TIMEOUT_S, or when the whole file has not
+# arrived after DOWNLOAD_TIMEOUT_S (torchvision's largest weights here are ~100 MB).
+STALL_TIMEOUT_S = 60.0
+DOWNLOAD_TIMEOUT_S = 1800.0
+
+
 class PretrainedWeightsUnavailable(RuntimeError):
     """Pretrained weights are not in the torch.hub cache and cannot be downloaded."""
+
+
+class DownloadTimeout(TimeoutError):
+    """A weights download stalled or did not finish in time."""
 
 
 def weights_file_name(weights: WeightsEnum) -> str:
@@ -55,17 +71,56 @@ def _read_cached_state_dict(path: str, weights: WeightsEnum) -> dict[str, torch.
         ) from error
 
 
-def load_weights_state_dict(weights: WeightsEnum) -> dict[str, torch.Tensor]:
+def download_file(url: str, path: str, stall_timeout_s: float = STALL_TIMEOUT_S,
+                  timeout_s: float = DOWNLOAD_TIMEOUT_S) -> None:
+    """Stream ``url`` into ``path`` atomically, checking torch.hub's hash prefix in the file name.
+
+    Raises ``DownloadTimeout`` when no byte arrives for ``stall_timeout_s`` or the whole file
+    takes longer than ``timeout_s``; other network failures are ``OSError``s.
+    """
+    deadline = time.monotonic() + timeout_s
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    temp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.partial"
+    digest = hashlib.sha256()
+    try:
+        try:
+            with urllib.request.urlopen(url, timeout=stall_timeout_s) as response, open(temp, "wb") as out:
+                while chunk := response.read1(1 << 16):  # what has arrived, not a full 64 KB
+                    out.write(chunk)
+                    digest.update(chunk)
+                    if time.monotonic() > deadline:
+                        raise DownloadTimeout(f"it did not finish within {timeout_s:g} s")
+        except DownloadTimeout:
+            raise
+        except TimeoutError as error:  # a socket read that waited stall_timeout_s for nothing
+            raise DownloadTimeout(f"no data arrived for {stall_timeout_s:g} s") from error
+        except urllib.error.URLError as error:
+            if isinstance(error.reason, TimeoutError):  # a connection that never opened
+                raise DownloadTimeout(f"no answer for {stall_timeout_s:g} s") from error
+            raise
+        match = torch.hub.HASH_REGEX.search(os.path.basename(path))
+        if match and not digest.hexdigest().startswith(match.group(1)):
+            raise OSError(f"the downloaded file's SHA-256 {digest.hexdigest()[:12]}... does not start with "
+                          f"{match.group(1)} (a broken or altered download)")
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.remove(temp)
+
+
+def load_weights_state_dict(weights: WeightsEnum, stall_timeout_s: float = STALL_TIMEOUT_S,
+                            timeout_s: float = DOWNLOAD_TIMEOUT_S) -> dict[str, torch.Tensor]:
     """State dict of ``weights`` from the torch.hub cache, downloading it once if missing."""
     path = cached_weights_path(weights)
-    if os.path.isfile(path):
-        return _read_cached_state_dict(path, weights)
-    try:
-        # Looked up on torch.hub at call time so tests can stub out the network.
-        return torch.hub.load_state_dict_from_url(
-            weights.url, progress=False, check_hash=True, map_location="cpu", weights_only=True
-        )
-    except OSError as error:  # URLError, HTTPError, DNS, SSL and socket timeouts are all OSErrors
-        raise PretrainedWeightsUnavailable(
-            _unavailable_message(weights, f"not cached and the download failed ({error})")
-        ) from error
+    if not os.path.isfile(path):
+        try:
+            download_file(weights.url, path, stall_timeout_s, timeout_s)
+        except DownloadTimeout as error:
+            raise PretrainedWeightsUnavailable(
+                _unavailable_message(weights, f"not cached and the download timed out ({error})")
+            ) from error
+        except OSError as error:  # URLError, HTTPError, DNS, SSL, a failed hash check
+            raise PretrainedWeightsUnavailable(
+                _unavailable_message(weights, f"not cached and the download failed ({error})")
+            ) from error
+    return _read_cached_state_dict(path, weights)

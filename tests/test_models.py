@@ -1,18 +1,25 @@
 """Tests for the backbone registry in ``models/``: shapes, gradients, pretrained loading, errors.
 
-Nothing here downloads: TORCH_HOME points at a temporary folder and torch.hub's downloader is
-replaced by one that raises URLError. Pretrained files are random-init state dicts the tests
+Nothing here downloads: TORCH_HOME points at a temporary folder and the weights downloader is
+replaced by one that raises URLError (the download tests talk to a server on 127.0.0.1). Pretrained files are random-init state dicts the tests
 write themselves into the cache layout torch.hub uses.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import re
+import socket
+import threading
+import time
+import types
 import urllib.error
 
 import pytest
 import torch
 
+import models.weights
 from models import (
     AudioCNN,
     PretrainedWeightsUnavailable,
@@ -39,7 +46,7 @@ def _no_network(*args: object, **kwargs: object) -> None:
 def offline_torch_home(tmp_path, monkeypatch):
     """Empty torch.hub cache under tmp_path and no downloads, for every test."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", _no_network)
+    monkeypatch.setattr(models.weights, "download_file", _no_network)
     return tmp_path
 
 
@@ -250,3 +257,99 @@ def test_pretrained_and_random_models_have_the_same_state_dict_layout(name, offl
     rebuilt.load_state_dict(pretrained_state)  # strict: same keys and shapes
     first_conv_key = get_model_entry(name).first_conv + ".weight"
     assert torch.equal(rebuilt.state_dict()[first_conv_key], pretrained_state[first_conv_key])
+
+
+# ---------------------------------------------------------------------------------------
+# Downloads that hang or crawl (a server on 127.0.0.1; nothing leaves the machine)
+# ---------------------------------------------------------------------------------------
+
+REAL_DOWNLOAD = models.weights.download_file
+
+
+class LocalServer:
+    """HTTP on 127.0.0.1 that answers ``body`` at once ("serve"), a byte per 50 ms ("trickle"),
+    or reads the request and never answers ("hang")."""
+
+    def __init__(self, behaviour: str, body: bytes = b""):
+        self.behaviour, self.body = behaviour, body
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.05)
+        self.port = self.listener.getsockname()[1]
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                connection, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                connection.recv(65536)  # the GET request
+                if self.behaviour == "hang":
+                    self.stop.wait(10)
+                    continue
+                connection.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {len(self.body)}\r\n"
+                                   "Connection: close\r\n\r\n".encode())
+                step = 1 if self.behaviour == "trickle" else max(1, len(self.body))
+                for start in range(0, len(self.body), step):
+                    if self.stop.is_set():
+                        break
+                    connection.sendall(self.body[start:start + step])
+                    if self.behaviour == "trickle":
+                        time.sleep(0.05)
+
+    def weights(self, file_name: str) -> types.SimpleNamespace:
+        """A stand-in for a torchvision WeightsEnum whose URL is this server."""
+        return types.SimpleNamespace(url=f"http://127.0.0.1:{self.port}/{file_name}")
+
+    def __enter__(self) -> "LocalServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+        self.listener.close()
+
+
+def _state_dict_bytes() -> tuple[bytes, dict[str, torch.Tensor]]:
+    state = {"weight": torch.arange(6.0).reshape(2, 3)}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue(), state
+
+
+@pytest.mark.parametrize("behaviour, expected", [("hang", "no data arrived for 0.2 s"),
+                                                 ("trickle", "it did not finish within 0.3 s")])
+def test_a_hanging_or_crawling_download_times_out_with_the_offline_message(behaviour, expected, monkeypatch,
+                                                                           offline_torch_home):
+    monkeypatch.setattr(models.weights, "download_file", REAL_DOWNLOAD)
+    body, _ = _state_dict_bytes()
+    with LocalServer(behaviour, body) as server:
+        weights = server.weights("tiny-0123abcd.pth")
+        started = time.monotonic()
+        with pytest.raises(PretrainedWeightsUnavailable) as error:
+            models.weights.load_weights_state_dict(weights, stall_timeout_s=0.2, timeout_s=0.3)
+        assert time.monotonic() - started < 3
+    message = str(error.value)
+    assert f"not cached and the download timed out ({expected})" in message
+    checkpoint_dir = os.path.join(str(offline_torch_home), "hub", "checkpoints")
+    # the exact offline instructions follow the reason
+    assert message.endswith(models.weights._unavailable_message(weights, "X").split("X", 1)[1])
+    assert weights.url in message and f"tiny-0123abcd.pth in the directory {checkpoint_dir}" in message
+    assert os.listdir(checkpoint_dir) == []  # no partial file left behind
+
+
+def test_a_download_that_arrives_is_hash_checked_cached_and_loaded(monkeypatch, offline_torch_home):
+    monkeypatch.setattr(models.weights, "download_file", REAL_DOWNLOAD)
+    body, state = _state_dict_bytes()
+    file_name = f"tiny-{hashlib.sha256(body).hexdigest()[:8]}.pth"
+    with LocalServer("serve", body) as server:
+        loaded = models.weights.load_weights_state_dict(server.weights(file_name), stall_timeout_s=2, timeout_s=5)
+        assert torch.equal(loaded["weight"], state["weight"])
+        with pytest.raises(PretrainedWeightsUnavailable, match="does not start with 00000000"):
+            models.weights.load_weights_state_dict(server.weights("tiny-00000000.pth"), stall_timeout_s=2,
+                                                   timeout_s=5)
+    checkpoint_dir = os.path.join(str(offline_torch_home), "hub", "checkpoints")
+    assert os.listdir(checkpoint_dir) == [file_name]
