@@ -3,15 +3,28 @@ from __future__ import annotations
 
 import json
 
-from tools.demo_data import generate_demo_dataset
+import numpy as np
+import pytest
+import scipy.fft
+
 from bench import bench_accuracy
+from dataloaders.dataloader import SpectrogramDataset
+from tools.demo_data import generate_demo_dataset
+from tools.synthetic_features import make_feature_dataset
 
 
-def test_both_protocols_run_end_to_end_on_generated_data(tmp_path, capsys):
-    csv_file = generate_demo_dataset(tmp_path / "data", clips_per_class=20, seed=1)
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory):
+    """(metadata CSV, audio folder) of a small generated demo set, shared by this module's tests."""
+    root = tmp_path_factory.mktemp("demo")
+    return generate_demo_dataset(root / "data", clips_per_class=20, seed=1), root / "data" / "audio"
+
+
+def test_both_protocols_run_end_to_end_on_generated_data(tmp_path, capsys, demo_data):
+    csv_file, audio = demo_data
     results_path = tmp_path / "results.json"
     assert bench_accuracy.main([
-        "--csv_file", str(csv_file), "--data_dir", str(tmp_path / "data" / "audio"),
+        "--csv_file", str(csv_file), "--data_dir", str(audio),
         "--protocol", "both", "--heldout", "1", "2", "--samplerate", "8000", "--n_fft", "256",
         "--n_mels", "16", "--n_frames", "32", "--epochs", "1", "--num_workers", "1",
         "--set", 'model_args={"width": 4}', "num_workers=0", "batch_size=16",
@@ -34,3 +47,32 @@ def test_both_protocols_run_end_to_end_on_generated_data(tmp_path, capsys):
             assert not held_out & {line.split()[0] for line in (lists / split).read_text().splitlines()}
     printed = capsys.readouterr().out
     assert "= speaker (mean)" in printed and "speaker_heldout_2" in printed
+
+
+def test_baseline_fits_logistic_regression_on_mfcc_statistics_over_the_same_folds(tmp_path, capsys, demo_data):
+    csv_file, audio = demo_data
+    results_path = tmp_path / "results.json"
+    assert bench_accuracy.main([
+        "--csv_file", str(csv_file), "--data_dir", str(audio), "--baseline",
+        "--protocol", "both", "--heldout", "1", "--samplerate", "8000", "--n_fft", "256",
+        "--n_mels", "16", "--n_frames", "32", "--num_workers", "1",
+        "--work_dir", str(tmp_path / "work"), "--json", str(results_path)]) == 0
+    random, speaker = json.loads(results_path.read_text())
+    assert [run["evaluation_folds"] for run in speaker["runs"]] == [["1"]]
+    for summary in (random, speaker):
+        run = summary["runs"][0]
+        assert run["model"].startswith("baseline: MFCC-40")
+        # 6 demo classes (chance 1/6) with distinct spectra: a linear model on MFCC stats separates most
+        assert run["accuracy"] >= 0.6 and 0.0 < run["macro_f1"] <= 1.0
+        assert not (tmp_path / "work" / run["run"] / "checkpoints").exists()  # no CNN was trained
+    assert "logistic regression" in capsys.readouterr().out
+
+
+def test_mfcc_statistics_are_mean_and_std_of_the_dct_of_each_frame(tmp_path):
+    features = make_feature_dataset(tmp_path, per_class=(2, 1, 1), n_mels=48, n_frames=5)
+    dataset = SpectrogramDataset(features / "filenames/train.txt", features)
+    statistics = bench_accuracy.mfcc_statistics(dataset)
+    assert statistics.shape == (6, 80)  # 40 coefficients kept of 48 bands: mean, then std
+    frame_dct = np.stack([scipy.fft.dct(frame, norm="ortho") for frame in dataset.load(0).T.astype(np.float64)])
+    np.testing.assert_allclose(statistics[0, :40], frame_dct[:, :40].mean(axis=0))
+    np.testing.assert_allclose(statistics[0, 40:], frame_dct[:, :40].std(axis=0))
