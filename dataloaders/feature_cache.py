@@ -28,7 +28,9 @@ import logging
 import os
 import queue
 import secrets
+import sys
 import threading
+from functools import partial
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,16 +232,45 @@ def open_or_build(list_file: str | Path, paths: Sequence[Path], dtype: str = "fl
 Collate = Callable[[FeatureCache, list[int], bool], torch.Tensor]
 
 
-def gather_batch(cache: FeatureCache, indices: list[int], pin_memory: bool = False) -> torch.Tensor:
+class BufferPool:
+    """Batch buffers that are handed out again once no tensor uses them any more.
+
+    A fresh 16 MB batch costs the kernel 4096 zeroed pages before the gather even starts; a
+    steady training loop drops each batch before it asks for the next few, so a handful of
+    warm buffers serve a whole epoch. A buffer is free when only the pool refers to it (a
+    tensor made by ``torch.from_numpy`` holds a reference to its array while any view of its
+    storage lives), so a caller that keeps batches (``list(loader)``) simply gets new ones.
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self.buffers: list[np.ndarray] = []
+
+    def take(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A free buffer of ``shape`` and ``dtype`` (contents undefined), else a new one."""
+        for index in range(len(self.buffers)):
+            # Unused, a buffer has two references: the list's and getrefcount's argument.
+            if sys.getrefcount(self.buffers[index]) == 2 and self.buffers[index].shape == shape \
+                    and self.buffers[index].dtype == dtype:
+                return self.buffers[index]
+        buffer = np.empty(shape, dtype=dtype)
+        if len(self.buffers) < self.size:
+            self.buffers.append(buffer)
+        return buffer
+
+
+def gather_batch(cache: FeatureCache, indices: list[int], pin_memory: bool = False,
+                 pool: BufferPool | None = None) -> torch.Tensor:
     """Equal-length clips ``indices`` as ``(B, 1, n_mels, T)`` in the cache's dtype, in one gather.
 
-    With ``pin_memory`` the gather writes straight into page-locked memory (no second copy).
+    With ``pin_memory`` the gather writes straight into page-locked memory (torch's caching host
+    allocator reuses those blocks); otherwise into a buffer from ``pool`` when one is given.
     """
     shape = (len(indices), cache.n_mels, cache.fixed_n_frames or 0)
-    if pin_memory:  # torch's caching host allocator hands back the same pinned blocks
+    if pin_memory:
         out = torch.empty(shape, dtype=cache.dtype, pin_memory=True)
-    else:  # numpy's allocator asks for huge pages: a fresh 16 MB batch costs few page faults
-        out = torch.from_numpy(np.empty(shape, dtype=cache.frames.dtype))
+    else:
+        out = torch.from_numpy(pool.take(shape, cache.frames.dtype) if pool else np.empty(shape, cache.frames.dtype))
     return cache.gather(indices, out=out).unsqueeze(1)
 
 
@@ -256,11 +287,13 @@ class CachedBatchLoader:
     """
 
     def __init__(self, cache: FeatureCache, labels: torch.Tensor, batch_sampler: Iterable[list[int]],
-                 pin_memory: bool = False, prefetch: int = 2, collate: Collate = gather_batch):
+                 pin_memory: bool = False, prefetch: int = 2, collate: Collate | None = None):
         if len(labels) != len(cache):
             raise ValueError(f"{len(labels)} labels for a cache of {len(cache)} clips ({cache.files.frames})")
         self.cache, self.labels, self.batch_sampler = cache, labels, batch_sampler
-        self.pin_memory, self.prefetch, self.collate = pin_memory, prefetch, collate
+        self.pin_memory, self.prefetch = pin_memory, prefetch
+        # Buffers in flight: the queue's, the one being gathered, the step's and the one it just dropped.
+        self.collate = collate or partial(gather_batch, pool=BufferPool(prefetch + 3))
 
     def __len__(self) -> int:
         return len(self.batch_sampler)

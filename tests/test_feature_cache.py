@@ -14,7 +14,8 @@ from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler
 
 from audioclf.listfile import ListEntry, render_list
 from dataloaders.dataloader import FeatureDataError, SpectrogramDataset
-from dataloaders.feature_cache import CachedBatchLoader, FeatureCache, cache_files, gather_batch, open_or_build
+from dataloaders.feature_cache import (BufferPool, CachedBatchLoader, FeatureCache, cache_files, gather_batch,
+                                     open_or_build)
 from tests.factories import make_feature_dataset
 
 
@@ -183,3 +184,24 @@ def test_errors_in_the_prefetch_thread_reach_the_training_loop_and_leaving_early
     next(iterator)
     iterator.close()  # a loop that breaks early
     assert threading.active_count() == threads_before
+
+
+def test_batch_buffers_are_reused_only_once_no_tensor_holds_them(train_set):
+    cache = open_or_build(train_set.list_file, train_set.paths)
+    pool = BufferPool(size=2)
+    first = gather_batch(cache, [0, 1], pool=pool)
+    view = first[:, :, :2]  # a view keeps the buffer in use after the batch itself is dropped
+    del first
+    second = gather_batch(cache, [2, 3], pool=pool)
+    assert second.data_ptr() != view.data_ptr()
+    np.testing.assert_array_equal(view.numpy()[:, 0], np.stack([train_set.load(i)[:2] for i in (0, 1)]))
+    address = second.data_ptr()
+    del second
+    third = gather_batch(cache, [4, 5], pool=pool)
+    assert third.data_ptr() == address  # the dropped batch's buffer, warm
+    np.testing.assert_array_equal(third.numpy()[:, 0], np.stack([train_set.load(i) for i in (4, 5)]))
+    kept = list(CachedBatchLoader(cache, train_set.labels, BatchSampler(SequentialSampler(train_set), 3, False)))
+    assert len({inputs.data_ptr() for inputs, _ in kept}) == 4  # a caller keeping every batch gets new ones
+    for number, (inputs, _) in enumerate(kept):
+        np.testing.assert_array_equal(inputs.numpy()[:, 0], np.stack([train_set.load(i)
+                                                                       for i in range(3 * number, 3 * number + 3)]))
