@@ -1,0 +1,79 @@
+"""torch.compile with an eager fallback, and cuDNN autotuning only on CUDA."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from audioclf.acceleration import CompiledModule, enable_cudnn_autotune, maybe_compile
+
+
+def small_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3))
+
+
+def broken_backend(graph_module, example_inputs):
+    """A compiler back end that cannot compile anything (forces the failure path)."""
+    raise RuntimeError("no C++ compiler on this machine")
+
+
+def test_a_compiler_failure_at_the_first_call_falls_back_to_eager_with_one_warning(caplog):
+    net = small_net()
+    inputs = torch.randn(4, 1, 6, 6)
+    expected = net.eval()(inputs)
+    model = CompiledModule(net, backend=broken_backend).eval()
+    with caplog.at_level(logging.WARNING, logger="audioclf.acceleration"):
+        first, second = model(inputs), model(inputs)
+    assert torch.equal(first, expected) and torch.equal(second, expected)
+    warnings = [record.getMessage() for record in caplog.records]
+    assert len(warnings) == 1 and "could not compile Sequential" in warnings[0]
+    assert "no C++ compiler on this machine" in warnings[0] and model.compiled is None
+    assert list(model.parameters()) == list(net.parameters())  # the same weights, not a copy
+
+
+def test_torch_compile_unavailable_falls_back_at_construction(monkeypatch, caplog):
+    def unavailable(*args, **kwargs):
+        raise RuntimeError("torch.compile is not supported on this Python")
+
+    monkeypatch.setattr(torch, "compile", unavailable)
+    net = small_net()
+    with caplog.at_level(logging.WARNING, logger="audioclf.acceleration"):
+        model = maybe_compile(net, enabled=True)
+    assert "not supported on this Python" in caplog.text
+    inputs = torch.randn(2, 1, 6, 6)
+    assert torch.equal(model.eval()(inputs), net.eval()(inputs))
+
+
+def test_a_working_compile_runs_compiled_and_train_eval_reach_the_module():
+    net = small_net()
+    inputs = torch.randn(4, 1, 6, 6)
+    net(inputs)  # materialise the lazy layer
+    model = CompiledModule(net, backend="eager")  # dynamo tracing without a code generator: fast
+    model.train()
+    assert net.training
+    loss = model(inputs).sum()
+    loss.backward()
+    assert model.compiled is not None and model.proven_modes == {True}
+    model.eval()
+    assert not net.training and torch.allclose(model(inputs), net(inputs))
+    assert maybe_compile(net, enabled=False) is net
+
+
+def test_a_genuine_error_after_compiled_runs_is_raised_not_hidden():
+    net = small_net()
+    model = CompiledModule(net, backend="eager").eval()
+    model(torch.randn(2, 1, 6, 6))
+    with pytest.raises(Exception):
+        model(torch.randn(2, 5, 6, 6))  # wrong channel count: the input's fault
+    assert model.compiled is not None
+
+
+def test_cudnn_autotune_only_on_cuda(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    enable_cudnn_autotune(torch.device("cpu"))
+    assert torch.backends.cudnn.benchmark is False
+    enable_cudnn_autotune(torch.device("cuda"))  # only sets a flag; needs no GPU
+    assert torch.backends.cudnn.benchmark is True
