@@ -47,6 +47,14 @@ class CompiledModule(nn.Module):
                     "to skip the attempt): %s: %s", type(self.module).__name__, type(cause).__name__, lines[0])
         object.__setattr__(self, "compiled", None)
 
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)  # parameters, buffers, submodules (including `module`)
+        except AttributeError:
+            if name == "module":
+                raise
+            return getattr(self.module, name)  # e.g. AudioClassifier.probabilities for evaluation
+
     def forward(self, *args, **kwargs):
         if self.compiled is not None:
             try:

@@ -100,6 +100,10 @@ CONFIG_SCHEMA: dict[str, ConfigKey] = {
     # Optimisation.
     "epochs": ConfigKey((int,), help="Number of training epochs.", positive=True),
     "batch_size": ConfigKey((int,), help="Clips per batch.", positive=True),
+    "eval_batch_size": ConfigKey(
+        (int,), None, "Clips per validation and evaluation batch; null means 4 x `batch_size` (no gradients are "
+        "kept, so larger batches fit and keep a GPU busy).", positive=True,
+    ),
     "lr": ConfigKey((float,), help="Peak learning rate.", positive=True),
     "weight_decay": ConfigKey((float,), 0.0, "Optimizer weight decay.", minimum=0),
     "scheduler": ConfigKey(
@@ -120,7 +124,23 @@ CONFIG_SCHEMA: dict[str, ConfigKey] = {
     ),
     "grad_clip": ConfigKey((float,), 0.0, "Max gradient norm; 0 turns clipping off.", minimum=0),
     # Runtime.
-    "num_workers": ConfigKey((int,), 2, "DataLoader worker processes.", minimum=0),
+    "num_workers": ConfigKey(
+        (int,), 2, "DataLoader worker processes when reading one .npy per clip (`feature_cache`: false); the "
+        "feature cache needs none.", minimum=0,
+    ),
+    "feature_cache": ConfigKey(
+        (bool,), True, "Gather each batch from one memory-mapped file per split list (a copy of its features, built "
+        "in `cache/` beside the list on first use and rebuilt when the list or a feature file changes); false "
+        "reads one .npy per clip.",
+    ),
+    "feature_cache_dtype": ConfigKey(
+        (str,), "float32", "Precision of the feature cache: `float16` halves its size and the host-to-GPU copies "
+        "(batches become float32 again on the device).", choices=("float32", "float16"),
+    ),
+    "prefetch_batches": ConfigKey(
+        (int,), 2, "Batches a background thread gathers from the feature cache ahead of the training step; 0 "
+        "gathers in the step's thread.", minimum=0,
+    ),
     "device": ConfigKey(
         (str,), "auto", "Device; `auto` picks CUDA when available.",
         choices=("auto", "cpu", "cuda"), pattern=(r"cuda:\d+", "cuda:N"),
@@ -128,6 +148,10 @@ CONFIG_SCHEMA: dict[str, ConfigKey] = {
     "seed": ConfigKey((int,), 42, "Random seed."),
     "amp": ConfigKey((bool,), True, "Mixed precision on CUDA (ignored on CPU)."),
     "channels_last": ConfigKey((bool,), True, "Channels-last memory format for conv nets (faster on CPU and CUDA)."),
+    "compile": ConfigKey(
+        (bool,), False, "torch.compile the model: a minute or more of compiling, then faster steps on recent GPUs; "
+        "where it cannot compile, training warns once and runs without it.",
+    ),
     "resume": ConfigKey((bool,), False, "Resume from the latest checkpoint in `checkpoint_dir`."),
     "keep_checkpoints": ConfigKey(
         (int,), 5, "Epoch checkpoints to keep (0 keeps all); model_best is kept.", minimum=0,
@@ -267,6 +291,8 @@ def _resolve(given: Mapping[str, Any]) -> dict[str, Any]:
         values[key] = copy.deepcopy(given[key] if key in given else spec.default)
     if values["summaries_dir"] is None:
         values["summaries_dir"] = os.path.join(values["checkpoint_dir"], "runs")
+    if values["eval_batch_size"] is None:
+        values["eval_batch_size"] = 4 * values["batch_size"]
     # One spelling for the schedule, so consumers compare against a string only.
     if values["scheduler"] is True:
         values["scheduler"] = "step"
@@ -288,8 +314,8 @@ class Params:
     The file may use ``//`` and ``/* */`` comments and trailing commas (it is read with
     ``json5``). Unknown keys, missing required keys, wrong types and out-of-range values are
     all reported together in one ``ConfigError``. Defaults come from ``CONFIG_SCHEMA``;
-    ``summaries_dir`` defaults to ``<checkpoint_dir>/runs`` and ``scheduler`` is normalised
-    to one of ``"step"``, ``"cosine"``, ``"none"``.
+    ``summaries_dir`` defaults to ``<checkpoint_dir>/runs``, ``eval_batch_size`` to
+    4 x ``batch_size``, and ``scheduler`` is normalised to one of ``"step"``, ``"cosine"``, ``"none"``.
 
     Relative paths (``datapath``, ``trainlist``, ``vallist``, ``evallist``, ``checkpoint_dir``,
     ``summaries_dir``) are resolved against the current working directory at load (or

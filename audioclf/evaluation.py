@@ -567,7 +567,7 @@ def run_evaluation(params: Params, checkpoint_path: str | Path | None = None, ta
     epoch = int(checkpoint.get("epoch", 0))
     log.info("evaluating %s (epoch %d, %s) on %s (%d clips, %s)", checkpoint_path, epoch,
              checkpoint["model_args"].get("model_name"), evaluation_set.list_file, len(evaluation_set), device)
-    predict = dict(device=device, batch_size=params.batch_size, num_workers=params.num_workers, amp=params.amp,
+    predict = dict(device=device, batch_size=params.eval_batch_size, num_workers=params.num_workers, amp=params.amp,
                    show_progress=show_progress)
     probabilities, labels = predict_list(model, evaluation_set, **predict)
     report = classification_report_dict(probabilities, labels, class_names)

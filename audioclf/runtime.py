@@ -191,7 +191,8 @@ def iter_outputs(model: nn.Module, batches: Iterable, device: torch.device, amp_
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     for batch in batches:
         inputs, targets = batch if isinstance(batch, (tuple, list)) else (batch, None)
-        inputs = inputs.to(device, non_blocking=True, memory_format=memory_format)  # (B, 1, n_mels, n_frames)
+        # float32 on the device: a float16 feature cache's batches cross to the GPU at half the bytes
+        inputs = inputs.to(device, non_blocking=True).to(torch.float32, memory_format=memory_format)  # (B, 1, n_mels, T)
         if targets is not None:
             targets = targets.to(device, non_blocking=True)
         with autocast(device, amp_dtype):

@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, WeightedRandomSampler
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler, WeightedRandomSampler
 from tqdm import tqdm
 
+from audioclf.acceleration import enable_cudnn_autotune, maybe_compile
 from audioclf.augment import SpecAugment, mixup, random_frequency_warp, random_time_shift
 from audioclf.checkpoint import (CONFIG_FILE, checkpoint_state, latest_checkpoint, list_checkpoints, load_checkpoint,
                                  save_checkpoint, unwrap)
@@ -32,6 +33,7 @@ from audioclf.listfile import FEATURE_CONFIG
 from audioclf.runtime import (DistInfo, RunningAverage, amp_dtype_for, autocast, iter_outputs, resolve_device,
                               rng_state, seed_everything, set_rng_state)
 from dataloaders.dataloader import SpectrogramDataset, check_compatible, feature_statistics
+from dataloaders.feature_cache import CachedBatchLoader, cache_for_dataset
 from models import check_input_size, get_model_entry
 
 log = logging.getLogger(__name__)
@@ -45,14 +47,17 @@ class NonFiniteLossError(RuntimeError):
 # Set-up
 # ---------------------------------------------------------------------------------------
 
+Loader = CachedBatchLoader | DataLoader  # both yield (inputs (B, 1, n_mels, n_frames), labels (B,))
+
+
 @dataclass
 class Data:
     """Datasets, loaders and the training sampler (whose epoch is set under DDP)."""
 
     train_set: SpectrogramDataset
     val_set: SpectrogramDataset
-    train_loader: DataLoader
-    val_loader: DataLoader
+    train_loader: Loader
+    val_loader: Loader
     train_sampler: object
 
 
@@ -69,19 +74,30 @@ def _train_sampler(params: Params, dataset: SpectrogramDataset, info: DistInfo):
     return RandomSampler(dataset)
 
 
+def make_loader(dataset: SpectrogramDataset, batches: BatchSampler, params: Params, info: DistInfo,
+                pin_memory: bool) -> Loader:
+    """Batches gathered from the list's feature cache (``feature_cache``), else a DataLoader over the files."""
+    cache = cache_for_dataset(dataset, params.feature_cache_dtype, info) if params.feature_cache else None
+    if cache is not None:
+        return CachedBatchLoader(cache, dataset.labels, batches, pin_memory, params.prefetch_batches)
+    return DataLoader(dataset, batch_sampler=batches, num_workers=params.num_workers, pin_memory=pin_memory,
+                      persistent_workers=params.num_workers > 0)
+
+
 def build_data(params: Params, info: DistInfo, device: torch.device) -> Data:
     """Datasets from the config's lists; loaders with pinned memory on CUDA."""
     train_set = SpectrogramDataset(params.trainlist, params.datapath)
     val_set = SpectrogramDataset(params.vallist, params.datapath, class_names=train_set.class_names)
     check_compatible(train_set, val_set)
     sampler = _train_sampler(params, train_set, info)
-    common = dict(batch_size=params.batch_size, num_workers=params.num_workers,
-                  pin_memory=device.type == "cuda", persistent_workers=params.num_workers > 0)
     per_process = len(sampler)  # under torchrun each process sees ~N / world_size clips
     # Keep every clip, except a final batch of one: BatchNorm cannot train on a single example.
     drop_last = per_process > params.batch_size and per_process % params.batch_size == 1
-    train_loader = DataLoader(train_set, sampler=sampler, drop_last=drop_last, **common)
-    val_loader = DataLoader(val_set, sampler=ShardSampler(len(val_set), info), **common)
+    pin_memory = device.type == "cuda"
+    train_loader = make_loader(train_set, BatchSampler(sampler, params.batch_size, drop_last), params, info,
+                               pin_memory)
+    val_batches = BatchSampler(ShardSampler(len(val_set), info), params.eval_batch_size, drop_last=False)
+    val_loader = make_loader(val_set, val_batches, params, info, pin_memory)
     return Data(train_set, val_set, train_loader, val_loader, sampler)
 
 
@@ -176,13 +192,14 @@ def step_options(params: Params, device: torch.device) -> StepOptions:
 
 
 def to_device(inputs: torch.Tensor, targets: torch.Tensor, options: StepOptions) -> tuple[torch.Tensor, torch.Tensor]:
-    """Non-blocking copies (from pinned memory on CUDA), channels_last when enabled."""
+    """Non-blocking copies (from pinned memory on CUDA), float32 (a float16 cache's batches are
+    widened after the copy, on the device), channels_last when enabled."""
     memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
-    inputs = inputs.to(options.device, non_blocking=True, memory_format=memory_format)
+    inputs = inputs.to(options.device, non_blocking=True).to(torch.float32, memory_format=memory_format)
     return inputs, targets.to(options.device, non_blocking=True)
 
 
-def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+def train_one_epoch(model: nn.Module, loader: Loader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler, options: StepOptions, epoch: int, show_progress: bool = True
                     ) -> dict:
     """One pass over ``loader``; returns ``{"loss", "accuracy", "samples_per_s", "n"}``."""
@@ -230,7 +247,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: DataLoader, options: StepOptions, info: DistInfo = DistInfo()) -> dict:
+def evaluate(model: nn.Module, loader: Loader, options: StepOptions, info: DistInfo = DistInfo()) -> dict:
     """Loss and accuracy over ``loader`` summed across processes: ``{"loss", "accuracy", "n"}``.
 
     Each process sees a disjoint shard (no padding), so the result equals one process
@@ -321,6 +338,7 @@ def train(params: Params, resume: bool = False, show_progress: bool = True) -> d
 
 def _train(params: Params, info: DistInfo, device: torch.device, resume: bool, show_progress: bool) -> dict:
     seed_everything(params.seed + info.rank)
+    enable_cudnn_autotune(device)
     checkpoint_dir = Path(params.checkpoint_dir)
     data = build_data(params, info, device)
     model, model_args = build_model(params, data.train_set)
@@ -362,6 +380,9 @@ def _train(params: Params, info: DistInfo, device: torch.device, resume: bool, s
                  latest, start_epoch, best["accuracy"], best["epoch"])
     wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if info.enabled else model
+    # Checkpoints keep saving `model`; only the steps run through the compiled wrappers.
+    train_runner = maybe_compile(wrapped, params.compile)
+    eval_runner = train_runner if wrapped is model else maybe_compile(model, params.compile)
     writer = None
     if info.is_main:
         from tensorboardX import SummaryWriter
@@ -375,10 +396,10 @@ def _train(params: Params, info: DistInfo, device: torch.device, resume: bool, s
                 data.train_sampler.set_epoch(epoch)
             started = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
-            train_metrics = train_one_epoch(wrapped, data.train_loader, criterion, optimizer, scaler, options,
+            train_metrics = train_one_epoch(train_runner, data.train_loader, criterion, optimizer, scaler, options,
                                             epoch, show_progress)
             sync_buffers(model, info)
-            val_metrics = evaluate(model, data.val_loader, options, info)
+            val_metrics = evaluate(eval_runner, data.val_loader, options, info)
             scheduler.step()
             is_best = val_metrics["accuracy"] > best["accuracy"]
             if is_best:

@@ -27,7 +27,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 from bench.common import best_timings, format_table, machine_info, write_json
 from dataloaders.dataloader import SpectrogramDataset
 from dataloaders.feature_cache import CachedBatchLoader, open_or_build
-from tests.factories import make_feature_dataset
+from tools.synthetic_features import make_feature_dataset
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -30,18 +30,19 @@ import queue
 import secrets
 import sys
 import threading
-from functools import partial
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 import torch
 
-from audioclf.distributed import DistInfo, barrier
-from dataloaders.dataloader import FeatureDataError, read_npy_shape
-from utils import atomic_write_json
+from audioclf.distributed import barrier
+from audioclf.files import atomic_write_json
+from audioclf.runtime import DistInfo
+from dataloaders.dataloader import FeatureDataError, SpectrogramDataset, read_npy_shape
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +224,25 @@ def open_or_build(list_file: str | Path, paths: Sequence[Path], dtype: str = "fl
         return FeatureCache(files)
     with exclusive_lock(files.lock):
         return _open_or_build_locked(files, list_file, paths, dtype)
+
+
+def cache_for_dataset(dataset: SpectrogramDataset, dtype: str = "float32",
+                      info: DistInfo = DistInfo()) -> FeatureCache | None:
+    """The cache of ``dataset``'s list, checked against its feature shape; None (and a warning)
+    when it cannot be written beside the list (read-only folder, full disk)."""
+    try:
+        cache = open_or_build(dataset.list_file, dataset.paths, dtype, info)
+    except OSError as error:
+        log.warning("cannot build the feature cache beside %s (%s); reading one .npy per clip instead "
+                    '(set "feature_cache": false to skip the attempt)', dataset.list_file, error)
+        return None
+    differing = np.flatnonzero(cache.n_frames != dataset.n_frames)
+    if cache.n_mels != dataset.n_mels or len(differing):
+        index = int(differing[0]) if len(differing) else 0
+        raise FeatureDataError(f"{dataset.paths[index]}: shape {cache.clip(index).shape} differs from "
+                               f"{dataset.feature_shape} of {dataset.paths[0]}; features were made with different "
+                               "settings")
+    return cache
 
 
 # ---------------------------------------------------------------------------------------

@@ -77,3 +77,21 @@ def test_cudnn_autotune_only_on_cuda(monkeypatch):
     assert torch.backends.cudnn.benchmark is False
     enable_cudnn_autotune(torch.device("cuda"))  # only sets a flag; needs no GPU
     assert torch.backends.cudnn.benchmark is True
+
+
+def test_the_wrapper_answers_for_the_module_such_as_its_output_activation():
+    class WithActivation(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(2, 2)
+
+        def probabilities(self, logits):
+            return torch.sigmoid(logits)
+
+    net = WithActivation()
+    model = CompiledModule(net, backend="eager")
+    logits = torch.tensor([[0.0, 2.0]])
+    assert torch.equal(model.probabilities(logits), torch.sigmoid(logits))  # multi-label heads stay sigmoid
+    assert model.linear is net.linear
+    with pytest.raises(AttributeError):
+        model.no_such_attribute

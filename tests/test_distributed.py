@@ -44,6 +44,9 @@ def test_torchrun_two_processes_train_log_once_and_resume(tmp_path):
     config = make_config(tmp_path, features, epochs=2, batch_size=4, device="cpu")
     run = torchrun(config)
     assert run.returncode == 0, run.stderr[-3000:]
+    # one process built each list's feature cache (training and validation); the other waited for it
+    assert run.stderr.count("building the feature cache of") == 2, run.stderr[-3000:]
+    assert len(list((features / "filenames" / "cache").glob("*.frames.npy"))) == 2
 
     checkpoints = list_checkpoints(tmp_path / "checkpoints")
     assert [p.name for p in checkpoints] == ["checkpoint_epoch0001.pth.tar", "checkpoint_epoch0002.pth.tar"]

@@ -16,7 +16,7 @@ from audioclf.listfile import ListEntry, render_list
 from dataloaders.dataloader import FeatureDataError, SpectrogramDataset
 from dataloaders.feature_cache import (BufferPool, CachedBatchLoader, FeatureCache, cache_files, gather_batch,
                                      open_or_build)
-from tests.factories import make_feature_dataset
+from tools.synthetic_features import make_feature_dataset
 
 
 @pytest.fixture

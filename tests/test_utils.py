@@ -244,9 +244,11 @@ def test_relative_paths_resolved_against_cwd(tmp_path, monkeypatch):
 def test_defaults_filled():
     params = Params.from_dict(MINIMAL)
     for key, spec in CONFIG_SCHEMA.items():
-        if not spec.required and key not in ("summaries_dir", "scheduler"):
+        if not spec.required and key not in ("summaries_dir", "scheduler", "eval_batch_size"):
             assert params[key] == spec.default, key
     assert params.summaries_dir == "/runs/exp1/runs"
+    assert params.eval_batch_size == 4 * params.batch_size
+    assert Params.from_dict({**MINIMAL, "eval_batch_size": 7}).eval_batch_size == 7
     assert params.amp is True and params.keep_checkpoints == 5 and params.device == "auto"
     assert params.model_args == {}
 
