@@ -41,6 +41,7 @@ test: $(SETUP)
 bench: $(SETUP)
 	$(PY) -m bench.bench_preprocess
 	$(PY) -m bench.bench_train
+	$(PY) -m bench.bench_loader
 	$(PY) -m bench.bench_predict
 
 bench-accuracy: $(SETUP)
