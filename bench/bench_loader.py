@@ -99,9 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{result['clips']} clips of {result['input']}, batch {result['batch_size']}, best of {args.repeats}; "
           f"load average before {result['load_average_before'][0]:.2f}, after {result['load_average_after'][0]:.2f} "
           f"on {result['machine']['cpu_count']} CPUs")
-    rows = [(name, f"{rate:,.0f}", f"{result['vs_files'].get(name, float('nan')):.1f}",
-             f"{result['cpu_s_per_epoch'][name]:.2f}") for name, rate in result["samples_per_s"].items()]
-    print(format_table(["method", "samples/s", "x files", "CPU s/epoch"], rows))
+    rows = []
+    for name, rate in result["samples_per_s"].items():
+        cpu_s = result["cpu_s_per_epoch"][name]
+        # worker processes are not reaped while timing, so their CPU time is not seen: n/a
+        in_process = not name.startswith("files") or name.endswith(" 0 workers")
+        rows.append((name, f"{rate:,.0f}", f"{result['vs_files'].get(name, float('nan')):.1f}",
+                     f"{cpu_s:.3f}" if in_process else "n/a",
+                     f"{result['clips'] / cpu_s:,.0f}" if in_process and cpu_s > 0 else "n/a"))
+    print(format_table(["method", "samples/s", "x files", "CPU s/epoch", "samples per CPU s"], rows))
     for dtype in result["cache_build_s"]:
         print(f"cache {dtype}: built in {result['cache_build_s'][dtype]:.2f} s on first use, "
               f"opened in {result['cache_open_s'][dtype]:.3f} s when up to date")

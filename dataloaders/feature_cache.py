@@ -105,9 +105,9 @@ class FeatureCache:
                                    f"{files.index} says ({self.offsets[-1]},) {index['dtype']}; delete both")
         lengths = np.unique(self.n_frames)
         self.fixed_n_frames = int(lengths[0]) if len(lengths) == 1 else None
-        self._batched = None  # (N, n_mels, T) torch view for equal-length clips
+        self._batched = None  # (N, n_mels, T) view for equal-length clips
         if self.fixed_n_frames is not None:
-            self._batched = torch.from_numpy(self.frames).view(len(self), self.n_mels, self.fixed_n_frames)
+            self._batched = self.frames.reshape(len(self), self.n_mels, self.fixed_n_frames)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -123,7 +123,7 @@ class FeatureCache:
         return self.frames[start:end].reshape(self.n_mels, int(self.n_frames[index]))
 
     def gather(self, indices: Sequence[int] | torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Clips ``indices`` stacked as ``(B, n_mels, T)`` in one gather (equal-length clips only).
+        """Clips ``indices`` stacked as ``(B, n_mels, T)`` (equal-length clips only).
 
         ``out`` (e.g. a pinned buffer of that shape and the cache's dtype) receives the copy.
         """
@@ -131,8 +131,14 @@ class FeatureCache:
             raise FeatureDataError(f"{self.files.frames}: clips have different lengths "
                                    f"({int(self.n_frames.min())}..{int(self.n_frames.max())} frames); "
                                    "crop them with clip(i) instead of gathering whole clips")
-        indices = torch.as_tensor(indices, dtype=torch.long)
-        return torch.index_select(self._batched, 0, indices, out=out)
+        if out is None:
+            out = torch.from_numpy(np.empty((len(indices), self.n_mels, self.fixed_n_frames), self.frames.dtype))
+        target = out.numpy()  # (B, n_mels, T), the same memory (pinned or not)
+        # One memcpy per clip on this thread (numpy releases the GIL for it). torch.index_select is
+        # multi-threaded and, on cores the training step is using, several times slower.
+        for row, index in enumerate(indices):
+            target[row] = self._batched[index]
+        return out
 
 
 @contextlib.contextmanager
