@@ -8,8 +8,9 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /workspace
-COPY requirements.txt /tmp/requirements.txt
-RUN pip install --no-cache-dir -r /tmp/requirements.txt
+COPY requirements.txt requirements-nodeps.txt /tmp/
+RUN pip install --no-cache-dir -r /tmp/requirements.txt \
+    && pip install --no-cache-dir --no-deps -r /tmp/requirements-nodeps.txt
 
 # The repository is mounted here at run time: docker run --gpus all -v $(pwd):/workspace IMAGE ...
 # Inside the image the Python environment is the system one, so point the Makefile at it.

@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from audioclf.frontend import FeatureParams
+from audioclf.frontend import FRONTENDS, FeatureParams
 from audioclf.metadata import AUTO_GROUPS, GROUP_COLUMN, NO_GROUPS, MetadataError
 from audioclf.preprocess import PreprocessError, PreprocessOptions, run_preprocessing
 from audioclf.runtime import setup_logging
@@ -31,13 +31,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--csv_file", required=True, type=Path, help="metadata CSV (slice_file_name, classID, class)")
     parser.add_argument("--data_dir", required=True, type=Path, help="folder the CSV's slice_file_name is relative to")
     parser.add_argument("--save_dir", default=Path("features"), type=Path, help="output folder (default: features)")
-    parser.add_argument("--samplerate", type=int, default=defaults.sample_rate, help="target sample rate in Hz")
-    parser.add_argument("--window_size", type=float, default=defaults.window_ms, help="STFT window in ms")
-    parser.add_argument("--hop_size", type=float, default=defaults.hop_ms, help="STFT hop in ms")
-    parser.add_argument("--n_fft", type=int, default=defaults.n_fft, help="FFT size in samples")
-    parser.add_argument("--n_mels", type=int, default=defaults.n_mels, help="number of mel bands")
-    parser.add_argument("--n_frames", type=int, default=defaults.n_frames, help="frames kept per clip")
-    parser.add_argument("--pad_mode", choices=("repeat", "zeros"), default=defaults.pad_mode,
+    parser.add_argument("--frontend", choices=FRONTENDS, default="default",
+                        help="feature preset: 'yamnet' gives YAMNet's features (16 kHz, 25/10 ms, FFT 512, 64 mels "
+                             "125-7500 Hz, ln(magnitude mel + 0.001), 96 frames) for a pretrained yamnet; the flags "
+                             "below default to the preset's values")
+    # None: the preset's value (the defaults shown are the default front end's).
+    parser.add_argument("--samplerate", type=int, default=None,
+                        help=f"target sample rate in Hz ({defaults.sample_rate})")
+    parser.add_argument("--window_size", type=float, default=None, help=f"STFT window in ms ({defaults.window_ms})")
+    parser.add_argument("--hop_size", type=float, default=None, help=f"STFT hop in ms ({defaults.hop_ms})")
+    parser.add_argument("--n_fft", type=int, default=None, help=f"FFT size in samples ({defaults.n_fft})")
+    parser.add_argument("--n_mels", type=int, default=None, help=f"number of mel bands ({defaults.n_mels})")
+    parser.add_argument("--n_frames", type=int, default=None, help=f"frames kept per clip ({defaults.n_frames})")
+    parser.add_argument("--pad_mode", choices=("repeat", "zeros"), default=None,
                         help="how clips shorter than n_frames are filled (default: repeat the clip)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the stratified split")
     parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1, help="worker processes")
@@ -63,10 +69,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+# flag -> FeatureParams field
+FEATURE_FLAGS = {"samplerate": "sample_rate", "window_size": "window_ms", "hop_size": "hop_ms", "n_fft": "n_fft",
+                 "n_mels": "n_mels", "n_frames": "n_frames", "pad_mode": "pad_mode"}
+
+
+def feature_params_from_args(args: argparse.Namespace) -> FeatureParams:
+    """The ``--frontend`` preset with every feature flag given on the command line on top."""
+    overrides = {field: getattr(args, flag) for flag, field in FEATURE_FLAGS.items() if getattr(args, flag) is not None}
+    return FeatureParams.preset(args.frontend, **overrides)
+
+
 def options_from_args(args: argparse.Namespace) -> PreprocessOptions:
     """Flags -> PreprocessOptions."""
-    params = FeatureParams(sample_rate=args.samplerate, window_ms=args.window_size, hop_ms=args.hop_size,
-                           n_fft=args.n_fft, n_mels=args.n_mels, n_frames=args.n_frames, pad_mode=args.pad_mode)
+    params = feature_params_from_args(args)
     sharded = args.num_shards > 1
     return PreprocessOptions(
         csv_file=args.csv_file, data_dir=args.data_dir, save_dir=args.save_dir, params=params, seed=args.seed,

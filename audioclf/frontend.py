@@ -4,7 +4,7 @@ Preprocessing, training-time checks and inference all call the functions here wi
 parameters stored beside the features (``feature_config.json``) and in every checkpoint,
 so the features a model sees at serving time are computed exactly as in training.
 
-Formula (documented in the README too)::
+Formula of the default front end (documented in the README too)::
 
     x        = mono(audio)                     # mean over channels, float32 in [-1, 1]
     x        = resample(x, sample_rate)        # soxr, "HQ" quality
@@ -14,6 +14,12 @@ Formula (documented in the README too)::
 
 With ``center=True`` a signal of ``n`` samples gives ``1 + n // hop_length`` frames; the
 front end keeps exactly ``n_frames`` of them, shape ``(n_mels, n_frames)``, float32.
+
+The ``yamnet`` front end (``frontend="yamnet"``, preset ``FeatureParams.preset("yamnet")``) is
+the one Google's YAMNet was trained with (its ``features.py``): 16 kHz, 25 ms periodic Hann
+window, 10 ms hop, FFT 512, **magnitude** spectrogram of frames that are not centred,
+TensorFlow's mel matrix (``tf.signal.linear_to_mel_weight_matrix``: 64 bands, 125-7500 Hz) and
+``log(mel + 0.001)``. A signal of ``n`` samples gives ``1 + (n - win_length) // hop`` frames.
 """
 from __future__ import annotations
 
@@ -37,6 +43,16 @@ PAD_MODES = ("repeat", "zeros")
 # File types read_audio opens (libsndfile through soundfile); folders are searched for these.
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc",
                               ".au", ".snd", ".w64", ".caf", ".rf64"})
+FRONTENDS = ("default", "yamnet")  # default: torchaudio dB log-mel; yamnet: YAMNet's features
+YAMNET_LOG_OFFSET = 0.001  # YAMNet's stabilised log: log(mel + 0.001)
+# The YAMNet preset; n_frames = 96 is one YAMNet patch (0.96 s). Every other value is what the
+# AudioSet weights were trained with (YAMNet's params.py), so a pretrained yamnet checks them.
+YAMNET_PRESET = dict(frontend="yamnet", sample_rate=16000, window_ms=25.0, hop_ms=10.0, n_fft=512, n_mels=64,
+                     n_frames=96, f_min=125.0, f_max=7500.0)
+PRESETS = {"default": {}, "yamnet": YAMNET_PRESET}
+# Parameters a preset leaves to the user: clip length and how short clips are filled.
+FREE_PARAMETERS = ("n_frames", "pad_mode")
+_OMITTED_AT_DEFAULT = {"frontend": "default"}  # fields newer than the first feature format
 
 
 class AudioReadError(Exception):
@@ -56,6 +72,19 @@ class FeatureParams:
     f_min: float = 0.0
     f_max: float | None = None
     pad_mode: str = "repeat"
+    frontend: str = "default"  # one of FRONTENDS
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "FeatureParams":
+        """The parameters of preset ``name`` (``FRONTENDS``), with ``overrides`` on top."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown front end {name!r}; choose one of {', '.join(FRONTENDS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    @property
+    def centered(self) -> bool:
+        """Whether frames are centred on their sample (default front end) or start at it (yamnet)."""
+        return self.frontend != "yamnet"
 
     @property
     def win_length(self) -> int:
@@ -69,7 +98,13 @@ class FeatureParams:
 
     @property
     def n_samples(self) -> int:
-        """Samples needed for exactly ``n_frames`` frames: the last frame's centre + n_fft/2."""
+        """Samples needed for exactly ``n_frames`` frames.
+
+        Centred frames: the last frame's centre + n_fft/2 + 1; frames that start at their first
+        sample (yamnet): the last frame's start + one window.
+        """
+        if not self.centered:
+            return (self.n_frames - 1) * self.hop_length + self.win_length
         return (self.n_frames - 1) * self.hop_length + self.n_fft // 2 + 1
 
     @property
@@ -103,19 +138,36 @@ class FeatureParams:
                     f"n_fft={self.n_fft}; lower n_mels or raise n_fft")
         if self.pad_mode not in PAD_MODES:
             problems.append(f"pad_mode must be one of {PAD_MODES}, got {self.pad_mode!r}")
+        if self.frontend not in FRONTENDS:
+            problems.append(f"frontend must be one of {FRONTENDS}, got {self.frontend!r}")
         if problems:
             raise ValueError("invalid feature parameters:\n  " + "\n  ".join(problems))
         return self
 
     def to_dict(self) -> dict:
-        """Plain dict for JSON and checkpoints."""
-        return asdict(self)
+        """Plain dict for JSON and checkpoints; fields added later are left out at their default value,
+        so features and checkpoints made before them keep comparing equal."""
+        values = asdict(self)
+        for name, default in _OMITTED_AT_DEFAULT.items():
+            if values[name] == default:
+                del values[name]
+        return values
 
     @classmethod
     def from_dict(cls, data: dict) -> "FeatureParams":
         """Rebuild from ``to_dict`` output, ignoring keys this version does not know."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+    def preset_differences(self, name: str) -> list[str]:
+        """``["n_mels 128 (preset: 64)", ...]``: where these parameters leave preset ``name``.
+
+        ``FREE_PARAMETERS`` (clip length, padding) may differ; an empty list means a match.
+        """
+        expected = FeatureParams.preset(name)
+        return [f"{item.name} {getattr(self, item.name)!r} (preset: {getattr(expected, item.name)!r})"
+                for item in fields(self)
+                if item.name not in FREE_PARAMETERS and getattr(self, item.name) != getattr(expected, item.name)]
 
 
 class LogMel(nn.Module):
@@ -139,6 +191,58 @@ class LogMel(nn.Module):
         stft = self.spectrogram(waveform)  # (..., n_fft // 2 + 1, frames), complex
         power = stft.real.square() + stft.imag.square()
         return 10.0 * torch.log10(torch.clamp(self.mel_scale(power), min=AMIN))
+
+
+def hertz_to_mel_tf(frequencies: np.ndarray) -> np.ndarray:
+    """TensorFlow's (HTK) mel scale: ``1127 * ln(1 + f / 700)``."""
+    return 1127.0 * np.log1p(frequencies / 700.0)
+
+
+def tf_mel_matrix(n_mels: int, n_fft: int, sample_rate: int, f_min: float, f_max: float) -> np.ndarray:
+    """``tf.signal.linear_to_mel_weight_matrix`` as numpy float32 ``(n_fft // 2 + 1, n_mels)``.
+
+    Triangles are evaluated at each FFT bin's centre on the mel scale (torchaudio interpolates in
+    Hz instead), they peak at 1 (no area normalisation), and the DC bin is always 0. Computed in
+    float32 like TensorFlow, so the matrix matches it to float rounding.
+    """
+    n_bins = n_fft // 2 + 1
+    bin_hz = np.linspace(0.0, sample_rate / 2.0, n_bins, dtype=np.float32)[1:]  # DC excluded (HTK)
+    bin_mel = hertz_to_mel_tf(bin_hz)[:, None]  # (n_bins - 1, 1)
+    edges = np.linspace(hertz_to_mel_tf(np.float32(f_min)), hertz_to_mel_tf(np.float32(f_max)), n_mels + 2,
+                        dtype=np.float32)
+    lower, center, upper = edges[None, :-2], edges[None, 1:-1], edges[None, 2:]  # (1, n_mels) each
+    rising = (bin_mel - lower) / (center - lower)
+    falling = (upper - bin_mel) / (upper - center)
+    weights = np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)
+    return np.concatenate([np.zeros((1, n_mels), dtype=np.float32), weights])  # (n_bins, n_mels)
+
+
+class YamnetLogMel(nn.Module):
+    """Waveform ``(..., n_samples)`` -> YAMNet's log-mel ``(..., n_mels, frames)``.
+
+    Frames of ``win_length`` samples every ``hop_length`` that start at their first sample (no
+    centring, no padding), periodic Hann window, ``|rfft(frame, n_fft)|``, TensorFlow's mel
+    matrix, ``log(mel + 0.001)``: YAMNet's ``features.py`` step by step.
+    """
+
+    def __init__(self, params: FeatureParams):
+        super().__init__()
+        self.win_length, self.hop_length, self.n_fft = params.win_length, params.hop_length, params.n_fft
+        self.register_buffer("window", torch.hann_window(self.win_length, periodic=True), persistent=False)
+        f_max = params.f_max if params.f_max is not None else params.sample_rate / 2
+        mel = tf_mel_matrix(params.n_mels, params.n_fft, params.sample_rate, params.f_min, f_max)
+        self.register_buffer("mel_matrix", torch.from_numpy(mel), persistent=False)  # (n_fft // 2 + 1, n_mels)
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        frames = waveform.unfold(-1, self.win_length, self.hop_length)  # (..., frames, win_length)
+        magnitude = torch.fft.rfft(frames * self.window, n=self.n_fft).abs()  # (..., frames, n_fft // 2 + 1)
+        log_mel = torch.log(magnitude @ self.mel_matrix + YAMNET_LOG_OFFSET)  # (..., frames, n_mels)
+        return log_mel.transpose(-1, -2)  # (..., n_mels, frames)
+
+
+def make_logmel(params: FeatureParams) -> nn.Module:
+    """The log-mel module of ``params.frontend``."""
+    return YamnetLogMel(params) if params.frontend == "yamnet" else LogMel(params)
 
 
 def n_frames_for(n_samples: int, hop_length: int) -> int:
@@ -333,7 +437,7 @@ class FeatureExtractor:
     def __init__(self, params: FeatureParams, device: str | torch.device = "cpu"):
         self.params = params.validate()
         self.device = torch.device(device)
-        self.logmel = LogMel(params).to(self.device)
+        self.logmel = make_logmel(params).to(self.device)
 
     @torch.inference_mode()
     def waveforms_to_features(self, waveforms: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -1,8 +1,9 @@
 """Backbone registry: ``get_model(name, num_classes, pretrained, in_channels)`` and friends.
 
-Importing the package registers every backbone (torchvision ImageNet nets and ``audiocnn``).
+Importing the package registers every backbone (torchvision ImageNet nets, ``efficientnet_lite0``
+with packaged ImageNet weights, ``audiocnn`` and ``yamnet``, the AudioSet-pretrained port).
 """
-from . import audio_cnn, torchvision_backbones  # noqa: F401  (fill the registry)
+from . import audio_cnn, efficientnet_lite, torchvision_backbones, yamnet  # noqa: F401  (fill the registry)
 from .audio_cnn import AudioCNN
 from .registry import (
     ModelEntry,

@@ -13,13 +13,11 @@ import difflib
 import inspect
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import nn
-from torchvision.models import WeightsEnum
-
-from .weights import load_weights_state_dict
+from .weights import AnyWeights, load_any_weights
 
 # builder(num_classes, **model_kwargs) -> model with its native input channels
 ModelBuilder = Callable[..., nn.Module]
@@ -35,13 +33,15 @@ class ModelEntry:
     first_conv: str  # dotted path of the nn.Conv2d that sees the input
     classifier: str  # dotted path of the final nn.Linear
     min_input_size: tuple[int, int]  # (height, width) = (n_mels, n_frames)
-    weights: Optional[WeightsEnum] = None  # None: no pretrained weights exist
+    weights: Optional[AnyWeights] = None  # None: no pretrained weights exist
     native_in_channels: int = 3  # input channels the builder (and the weights) use
     remap_state_dict: Optional[StateDictRemap] = None  # fix legacy checkpoint keys
     finalize: Optional[Callable[[nn.Module], None]] = None  # last touch after weights load
     # A multi-label head (independent classes, e.g. AudioSet's 527 labels) turns logits into
     # probabilities with a sigmoid per class; a single-label head (one class per clip) with a softmax.
     multi_label: bool = False
+    # Feature preset (audioclf.frontend.PRESETS) the pretrained weights were trained on; None: any.
+    frontend: Optional[str] = None
 
     def builder_arguments(self) -> list[str]:
         """Keyword arguments the builder accepts besides ``num_classes`` (``model_args``)."""
@@ -74,15 +74,17 @@ def register_model(
     first_conv: str,
     classifier: str,
     min_input_size: tuple[int, int],
-    weights: Optional[WeightsEnum] = None,
+    weights: Optional[AnyWeights] = None,
     native_in_channels: int = 3,
     remap_state_dict: Optional[StateDictRemap] = None,
     finalize: Optional[Callable[[nn.Module], None]] = None,
     multi_label: bool = False,
+    frontend: Optional[str] = None,
 ) -> Callable[[ModelBuilder], ModelBuilder]:
     """Decorator adding a ``builder(num_classes, **model_kwargs) -> nn.Module`` under ``name``.
 
-    ``multi_label=True`` marks a head whose classes are independent (sigmoid, not softmax).
+    ``multi_label=True`` marks a pretrained head whose classes are independent (sigmoid, not
+    softmax); ``frontend`` names the feature preset the pretrained weights expect.
     """
 
     def decorator(builder: ModelBuilder) -> ModelBuilder:
@@ -99,6 +101,7 @@ def register_model(
             remap_state_dict=remap_state_dict,
             finalize=finalize,
             multi_label=multi_label,
+            frontend=frontend,
         )
         return builder
 
@@ -170,10 +173,10 @@ def adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
 
 
 def _conv_like(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
-    """A new Conv2d with ``conv``'s hyper-parameters but ``in_channels`` inputs."""
+    """A new conv of ``conv``'s class and hyper-parameters but ``in_channels`` inputs."""
     if conv.groups != 1:
         raise ValueError("Cannot change the input channels of a grouped first conv")
-    return nn.Conv2d(
+    return type(conv)(  # the same class: e.g. a TensorFlow-"same"-padding conv stays one
         in_channels,
         conv.out_channels,
         kernel_size=conv.kernel_size,
@@ -219,8 +222,37 @@ def _new_classifier(linear: nn.Linear, num_classes: int) -> nn.Linear:
     )
 
 
+def _pretrained_head(linear: nn.Linear, num_classes: int, rows: Sequence[Optional[int]]) -> nn.Linear:
+    """A Linear(in_features, num_classes) whose row ``i`` is the pretrained row ``rows[i]`` (zeros for None).
+
+    With every row mapped this is (a selection of) the original head; unmapped classes start at
+    zero, so a softmax over one mapped class and unmapped ones starts as the mapped class's sigmoid.
+    """
+    head = _new_classifier(linear, num_classes)
+    with torch.no_grad():
+        head.weight.zero_()
+        if head.bias is not None:
+            head.bias.zero_()
+        for index, row in enumerate(rows):
+            if row is not None:
+                head.weight[index] = linear.weight[row]
+                if head.bias is not None:
+                    head.bias[index] = linear.bias[row]
+    return head
+
+
+def _check_head_rows(entry: ModelEntry, num_classes: int, rows: Sequence[Optional[int]], n_pretrained: int) -> None:
+    if len(rows) != num_classes:
+        raise ValueError(f"head_from_pretrained has {len(rows)} entries for {num_classes} classes; give one per class")
+    for row in rows:
+        if row is not None and not 0 <= row < n_pretrained:
+            raise ValueError(f"head_from_pretrained: {row} is not a class of '{entry.name}''s pretrained head "
+                             f"(0 .. {n_pretrained - 1})")
+
+
 def _build_pretrained(
-    entry: ModelEntry, num_classes: int, in_channels: int, model_kwargs: dict[str, Any]
+    entry: ModelEntry, num_classes: int, in_channels: int, model_kwargs: dict[str, Any],
+    head_rows: Optional[Sequence[Optional[int]]] = None,
 ) -> nn.Module:
     """Build with the original head, load the weights, then adapt the input and the head."""
     if entry.weights is None:
@@ -228,14 +260,20 @@ def _build_pretrained(
             f"Model '{entry.name}' has no pretrained weights; use pretrained=False "
             f'(set "pretrained": false in the config)'
         )
-    state_dict = load_weights_state_dict(entry.weights)  # before building: fail fast offline
+    state_dict = load_any_weights(entry.weights)  # before building: fail fast offline
     if entry.remap_state_dict is not None:
         state_dict = entry.remap_state_dict(state_dict)
-    model = entry.builder(len(entry.weights.meta["categories"]), **model_kwargs)
+    n_pretrained = len(entry.weights.meta["categories"])
+    if head_rows is not None:
+        _check_head_rows(entry, num_classes, head_rows, n_pretrained)
+    model = entry.builder(n_pretrained, **model_kwargs)
     model.load_state_dict(state_dict)
     if in_channels != entry.native_in_channels:
         entry.set_first_conv(model, _pretrained_first_conv(entry.get_first_conv(model), in_channels))
-    entry.set_classifier(model, _new_classifier(entry.get_classifier(model), num_classes))
+    original = entry.get_classifier(model)
+    head = _new_classifier(original, num_classes) if head_rows is None else _pretrained_head(original, num_classes,
+                                                                                             head_rows)
+    entry.set_classifier(model, head)
     return model
 
 
@@ -250,12 +288,16 @@ def _build_random(
 
 
 def get_model(
-    name: str, num_classes: int, pretrained: bool = False, in_channels: int = 1, **model_kwargs: Any
+    name: str, num_classes: int, pretrained: bool = False, in_channels: int = 1, *,
+    head_from_pretrained: Optional[Sequence[Optional[int]]] = None, **model_kwargs: Any
 ) -> nn.Module:
     """Backbone ``name`` mapping (B, in_channels, n_mels, n_frames) to (B, num_classes) logits.
 
     ``model_kwargs`` (the config's ``model_args``) go to the builder, e.g. ``width`` for
     ``audiocnn`` or ``dropout``; ``get_model_entry(name).builder_arguments()`` lists them.
+    ``head_from_pretrained`` (pretrained only) keeps pretrained classifier rows instead of a fresh
+    head: entry ``i`` is the pretrained class that output ``i`` starts from, or None for a new
+    class (zero row). ``range(len(categories))`` gives the original head unchanged.
     """
     entry = get_model_entry(name)
     if num_classes < 1:
@@ -263,8 +305,12 @@ def get_model(
     if in_channels < 1:
         raise ValueError(f"in_channels must be >= 1, got {in_channels}")
     _check_model_kwargs(entry, model_kwargs)
-    build = _build_pretrained if pretrained else _build_random
-    model = build(entry, num_classes, in_channels, model_kwargs)
+    if pretrained:
+        model = _build_pretrained(entry, num_classes, in_channels, model_kwargs, head_from_pretrained)
+    elif head_from_pretrained is not None:
+        raise ValueError("head_from_pretrained needs pretrained=True (it copies rows of the pretrained head)")
+    else:
+        model = _build_random(entry, num_classes, in_channels, model_kwargs)
     if entry.finalize is not None:
         entry.finalize(model)
     return model

@@ -1,20 +1,27 @@
-"""Offline-safe loading of torchvision pretrained weights from the torch.hub cache.
+"""Offline-safe loading of pretrained weights: torchvision's, converted ones and packaged ones.
 
-The cache file is ``<torch.hub.get_dir()>/checkpoints/<basename of weights.url>``, where
-``torch.hub.get_dir()`` is ``$TORCH_HOME/hub`` (``~/.cache/torch/hub`` by default). A cached
+torchvision weights: the cache file is ``<torch.hub.get_dir()>/checkpoints/<basename of
+weights.url>``, where ``torch.hub.get_dir()`` is ``$TORCH_HOME/hub`` (``~/.cache/torch/hub`` by default). A cached
 file is read without touching the network; a missing one is downloaded once, and when that
 fails (no network, a server that stops answering, a link too slow to finish in time) the error
 says which file to fetch, from where, and where to put it.
+
+``ConvertedWeights`` (YAMNet's AudioSet weights) are made offline by ``python -m models.convert``
+into the same cache folder; ``PackagedWeights`` (EfficientNet-Lite0's ImageNet weights) are read
+from the pip package that ships them. Neither ever downloads.
 """
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import pickle
 import secrets
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
+from typing import Callable, Optional, Union
 from urllib.parse import urlparse
 
 import torch
@@ -124,3 +131,96 @@ def load_weights_state_dict(weights: WeightsEnum, stall_timeout_s: float = STALL
                 _unavailable_message(weights, f"not cached and the download failed ({error})")
             ) from error
     return _read_cached_state_dict(path, weights)
+
+
+# ---------------------------------------------------------------------------------------
+# Weights that come from an installed package rather than a URL
+# ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ConvertedWeights:
+    """Weights converted from another framework by ``python -m models.convert <model>`` into the cache.
+
+    Nothing is downloaded: the converter reads them from an installed package (or a file the user
+    gives it) and writes ``<torch.hub cache>/checkpoints/<file_name>``; loading reads that file.
+    """
+
+    name: str  # e.g. "yamnet_audioset"
+    file_name: str  # e.g. "yamnet_audioset.pth"
+    categories: Callable[[], list[str]]  # class names of the original head, in output order (read lazily)
+    convert_command: str  # the command that makes the file
+    license: str  # the weights' licence, stated wherever they are used
+
+    @property
+    def meta(self) -> dict:
+        """torchvision-style metadata (``categories``)."""
+        return {"categories": list(self.categories()), "license": self.license}
+
+    def path(self) -> str:
+        """Where the converted state dict lives."""
+        return os.path.join(weights_cache_dir(), self.file_name)
+
+    def load_state_dict(self) -> dict[str, torch.Tensor]:
+        """The converted state dict; PretrainedWeightsUnavailable naming the command when it is missing."""
+        path = self.path()
+        if not os.path.isfile(path):
+            raise PretrainedWeightsUnavailable(
+                f"Pretrained weights {self.name} are not in the cache: {path} does not exist.\n"
+                f"  Make them (no download; reads the installed package) with:\n"
+                f"    {self.convert_command}\n"
+                f'  or set "pretrained": false in the config to train from random initialisation.')
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
+            raise PretrainedWeightsUnavailable(
+                f"Pretrained weights {self.name}: the cached file {path} cannot be read ({error}); delete it "
+                f"and run {self.convert_command}") from error
+
+
+@dataclass(frozen=True)
+class PackagedWeights:
+    """A PyTorch state dict shipped inside a pip package (read in place; nothing is copied or fetched)."""
+
+    name: str
+    package: str  # importable module holding the file
+    relative_path: str  # the file, relative to the package folder
+    categories: Callable[[], list[str]]  # class names of the original head (read lazily)
+    install_command: str
+    license: str
+    remap: Optional[Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]] = None
+
+    @property
+    def meta(self) -> dict:
+        """torchvision-style metadata (``categories``)."""
+        return {"categories": list(self.categories()), "license": self.license}
+
+    def path(self) -> str:
+        """The state-dict file inside the installed package; PretrainedWeightsUnavailable if not installed."""
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            raise PretrainedWeightsUnavailable(
+                f"Pretrained weights {self.name} come with the pip package of module '{self.package}', which is "
+                f"not installed.\n  Install it with: {self.install_command}\n"
+                f'  or set "pretrained": false in the config to train from random initialisation.')
+        return os.path.join(list(spec.submodule_search_locations)[0], self.relative_path)
+
+    def load_state_dict(self) -> dict[str, torch.Tensor]:
+        """The packaged state dict (after ``remap``)."""
+        path = self.path()
+        try:
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
+            raise PretrainedWeightsUnavailable(
+                f"Pretrained weights {self.name}: {path} cannot be read ({error}); reinstall with "
+                f"{self.install_command}") from error
+        return self.remap(state_dict) if self.remap is not None else state_dict
+
+
+AnyWeights = Union[WeightsEnum, ConvertedWeights, PackagedWeights]
+
+
+def load_any_weights(weights: AnyWeights) -> dict[str, torch.Tensor]:
+    """State dict of torchvision, converted or packaged weights (each from its own offline source)."""
+    if isinstance(weights, (ConvertedWeights, PackagedWeights)):
+        return weights.load_state_dict()
+    return load_weights_state_dict(weights)

@@ -159,3 +159,32 @@ def dataset_factory(tmp_path: Path) -> Callable[..., Dataset]:
         made.append(folder)
         return make_dataset(folder, *args, **kwargs)
     return factory
+
+
+# ---------------------------------------------------------------------------------------
+# Pretrained YAMNet: the real AudioSet weights, converted once per test session
+# ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def yamnet_torch_home(tmp_path_factory) -> Path:
+    """A TORCH_HOME holding YAMNet's weights converted from the installed carrier package (no download)."""
+    from models.convert import convert_yamnet
+
+    home = tmp_path_factory.mktemp("torch_home")
+    previous = os.environ.get("TORCH_HOME")
+    os.environ["TORCH_HOME"] = str(home)
+    try:
+        convert_yamnet()  # writes <TORCH_HOME>/hub/checkpoints/yamnet_audioset.pth
+    finally:
+        if previous is None:
+            del os.environ["TORCH_HOME"]
+        else:
+            os.environ["TORCH_HOME"] = previous
+    return home
+
+
+@pytest.fixture
+def yamnet_weights(yamnet_torch_home, monkeypatch) -> Path:
+    """TORCH_HOME set to the session's converted YAMNet weights for one test."""
+    monkeypatch.setenv("TORCH_HOME", str(yamnet_torch_home))
+    return yamnet_torch_home

@@ -317,3 +317,50 @@ def test_other_inconsistent_parameters_are_named(changes, name):
 def test_params_round_trip_through_a_dict():
     params = FeatureParams(n_mels=40, pad_mode="zeros", f_max=7000.0)
     assert FeatureParams.from_dict({**params.to_dict(), "unknown_future_key": 1}) == params
+
+
+# ---------------------------------------------------------------------------------------
+# The yamnet front end (YAMNet's features; the golden comparison with TensorFlow is in test_yamnet.py)
+# ---------------------------------------------------------------------------------------
+
+def test_yamnet_preset_is_yamnets_parameters():
+    """16 kHz, 25 ms / 10 ms, FFT 512, 64 mels over 125-7500 Hz, one 96-frame patch of 15600 samples."""
+    params = FeatureParams.preset("yamnet").validate()
+    assert (params.sample_rate, params.win_length, params.hop_length, params.n_fft) == (16000, 400, 160, 512)
+    assert (params.n_mels, params.f_min, params.f_max, params.n_frames) == (64, 125.0, 7500.0, 96)
+    assert not params.centered and params.n_samples == 95 * 160 + 400
+    assert FeatureParams.preset("yamnet", n_frames=480).n_frames == 480
+    with pytest.raises(ValueError, match="unknown front end 'vggish'"):
+        FeatureParams.preset("vggish")
+
+
+def test_yamnet_log_mel_is_ln_of_magnitude_mel_of_uncentred_frames():
+    """Independent float64 numpy version: frame t covers samples [160 t, 160 t + 400), |rfft|, ln(mel + 0.001)."""
+    from audioclf.frontend import tf_mel_matrix
+
+    params = FeatureParams.preset("yamnet")
+    # Noise fills every band: in a near-empty band float32 rounding of the tones' leakage dominates.
+    audio = tones((440.0, 3000.0), 16000, duration=1.0) + make_signal("noise", amplitude=0.05, seed=3)
+    feature = FeatureExtractor(params).waveform_to_feature(audio)  # (64, 96)
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(400) / 400)  # periodic Hann
+    frames = np.stack([audio[160 * t:160 * t + 400].astype(np.float64) * window for t in range(96)])
+    magnitude = np.abs(np.fft.rfft(frames, n=512, axis=1))  # (96, 257)
+    expected = np.log(magnitude @ tf_mel_matrix(64, 512, 16000, 125.0, 7500.0).astype(np.float64) + 0.001)
+    np.testing.assert_allclose(feature, expected.T, atol=1e-4)
+    assert feature.min() >= np.log(0.001) - 1e-6  # the stabilised log's floor
+
+
+def test_new_fields_are_recorded_only_when_set():
+    """frontend is written for yamnet features and left out for default ones (old feature configs still match)."""
+    assert "frontend" not in FeatureParams().to_dict()
+    recorded = FeatureParams.preset("yamnet").to_dict()
+    assert recorded["frontend"] == "yamnet" and FeatureParams.from_dict(recorded) == FeatureParams.preset("yamnet")
+    assert FeatureParams.from_dict({k: v for k, v in FeatureParams().to_dict().items()}) == FeatureParams()
+
+
+def test_preset_differences_name_each_parameter_but_not_clip_length():
+    """What a pretrained model's check reports: every differing parameter, except n_frames and pad_mode."""
+    assert FeatureParams.preset("yamnet", n_frames=480, pad_mode="zeros").preset_differences("yamnet") == []
+    differences = FeatureParams(n_mels=64).preset_differences("yamnet")
+    assert "n_mels" not in " ".join(differences)
+    assert "n_fft 1024 (preset: 512)" in differences and "frontend 'default' (preset: 'yamnet')" in differences

@@ -681,3 +681,25 @@ def test_batched_device_path_matches_the_worker_path(dataset_factory):
     assert listed_files(batched_dir) == listed_files(dataset.save_dir)
     assert set(statuses(run_preprocessing(options(dataset, save_dir=batched_dir, device="cpu"))).values()) \
         == {"reused", "skipped"}
+
+
+def test_yamnet_front_end_flag_writes_its_parameters_and_features(dataset_factory):
+    """--frontend yamnet: (64, 96) log-mels, and every parameter (frontend included) in feature_config.json."""
+    dataset = dataset_factory(clips_per_class=4, duration=0.6)
+    argv = ["--csv_file", str(dataset.csv_file), "--data_dir", str(dataset.data_dir),
+            "--save_dir", str(dataset.save_dir), "--num_workers", "1", "--frontend", "yamnet"]
+    assert preprocessingBabyCrying.main(argv) == 0
+    config = json.loads((dataset.save_dir / "filenames" / "feature_config.json").read_text())
+    assert FeatureParams.from_dict(config["feature_params"]) == FeatureParams.preset("yamnet")
+    assert config["feature_params"]["frontend"] == "yamnet"
+    feature = np.load(feature_files(dataset.save_dir)[0])
+    assert feature.shape == (64, 96) and feature.min() >= np.log(0.001) - 1e-6
+
+
+def test_explicit_flags_override_the_preset():
+    """--frontend yamnet --n_frames 480: the preset with a longer clip; other flags keep the preset's values."""
+    args = preprocessingBabyCrying.parse_args(["--csv_file", "x.csv", "--data_dir", "d", "--frontend", "yamnet",
+                                               "--n_frames", "480"])
+    assert preprocessingBabyCrying.feature_params_from_args(args) == FeatureParams.preset("yamnet", n_frames=480)
+    args = preprocessingBabyCrying.parse_args(["--csv_file", "x.csv", "--data_dir", "d"])
+    assert preprocessingBabyCrying.feature_params_from_args(args) == FeatureParams()
