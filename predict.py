@@ -3,19 +3,24 @@
     python predict.py --checkpoint runs/x/checkpoints/model_best.pth.tar clips/ more.wav list.txt
     python predict.py --checkpoint ... --long data/demo/long.wav \
         --reference data/demo/long_events.csv --target_class babycry
+    python predict.py --checkpoint audioset:yamnet clips/            # AudioSet top-k, no training
+    python predict.py --checkpoint audioset:yamnet --long night.wav --target_class "Baby cry, infant cry"
 
 Inputs are audio files (any rate, channels, length), folders (searched recursively for audio
 files) and ``.txt`` files listing one path per line. Everything the features need comes from
 the checkpoint; no training config is read.
 
-Modes: ``--clip`` classifies each file's first clip window (as preprocessing did); ``--long``
-slides windows over the whole file and detects events; the default (auto) uses long mode for
-files longer than ``--long_factor`` clip lengths. Unreadable files are reported and skipped;
-the exit status is 0 when at least one file was processed, else 1.
+Modes: ``--clip`` classifies each file's first clip window (as preprocessing did); ``--file``
+scores each file by the mean of its window probabilities over the whole file; ``--long`` slides
+windows over the whole file and detects events; the default (auto) uses long mode for files
+longer than ``--long_factor`` clip lengths, clip mode for the others, and file mode for a
+pretrained model used as it is (``audioset:yamnet``: YAMNet's own per-file score). Unreadable
+files are reported and skipped; the exit status is 0 when at least one file was processed, else 1.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -24,12 +29,14 @@ from pathlib import Path
 import torch
 
 from audioclf.checkpoint import OPERATING_POINT_FILE, SCORES_DIRNAME, CheckpointError
-from audioclf.events import (DetectionParams, LOW_THRESHOLD_RATIO, format_comparison, format_events_table,
+from audioclf.events import (DetectionParams, Event, LOW_THRESHOLD_RATIO, format_comparison, format_events_table,
                              read_events_csv, score_events, write_events_csv)
 from audioclf.inference import (LONG_FACTOR, Predictor, align_reference, collect_inputs, detect, format_clip_table,
                                 format_metrics, load_operating_point, write_clip_csv, write_clip_json,
                                 write_events_json, write_windows_csv)
 from audioclf.runtime import resolve_device
+from audioclf.zeroshot import ZERO_SHOT_PREFIX, is_zero_shot
+from models import PretrainedWeightsUnavailable
 
 log = logging.getLogger("predict")
 ALL_CLASSES = "all"
@@ -41,18 +48,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders or .txt lists of paths")
-    parser.add_argument("--checkpoint", required=True, help="checkpoint file (e.g. model_best.pth.tar)")
+    parser.add_argument("--checkpoint", required=True,
+                        help=f"checkpoint file (e.g. model_best.pth.tar), or {ZERO_SHOT_PREFIX}yamnet for YAMNet's "
+                             "AudioSet classes without training (weights: python -m models.convert yamnet)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--long", dest="mode", action="store_const", const="long",
                       help="sliding-window detection for every file")
     mode.add_argument("--clip", dest="mode", action="store_const", const="clip",
                       help="classify every file's first clip window only")
+    mode.add_argument("--file", dest="mode", action="store_const", const="file",
+                      help=f"score every file by the mean over all its windows (default for {ZERO_SHOT_PREFIX}<model>)")
     parser.set_defaults(mode="auto")
     parser.add_argument("--long_factor", type=float, default=LONG_FACTOR,
                         help="auto mode: files longer than this many clip lengths use long mode")
-    parser.add_argument("--top_k", type=int, default=3, help="clip mode: classes shown per file")
-    parser.add_argument("--output_csv", type=Path, help="clip mode: write the top-k classes per file here")
-    parser.add_argument("--output_json", type=Path, help="clip mode: write top-k and all probabilities here")
+    parser.add_argument("--top_k", type=int, default=3, help="clip and file mode: classes shown per file")
+    parser.add_argument("--output_csv", type=Path, help="clip and file mode: write the top-k classes per file here")
+    parser.add_argument("--output_json", type=Path,
+                        help="clip and file mode: write top-k and all probabilities here")
 
     long = parser.add_argument_group("long mode")
     long.add_argument("--hop_seconds", type=float, default=None, help="window hop (default: half a clip)")
@@ -76,6 +88,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     long.add_argument("--reference", type=Path,
                       help="annotations CSV (file, onset[_s], offset[_s], class): print truth vs detections "
                            "and event/segment F1")
+    long.add_argument("--reference_class", default=None,
+                      help="with --reference and --target_class: the reference's name for the target class, when "
+                           "the model calls it otherwise (e.g. babycry for audioset:yamnet's 'Baby cry, infant cry')")
     long.add_argument("--metrics_json", type=Path, help="with --reference: write the scores here")
 
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -86,7 +101,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--top_k and --batch_size must be >= 1")
     if args.hop_seconds is not None and args.hop_seconds <= 0:
         parser.error("--hop_seconds must be positive")
+    if args.reference_class is not None and (args.reference is None or args.target_class in (None, ALL_CLASSES)):
+        parser.error("--reference_class needs --reference and a --target_class to rename it to")
     return args
+
+
+def rename_reference_class(reference: list[Event], reference_class: str | None, target_class: str) -> list[Event]:
+    """Reference events of ``reference_class`` relabelled as the model's ``target_class``."""
+    if reference_class is None:
+        return reference
+    return [dataclasses.replace(event, class_name=target_class) if event.class_name == reference_class else event
+            for event in reference]
 
 
 def detection_settings(args: argparse.Namespace, class_names: list[str], operating_point: dict | None
@@ -127,14 +152,18 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         predictor = Predictor.from_checkpoint(args.checkpoint, resolve_device(args.device))
-    except (FileNotFoundError, CheckpointError, ValueError) as error:
+    except (FileNotFoundError, CheckpointError, PretrainedWeightsUnavailable, ValueError) as error:
         log.error("%s", error)
         return 1
+    if args.mode == "auto" and is_zero_shot(args.checkpoint):
+        args.mode = "file"  # a pretrained model's per-file score, as the original gives it
     class_names = predictor.class_names
     operating_point = load_operating_point(args.checkpoint, class_names)
     try:
         settings = detection_settings(args, class_names, operating_point)
         reference = read_events_csv(args.reference) if args.reference else None
+        if reference is not None:
+            reference = rename_reference_class(reference, args.reference_class, args.target_class)
     except (ValueError, OSError) as error:
         log.error("%s", error)
         return 1

@@ -5,7 +5,7 @@ checkpoint normalises exactly as training did.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -40,17 +40,24 @@ class InputNormalization(nn.Module):
 class AudioClassifier(nn.Module):
     """Log-mel ``(B, 1, n_mels, n_frames)`` -> logits ``(B, num_classes)``.
 
-    ``probabilities(logits)`` is the head's output activation, from the backbone's registry entry:
-    softmax over classes for a single-label head, a sigmoid per class for a multi-label one.
+    ``probabilities(logits)`` is the head's output activation: softmax over classes for a
+    single-label head (every model this pipeline trains: cross-entropy), a sigmoid per class for a
+    multi-label one (``multi_label=True``, e.g. YAMNet's AudioSet head used as it is).
+    ``head_from_pretrained`` keeps rows of the pretrained head (see ``models.get_model``).
     """
 
     def __init__(self, model_name: str, num_classes: int, n_mels: int, pretrained: bool = False,
-                 model_args: dict | None = None, center_per_clip: bool = False):
+                 model_args: dict | None = None, center_per_clip: bool = False, multi_label: bool = False,
+                 head_from_pretrained: Sequence[int | None] | None = None):
         super().__init__()
-        self.multi_label: bool = get_model_entry(model_name).multi_label
+        self.model_name = model_name
+        self.multi_label = multi_label
+        self.backbone_frozen = False
         self.normalize = InputNormalization(n_mels, center_per_clip)
         self.backbone = get_model(model_name, num_classes, pretrained=pretrained, in_channels=1,
-                                  **(model_args or {}))
+                                  head_from_pretrained=head_from_pretrained, **(model_args or {}))
+        if hasattr(self.backbone, "multi_label"):  # patch models (YAMNet) pool patches with the head's activation
+            self.backbone.multi_label = multi_label
 
     def forward(self, x: torch.Tensor, augment: Callable[[torch.Tensor], torch.Tensor] | None = None
                 ) -> torch.Tensor:
@@ -63,10 +70,40 @@ class AudioClassifier(nn.Module):
         """Logits ``(B, C)`` -> probabilities ``(B, C)``: sigmoid per class if multi-label, else softmax."""
         return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=1)
 
+    def head(self) -> nn.Linear:
+        """The classifier layer (the registry entry knows where it is)."""
+        return get_model_entry(self.model_name).get_classifier(self.backbone)
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """Every parameter except the classifier's."""
+        head = {id(parameter) for parameter in self.head().parameters()}
+        return [parameter for parameter in self.parameters() if id(parameter) not in head]
+
+    def freeze_backbone(self) -> None:
+        """Train the classifier only (a linear probe): no gradients for the backbone, and its batch-norm
+        layers stay in eval mode, so their statistics remain the pretrained ones."""
+        for parameter in self.backbone_parameters():
+            parameter.requires_grad_(False)
+        self.backbone_frozen = True
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "AudioClassifier":
+        super().train(mode)
+        if self.backbone_frozen:
+            for module in self.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
+
 
 def constructor_args(model_name: str, num_classes: int, n_mels: int, model_args: dict | None,
-                     center_per_clip: bool = False) -> dict:
-    """The arguments that rebuild the model (stored in checkpoints; pretrained is not needed)."""
-    return {"model_name": model_name, "num_classes": num_classes, "n_mels": n_mels,
-            "model_args": dict(model_args or {}), "center_per_clip": center_per_clip}
+                     center_per_clip: bool = False, multi_label: bool = False) -> dict:
+    """The arguments that rebuild the model (stored in checkpoints; pretrained is not needed).
 
+    ``multi_label`` is recorded only when set, so checkpoints from before it still match.
+    """
+    args = {"model_name": model_name, "num_classes": num_classes, "n_mels": n_mels,
+            "model_args": dict(model_args or {}), "center_per_clip": center_per_clip}
+    if multi_label:
+        args["multi_label"] = True
+    return args

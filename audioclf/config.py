@@ -95,8 +95,21 @@ CONFIG_SCHEMA: dict[str, ConfigKey] = {
     "dataset_name": ConfigKey((str,), "", "Free-form dataset name recorded with the run."),
     # Model.
     "model": ConfigKey((str,), help="Backbone name in the model registry."),
-    "pretrained": ConfigKey((bool,), False, "Start from pretrained weights (head replaced)."),
+    "pretrained": ConfigKey((bool,), False, "Start from pretrained weights (with a new head, unless `head_classes`)."),
     "model_args": ConfigKey((dict,), {}, "Extra keyword arguments for the backbone constructor."),
+    "freeze_backbone": ConfigKey(
+        (bool,), False, "Train only the classifier (linear probe); the backbone's weights and batch-norm "
+        "statistics stay as loaded.",
+    ),
+    "backbone_lr_scale": ConfigKey(
+        (float,), 1.0, "Backbone learning rate as a fraction of `lr` (the classifier gets `lr`), e.g. 0.1 to "
+        "fine-tune pretrained layers gently.", positive=True, maximum=1,
+    ),
+    "head_classes": ConfigKey(
+        (dict,), {}, "Keep and extend the pretrained head: `{\"dataset class\": \"pretrained class\"}` starts each "
+        "listed class from that class's pretrained classifier row (e.g. `{\"babycry\": \"Baby cry, infant cry\"}` "
+        "for yamnet), the others from zero; `{}` gives a new head.",
+    ),
     # Optimisation.
     "epochs": ConfigKey((int,), help="Number of training epochs.", positive=True),
     "batch_size": ConfigKey((int,), help="Clips per batch.", positive=True),
@@ -441,6 +454,10 @@ class Params:
     def keys(self) -> list[str]:
         """All config keys, in schema order."""
         return list(self._values)
+
+    def is_set(self, key: str) -> bool:
+        """Whether the config gave ``key`` itself (rather than taking its default)."""
+        return key in self._given
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-serialisable copy of the resolved config (defaults filled)."""

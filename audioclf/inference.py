@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from audioclf.checkpoint import (CheckpointError, check_required_keys, load_checkpoint, model_from_checkpoint,
                                  operating_point_path)
+from audioclf.zeroshot import is_zero_shot, zero_shot_checkpoint
 from audioclf.events import DetectionParams, Event, detect_events, window_bounds
 from audioclf.frontend import (AUDIO_EXTENSIONS, AudioReadError, FeatureExtractor, FeatureParams, audio_info,
                                fit_length, iter_audio_blocks)
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 LIST_EXTENSION = ".txt"
 # Auto mode: a file longer than this many clip lengths is analysed with sliding windows.
 LONG_FACTOR = 4.0
+MODES = ("auto", "clip", "file", "long")
 BLOCK_SECONDS = 10.0  # audio decoded per read in long mode
 
 
@@ -71,7 +73,12 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[str]:
 
 
 def load_operating_point(checkpoint_path: str | Path, class_names: Sequence[str]) -> dict | None:
-    """``<checkpoint dir>/scores/operating_point.json`` when it exists and names a class of this model."""
+    """``<checkpoint dir>/scores/operating_point.json`` when it exists and names a class of this model.
+
+    A pretrained model used as it is (``audioset:yamnet``) has no run folder, hence no operating point.
+    """
+    if is_zero_shot(checkpoint_path):
+        return None
     path = operating_point_path(checkpoint_path)
     if not path.is_file():
         return None
@@ -148,7 +155,8 @@ class WindowSlicer:
 
 @dataclass
 class ClipPrediction:
-    """Class probabilities ``(n_classes,)`` of one file's first clip window."""
+    """Class probabilities ``(n_classes,)`` of one file: its first clip window (clip mode) or the
+    mean over all its windows (file mode)."""
 
     file: str
     probabilities: np.ndarray
@@ -238,7 +246,9 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", **kwargs) -> "Predictor":
-        """Load ``path`` (FileNotFoundError with a hint when it is missing)."""
+        """Load ``path`` (FileNotFoundError with a hint when it is missing), or build ``audioset:<model>``."""
+        if is_zero_shot(path):
+            return cls(zero_shot_checkpoint(str(path)), device, **kwargs)
         return cls(check_required_keys(load_checkpoint(path, map_location="cpu"), path), device, **kwargs)
 
     @property
@@ -329,12 +339,29 @@ class Predictor:
         self.timings.audio_s += duration
         return WindowPredictions(str(path), np.concatenate(outputs), hop / rate, self.window_s, duration)
 
+    def predict_file(self, path: str | Path, hop_seconds: float | None = None, batch_size: int = 32
+                     ) -> ClipPrediction:
+        """File mode: the mean of the long-mode window probabilities over the whole file.
+
+        For YAMNet (0.96 s windows every 0.48 s, zero padding) this is YAMNet's own per-file score:
+        the mean of its patch scores.
+        """
+        windows = self.predict_long(path, hop_seconds, batch_size)
+        return ClipPrediction(str(path), windows.probabilities.mean(axis=0), windows.duration_s)
+
     def run(self, paths: Sequence[str], mode: str = "auto", long_factor: float = LONG_FACTOR,
             hop_seconds: float | None = None, batch_size: int = 32, progress: bool = False) -> Results:
-        """Clip or long mode per file (``auto``: long when longer than ``long_factor`` clips)."""
-        if mode not in ("auto", "clip", "long"):
-            raise ValueError(f"mode must be auto, clip or long, got {mode!r}")
+        """Clip, file or long mode per file (``auto``: long when longer than ``long_factor`` clips, else clip)."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         results = Results()
+        if mode == "file":
+            for path in paths:
+                try:
+                    results.clips.append(self.predict_file(path, hop_seconds, batch_size))
+                except Exception as error:
+                    results.skipped.append(Skipped(path, describe_error(error)))
+            return results
         clip_paths, long_paths = [], []
         for path in paths:
             if mode != "auto":

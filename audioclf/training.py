@@ -26,6 +26,8 @@ from audioclf.augment import SpecAugment, mixup, random_frequency_warp, random_t
 from audioclf.checkpoint import (CONFIG_FILE, checkpoint_state, latest_checkpoint, list_checkpoints, load_checkpoint,
                                  save_checkpoint, unwrap)
 from audioclf.classifier import AudioClassifier, constructor_args
+from audioclf.transfer import (check_pretrained_features, head_rows, parameter_groups, resolve_normalization,
+                               trainable_summary)
 from audioclf.config import Params
 from audioclf.distributed import (ShardSampler, all_reduce_sum, barrier, broadcast_object, cleanup_distributed,
                                   init_distributed, sync_buffers)
@@ -102,21 +104,33 @@ def build_data(params: Params, info: DistInfo, device: torch.device) -> Data:
 
 
 def build_model(params: Params, train_set: SpectrogramDataset) -> tuple[AudioClassifier, dict]:
-    """The classifier with normalisation statistics from the training features."""
+    """The classifier with normalisation statistics from the training features.
+
+    A pretrained backbone's rules apply first (``audioclf.transfer``): its front end must match the
+    features, and one pretrained on a fixed front end gets no normalisation (``params`` records
+    ``"normalization": "none"`` then).
+    """
     check_input_size(params.model, train_set.n_mels, train_set.n_frames)
-    center = params.normalization == "per_clip"
+    check_pretrained_features(params, train_set.info.feature_params, train_set.info.source)
+    normalization = resolve_normalization(params)
+    if normalization != params.normalization:
+        params.update({"normalization": normalization})  # the saved config says what was done
+    center = normalization == "per_clip"
     args = constructor_args(params.model, len(train_set.class_names), train_set.n_mels, params.model_args, center)
-    model = AudioClassifier(**args, pretrained=params.pretrained)
-    if params.normalization != "none":
-        mean, std = feature_statistics(train_set, per_band=params.normalization != "global", seed=params.seed,
+    model = AudioClassifier(**args, pretrained=params.pretrained,
+                            head_from_pretrained=head_rows(params, train_set.class_names))
+    if params.freeze_backbone:
+        model.freeze_backbone()
+    if normalization != "none":
+        mean, std = feature_statistics(train_set, per_band=normalization != "global", seed=params.seed,
                                        center_per_clip=center)
         model.normalize.set_statistics(mean, std)
     return model, args
 
 
-def build_optimizer(params: Params, model: nn.Module) -> torch.optim.Optimizer:
-    """Adam with the config's ``lr`` and ``weight_decay``."""
-    return torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+def build_optimizer(params: Params, model: AudioClassifier) -> torch.optim.Optimizer:
+    """Adam with the config's ``lr`` and ``weight_decay``; the backbone at ``lr * backbone_lr_scale``."""
+    return torch.optim.Adam(parameter_groups(params, model), lr=params.lr, weight_decay=params.weight_decay)
 
 
 def build_scheduler(params: Params, optimizer: torch.optim.Optimizer):
@@ -355,8 +369,8 @@ def _train(params: Params, info: DistInfo, device: torch.device, resume: bool, s
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         params.save(checkpoint_dir / CONFIG_FILE)
         shape = (1, data.train_set.n_mels, data.train_set.n_frames)
-        log.info("model %s, %d classes %s, input %s\n%s", params.model, len(data.train_set.class_names),
-                 data.train_set.class_names, shape, model_summary(model, shape, device))
+        log.info("model %s, %d classes %s, input %s, %s\n%s", params.model, len(data.train_set.class_names),
+                 data.train_set.class_names, shape, trainable_summary(model), model_summary(model, shape, device))
     optimizer = build_optimizer(params, model)
     scheduler = build_scheduler(params, optimizer)
     scaler = torch.amp.GradScaler(device.type, enabled=options.amp_dtype == torch.float16)

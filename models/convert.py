@@ -26,8 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from audioclf.files import atomic_write  # the project's one atomic writer
+
 from .tf_bundle import BundleError, TensorBundle
-from .yamnet import EMBEDDING_SIZE, LAYER_DEFS, N_AUDIOSET_CLASSES, YAMNet
+from .yamnet import EMBEDDING_SIZE, LAYER_DEFS, N_AUDIOSET_CLASSES, YAMNET_AUDIOSET, YAMNet
 
 log = logging.getLogger("models.convert")
 
@@ -199,10 +201,6 @@ def read_yamnet(source: str | Path | None = None) -> dict[str, torch.Tensor]:
 
 def convert_yamnet(source: str | Path | None = None, output: str | Path | None = None) -> Path:
     """Convert YAMNet's weights and write them atomically to the cache (or ``output``); return the path."""
-    from audioclf.files import atomic_write  # the project's one atomic writer
-
-    from .yamnet import YAMNET_AUDIOSET
-
     state_dict = read_yamnet(source)
     model = YAMNet()
     model.load_state_dict(state_dict)  # strict: every key and shape the port has

@@ -196,9 +196,11 @@ def tiny_classifier() -> AudioClassifier:
     return AudioClassifier(**constructor_args("audiocnn", 3, 16, {"width": 4})).eval()
 
 
-def test_every_registered_backbone_is_single_label():
-    assert all(get_model_entry(name).multi_label is False for name in list_models())
+def test_only_yamnets_audioset_head_is_multi_label_and_trained_models_are_single_label():
+    assert [name for name in list_models() if get_model_entry(name).multi_label] == ["yamnet"]
     assert tiny_classifier().multi_label is False
+    yamnet = AudioClassifier(**constructor_args("yamnet", 2, 64, {}))  # a head trained here: cross-entropy
+    assert yamnet.multi_label is False and yamnet.backbone.multi_label is False
 
 
 def test_probabilities_use_the_models_activation():

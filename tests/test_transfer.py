@@ -1,0 +1,153 @@
+"""Training pretrained backbones: front-end check, normalisation rule, frozen backbone, learning rates, head.
+
+The yamnet tests use the real AudioSet weights (converted once per session) on tiny synthetic
+feature sets of one 96-frame patch per clip, so each trains in seconds.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from audioclf.checkpoint import load_checkpoint
+from audioclf.classifier import AudioClassifier, constructor_args
+from audioclf.frontend import FeatureParams
+from audioclf.listfile import FEATURE_CONFIG, LISTS_DIR
+from audioclf.training import build_optimizer, build_scheduler, train
+from audioclf.transfer import TransferError, parameter_groups
+from models.yamnet import audioset_class_names
+from tools.synthetic_features import make_config, make_feature_dataset
+from utils import Params
+
+CRY = "Baby cry, infant cry"
+
+
+def yamnet_features(root: Path, frontend: str = "yamnet") -> Path:
+    """A 3-class feature set of (64, 96) clips whose feature_config.json says ``frontend``'s preset."""
+    features = make_feature_dataset(root, per_class=(4, 2, 2), n_mels=64, n_frames=96)
+    config_path = features / LISTS_DIR / FEATURE_CONFIG
+    config = json.loads(config_path.read_text())
+    params = FeatureParams.preset("yamnet") if frontend == "yamnet" else FeatureParams(n_mels=64, n_frames=96)
+    config["feature_params"] = params.to_dict()
+    config_path.write_text(json.dumps(config))
+    return features
+
+
+def yamnet_config(root: Path, features: Path, **overrides) -> Params:
+    root.mkdir(parents=True, exist_ok=True)
+    values = dict(model="yamnet", pretrained=True, model_args={}, epochs=1, batch_size=4, lr=0.001)
+    values.update(overrides)
+    return Params(make_config(root, features, **values))
+
+
+def test_pretrained_yamnet_on_other_features_names_the_flags(tmp_path, yamnet_weights):
+    """Default-front-end features: an error listing what differs and the --frontend yamnet command; no run folder."""
+    params = yamnet_config(tmp_path, yamnet_features(tmp_path, frontend="default"))
+    with pytest.raises(TransferError) as error:
+        train(params, show_progress=False)
+    message = str(error.value)
+    assert "--frontend yamnet" in message and "n_fft 1024 (preset: 512)" in message
+    assert "frontend 'default' (preset: 'yamnet')" in message and '"pretrained": false' in message
+    assert not Path(params.checkpoint_dir).exists()
+
+
+def test_scratch_yamnet_trains_on_any_features(tmp_path):
+    """Without pretrained weights the front end is free (and normalisation applies as configured)."""
+    features = make_feature_dataset(tmp_path, per_class=(3, 1, 1), n_mels=32, n_frames=96)
+    result = train(yamnet_config(tmp_path, features, pretrained=False), show_progress=False)
+    assert len(result["history"]) == 1
+
+
+def test_normalisation_is_forced_off_and_an_explicit_one_refused(tmp_path, yamnet_weights):
+    """Pretrained yamnet: the default becomes "none" (recorded); asking for per_band is an error."""
+    features = yamnet_features(tmp_path)
+    with pytest.raises(TransferError, match='"normalization": "per_band" cannot be used with pretrained "yamnet"'):
+        train(yamnet_config(tmp_path / "a", features, normalization="per_band"), show_progress=False)
+    params = yamnet_config(tmp_path / "b", features, freeze_backbone=True)
+    train(params, show_progress=False)
+    checkpoint = load_checkpoint(Path(params.checkpoint_dir) / "model_best.pth.tar")
+    assert checkpoint["config"]["normalization"] == "none" and checkpoint["normalization"]["mode"] == "none"
+    assert (checkpoint["model"]["normalize.mean"] == 0).all() and (checkpoint["model"]["normalize.std"] == 1).all()
+    assert json.loads((Path(params.checkpoint_dir) / "config.json").read_text())["normalization"] == "none"
+
+
+def test_frozen_backbone_trains_only_the_head_and_keeps_batch_norm_statistics(tmp_path, yamnet_weights):
+    """Linear probe: after training, every backbone tensor (BN running stats included) is the pretrained one."""
+    features = yamnet_features(tmp_path)
+    params = yamnet_config(tmp_path, features, freeze_backbone=True, epochs=2, lr=0.01)
+    pretrained = AudioClassifier(**constructor_args("yamnet", 3, 64, {}), pretrained=True).state_dict()
+    train(params, show_progress=False)
+    trained = load_checkpoint(Path(params.checkpoint_dir) / "checkpoint_epoch0002.pth.tar")["model"]
+    head = ("backbone.classifier.weight", "backbone.classifier.bias")
+    for key, value in pretrained.items():
+        if key not in head and not key.startswith("normalize."):
+            assert torch.equal(trained[key], value), key
+    assert not torch.equal(trained[head[0]], pretrained[head[0]])
+
+
+def test_frozen_model_keeps_batch_norm_in_eval_mode_when_training():
+    """model.train() leaves a frozen backbone's BN layers in eval mode (running stats not updated)."""
+    model = AudioClassifier(**constructor_args("audiocnn", 2, 16, {"width": 4}))
+    model.freeze_backbone()
+    model.train()
+    norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and not any(m.training for m in norms) and model.training
+    before = norms[0].running_mean.clone()
+    model(torch.randn(4, 1, 16, 20))
+    assert torch.equal(norms[0].running_mean, before)
+    assert [name for name, p in model.named_parameters() if p.requires_grad] == ["backbone.fc.weight", "backbone.fc.bias"]
+
+
+def test_backbone_learning_rate_is_a_fraction_of_the_heads(tmp_path):
+    """backbone_lr_scale: two Adam groups (head at lr, backbone at lr x scale), both follow the schedule."""
+    features = make_feature_dataset(tmp_path, per_class=(2, 1, 1), n_mels=16, n_frames=20)
+    params = Params(make_config(tmp_path, features, backbone_lr_scale=0.1, lr=0.01, scheduler="step",
+                                scheduler_step=1, scheduler_gamma=0.5))
+    model = AudioClassifier(**constructor_args("audiocnn", 3, 16, {"width": 4}))
+    optimizer = build_optimizer(params, model)
+    assert [(group["name"], group["lr"]) for group in optimizer.param_groups] == [("head", 0.01), ("backbone", 0.001)]
+    assert sum(len(group["params"]) for group in optimizer.param_groups) == len(list(model.parameters()))
+    scheduler = build_scheduler(params, optimizer)
+    optimizer.step()
+    scheduler.step()
+    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([0.005, 0.0005])
+
+
+def test_frozen_backbone_with_a_learning_rate_scale_is_refused(tmp_path):
+    """The two keys contradict each other: the error says to remove one."""
+    features = make_feature_dataset(tmp_path, per_class=(2, 1, 1), n_mels=16, n_frames=20)
+    params = Params(make_config(tmp_path, features, freeze_backbone=True, backbone_lr_scale=0.1))
+    model = AudioClassifier(**constructor_args("audiocnn", 3, 16, {"width": 4}))
+    model.freeze_backbone()
+    with pytest.raises(TransferError, match="remove one of the two"):
+        parameter_groups(params, model)
+
+
+def test_head_classes_start_from_the_audioset_rows(tmp_path, yamnet_weights):
+    """head_classes {"babycry": "Baby cry, infant cry"}: that class starts as YAMNet's cry detector, others at 0."""
+    from audioclf.training import build_data, build_model
+    from audioclf.runtime import DistInfo
+
+    features = yamnet_features(tmp_path)
+    params = yamnet_config(tmp_path, features, head_classes={"babycry": CRY})
+    data = build_data(params, DistInfo(), torch.device("cpu"))
+    model, _ = build_model(params, data.train_set)
+    original = AudioClassifier(**constructor_args("yamnet", 521, 64, {}), pretrained=True,
+                               head_from_pretrained=range(521))
+    cry = audioset_class_names().index(CRY)
+    assert data.train_set.class_names[0] == "babycry"
+    assert torch.equal(model.head().weight[0], original.head().weight[cry])
+    assert not model.head().weight[1:].any() and not model.head().bias[1:].any()
+
+
+@pytest.mark.parametrize("mapping, message", [
+    ({"babycry": "Baby crying"}, r"'Baby crying' is not a class of yamnet's pretrained head; close: 'Baby cry, infant cry'"),
+    ({"cat": CRY}, r"'cat' is not a class of the dataset"),
+])
+def test_head_classes_errors_name_the_class(tmp_path, yamnet_weights, mapping, message):
+    """Misspelt pretrained classes get the closest AudioSet names; unknown dataset classes are named."""
+    params = yamnet_config(tmp_path, yamnet_features(tmp_path), head_classes=mapping)
+    with pytest.raises(TransferError, match=message):
+        train(params, show_progress=False)
