@@ -34,6 +34,10 @@ demo: $(SETUP)
 	$(PY) predict.py --checkpoint runs/demo/checkpoints/model_best.pth.tar --long $(DEMO_DATA)/long.wav \
 		--target_class babycry --reference $(DEMO_DATA)/long_events.csv --no_progress \
 		--hop_seconds 0.1 --threshold 0.5 --median_filter 9 --merge_gap 0.5 --min_duration 0.5
+	@echo "--- the same recording, zero-shot: AudioSet-pretrained YAMNet, no training (its weights, converted offline):"
+	$(PY) -m models.convert yamnet
+	$(PY) predict.py --checkpoint audioset:yamnet --long $(DEMO_DATA)/long.wav --target_class "Baby cry, infant cry" \
+		--reference $(DEMO_DATA)/long_events.csv --reference_class babycry --no_progress --threshold 0.1
 
 test: $(SETUP)
 	$(PY) -m pytest -q
