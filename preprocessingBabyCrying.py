@@ -24,6 +24,11 @@ from audioclf.runtime import setup_logging
 log = logging.getLogger("preprocess")
 
 
+# flag -> FeatureParams field
+FEATURE_FLAGS = {"samplerate": "sample_rate", "window_size": "window_ms", "hop_size": "hop_ms", "n_fft": "n_fft",
+                 "n_mels": "n_mels", "n_frames": "n_frames", "pad_mode": "pad_mode"}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags (the contract's names and defaults)."""
     defaults = FeatureParams()
@@ -66,18 +71,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shard_index", type=int, default=0, help="which of the K shards this job computes")
     parser.add_argument("--write_lists", action="store_true",
                         help="with --num_shards: (only) write the lists once every shard has finished")
-    return parser.parse_args(argv)
-
-
-# flag -> FeatureParams field
-FEATURE_FLAGS = {"samplerate": "sample_rate", "window_size": "window_ms", "hop_size": "hop_ms", "n_fft": "n_fft",
-                 "n_mels": "n_mels", "n_frames": "n_frames", "pad_mode": "pad_mode"}
+    args = parser.parse_args(argv)
+    preset = FeatureParams.preset(args.frontend)
+    for flag, field in FEATURE_FLAGS.items():  # a feature flag not given takes the preset's value
+        if getattr(args, flag) is None:
+            setattr(args, flag, getattr(preset, field))
+    return args
 
 
 def feature_params_from_args(args: argparse.Namespace) -> FeatureParams:
-    """The ``--frontend`` preset with every feature flag given on the command line on top."""
-    overrides = {field: getattr(args, flag) for flag, field in FEATURE_FLAGS.items() if getattr(args, flag) is not None}
-    return FeatureParams.preset(args.frontend, **overrides)
+    """The ``--frontend`` preset with the feature flags on top (``parse_args`` filled the ones not given)."""
+    return FeatureParams.preset(args.frontend, **{field: getattr(args, flag) for flag, field in FEATURE_FLAGS.items()})
 
 
 def options_from_args(args: argparse.Namespace) -> PreprocessOptions:
