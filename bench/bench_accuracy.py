@@ -36,7 +36,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from audioclf.evaluation import run_evaluation
-from audioclf.frontend import FeatureParams
+from audioclf.frontend import FRONTENDS, FeatureParams
 from audioclf.listfile import FEATURE_CONFIG, LISTS_DIR, SPLITS, list_path
 from audioclf.preprocess import PreprocessOptions, run_preprocessing
 from audioclf.training import train
@@ -60,10 +60,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--heldout", nargs="+", default=["1", "2"], help="folds held out in the speaker protocol")
     parser.add_argument("--validate_on_next_fold", action="store_true",
                         help="speaker protocol: validate on the next fold (default: a tenth of the training folds)")
+    parser.add_argument("--frontend", choices=FRONTENDS, default="default",
+                        help="feature preset; 'yamnet' (for a pretrained yamnet) ignores the three flags below "
+                             "and uses YAMNet's 16 kHz, FFT 512, 64 mels")
     parser.add_argument("--samplerate", type=int, default=8000)
     parser.add_argument("--n_fft", type=int, default=512)
     parser.add_argument("--n_mels", type=int, default=40)
-    parser.add_argument("--n_frames", type=int, default=100)
+    parser.add_argument("--n_frames", type=int, default=None,
+                        help="frames per clip (default: 100, or 96 = one patch for --frontend yamnet)")
     parser.add_argument("--epochs", type=int, default=None, help="override the config's epochs")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=JSON",
                         help='override config keys, e.g. --set model_args={"width":16} mixup_alpha=0.2')
@@ -84,12 +88,20 @@ def config_overrides(args: argparse.Namespace) -> dict:
     return overrides
 
 
+def feature_params(args: argparse.Namespace) -> FeatureParams:
+    """The flags' front end: the default one with --samplerate/--n_fft/--n_mels, or the yamnet preset."""
+    if args.frontend == "yamnet":
+        return FeatureParams.preset("yamnet", **({"n_frames": args.n_frames} if args.n_frames else {}))
+    return FeatureParams(sample_rate=args.samplerate, n_fft=args.n_fft, n_mels=args.n_mels,
+                         n_frames=args.n_frames or 100)
+
+
 def run_once(name: str, args: argparse.Namespace, work_dir: Path, validation_folds: list[str],
              evaluation_folds: list[str]) -> dict:
     """Preprocess (cached per feature setting), train and evaluate one split; metrics + seconds."""
     started = time.perf_counter()
-    params = FeatureParams(sample_rate=args.samplerate, n_fft=args.n_fft, n_mels=args.n_mels, n_frames=args.n_frames)
-    features = work_dir / "features"  # one feature folder; each run writes its own lists
+    params = feature_params(args)
+    features = work_dir / f"features_{args.frontend}"  # one feature folder per front end; runs write own lists
     lists = work_dir / name / "lists"
     run_preprocessing(PreprocessOptions(
         csv_file=args.csv_file, data_dir=args.data_dir, save_dir=features, params=params,

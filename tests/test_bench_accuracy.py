@@ -76,3 +76,18 @@ def test_mfcc_statistics_are_mean_and_std_of_the_dct_of_each_frame(tmp_path):
     frame_dct = np.stack([scipy.fft.dct(frame, norm="ortho") for frame in dataset.load(0).T.astype(np.float64)])
     np.testing.assert_allclose(statistics[0, :40], frame_dct[:, :40].mean(axis=0))
     np.testing.assert_allclose(statistics[0, 40:], frame_dct[:, :40].std(axis=0))
+
+
+def test_yamnet_linear_probe_runs_on_its_own_front_end(tmp_path, demo_data, yamnet_weights):
+    """--frontend yamnet makes YAMNet's features (16 kHz, 64 mels, 96 frames) and a pretrained, frozen yamnet trains."""
+    csv_file, audio = demo_data
+    results_path = tmp_path / "results.json"
+    assert bench_accuracy.main([
+        "--csv_file", str(csv_file), "--data_dir", str(audio), "--frontend", "yamnet", "--protocol", "random",
+        "--epochs", "1", "--num_workers", "1", "--set", 'model="yamnet"', "pretrained=true", "freeze_backbone=true",
+        'normalization="none"', "model_args={}", "num_workers=0", "batch_size=16",
+        "--work_dir", str(tmp_path / "work"), "--json", str(results_path)]) == 0
+    (random,) = json.loads(results_path.read_text())
+    assert 0.0 <= random["accuracy"] <= 1.0
+    config = json.loads((tmp_path / "work" / "random" / "lists" / "feature_config.json").read_text())
+    assert config["feature_params"]["frontend"] == "yamnet" and config["feature_params"]["n_frames"] == 96
