@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from audioclf.frontend import FRONTENDS, FeatureParams
+from audioclf.frontend import DEFAULT_MAX_SECONDS, FRONTENDS, FeatureParams
 from audioclf.metadata import AUTO_GROUPS, GROUP_COLUMN, NO_GROUPS, MetadataError
 from audioclf.preprocess import PreprocessError, PreprocessOptions, run_preprocessing
 from audioclf.runtime import setup_logging
@@ -50,6 +50,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n_frames", type=int, default=None, help=f"frames kept per clip ({defaults.n_frames})")
     parser.add_argument("--pad_mode", choices=("repeat", "zeros"), default=None,
                         help="how clips shorter than n_frames are filled (default: repeat the clip)")
+    parser.add_argument("--whole_clips", action="store_true",
+                        help="keep each clip whole (up to --max_seconds) as a variable-length (n_mels, T) feature, "
+                             "T >= n_frames; training draws random crops of it (default: the first n_frames)")
+    parser.add_argument("--max_seconds", type=float, default=DEFAULT_MAX_SECONDS,
+                        help="with --whole_clips: the longest audio kept per clip, in seconds")
     parser.add_argument("--seed", type=int, default=42, help="seed of the stratified split")
     parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1, help="worker processes")
     parser.add_argument("--overwrite", action="store_true", help="recompute features that already exist")
@@ -81,7 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def feature_params_from_args(args: argparse.Namespace) -> FeatureParams:
     """The ``--frontend`` preset with the feature flags on top (``parse_args`` filled the ones not given)."""
-    return FeatureParams.preset(args.frontend, **{field: getattr(args, flag) for flag, field in FEATURE_FLAGS.items()})
+    return FeatureParams.preset(args.frontend, **{field: getattr(args, flag) for flag, field in FEATURE_FLAGS.items()},
+                                max_seconds=args.max_seconds if args.whole_clips else None)
 
 
 def options_from_args(args: argparse.Namespace) -> PreprocessOptions:

@@ -1,9 +1,16 @@
-"""Batch-level training augmentation: SpecAugment masking and mixup (both off by default)."""
+"""Batch-level training augmentation: SpecAugment masking, mixup, time shift, frequency warp and
+background mixing (all off by default)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 import torchaudio
 from torch import nn
+
+from audioclf.frontend import LogScale
+from audioclf.windows import fit_frames
 
 
 class SpecAugment(nn.Module):
@@ -65,3 +72,63 @@ def random_frequency_warp(inputs: torch.Tensor, max_warp: float) -> torch.Tensor
         return inputs.gather(2, index[:, None, :, None].expand_as(inputs))
 
     return (1.0 - weight) * pick(low) + weight * pick(high)
+
+
+def mix_at_snr(clean: torch.Tensor, background: torch.Tensor, snr_db: torch.Tensor, scale: LogScale
+               ) -> torch.Tensor:
+    """Add ``background`` to ``clean`` so that their energy ratio is ``snr_db``; both log-scale features.
+
+    ``clean``, ``background``: ``(B, ...)`` in the features' log scale (``frontend.LogScale``);
+    ``snr_db``: ``(B,)``. Mel energies are added (uncorrelated sounds: the phase cross term is
+    zero on average), the background scaled so that ``sum(E_clean) / sum(g * E_background)``
+    over each example is ``10 ** (snr_db / 10)``; the result is converted back to the log scale.
+    """
+    dtype = torch.promote_types(clean.dtype, torch.float32)  # half-precision inputs are mixed in float32
+    clean_energy = scale.to_energy(clean.to(dtype))
+    background_energy = scale.to_energy(background.to(dtype))
+    dims = tuple(range(1, clean.ndim))
+    ratio = torch.pow(10.0, snr_db.to(clean_energy) / 10.0)  # (B,)
+    gain = clean_energy.sum(dims) / (background_energy.sum(dims) * ratio).clamp(min=torch.finfo(dtype).tiny)
+    gain = gain.reshape((-1,) + (1,) * len(dims))
+    return scale.from_energy(clean_energy + gain * background_energy).to(clean.dtype)
+
+
+class BackgroundMixer:
+    """Mixes each training example, with probability ``probability``, with a random background crop.
+
+    ``clips`` is a clip accessor (``load(index) -> (n_mels, T)``); ``indices`` the background
+    clips among them (a background list, or the training clips of named classes). Per batch the
+    choices (which examples, which clip, where in it, the SNR, uniform in ``snr_db``) come from
+    torch's CPU generator, which checkpoints save, so a resumed run mixes as an uninterrupted
+    one. The chosen crops are loaded and the mixing runs on the whole batch on its device.
+    """
+
+    def __init__(self, clips, indices: Sequence[int], probability: float, snr_db: tuple[float, float],
+                 crop_frames: int, scale: LogScale, pad_mode: str = "repeat"):
+        if not len(indices):
+            raise ValueError("background mixing needs at least one background clip")
+        self.clips, self.indices = clips, list(indices)
+        self.probability, self.snr_db, self.crop_frames = probability, snr_db, crop_frames
+        self.scale, self.pad_mode = scale, pad_mode
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, n_mels, crop_frames)`` log-scale features (before normalisation) -> mixed, same shape."""
+        batch = inputs.shape[0]
+        chosen = torch.nonzero(torch.rand(batch) < self.probability).flatten()
+        if len(chosen) == 0:
+            return inputs
+        which = torch.randint(len(self.indices), (len(chosen),))
+        where = torch.rand(len(chosen))
+        low, high = self.snr_db
+        snr = low + (high - low) * torch.rand(len(chosen))
+        crops = []
+        for clip, fraction in zip(which.tolist(), where.tolist()):
+            feature = self.clips.load(self.indices[clip])  # (n_mels, T)
+            start = int(fraction * (max(feature.shape[1] - self.crop_frames, 0) + 1))
+            crops.append(fit_frames(feature[:, start:start + self.crop_frames], self.crop_frames, self.pad_mode,
+                                    self.scale.silence))
+        background = torch.from_numpy(np.stack(crops))[:, None].to(inputs.device, non_blocking=True)
+        chosen = chosen.to(inputs.device)
+        mixed = inputs.clone()
+        mixed[chosen] = mix_at_snr(inputs[chosen], background.to(inputs.dtype), snr.to(inputs.device), self.scale)
+        return mixed

@@ -20,6 +20,14 @@ the one Google's YAMNet was trained with (its ``features.py``): 16 kHz, 25 ms pe
 window, 10 ms hop, FFT 512, **magnitude** spectrogram of frames that are not centred,
 TensorFlow's mel matrix (``tf.signal.linear_to_mel_weight_matrix``: 64 bands, 125-7500 Hz) and
 ``log(mel + 0.001)``. A signal of ``n`` samples gives ``1 + (n - win_length) // hop`` frames.
+
+**The log-mel of a recording** (``FeatureExtractor.recording_frames``, ``LogMelStream``): the same
+transform over the whole recording (computed block by block for long files, equal to the one-piece
+transform), after padding a recording shorter than ``n_samples`` as above; it keeps
+``recording_n_frames(n)`` frames: those centred inside the audio (default front end) or whole
+(yamnet), at least ``n_frames``. Whole-clip features (``max_seconds`` set), evaluation crops and
+``predict.py``'s windows are all frame ranges of it (``audioclf.windows``), so a clip scores the
+same in each. Its first ``n_frames`` frames are the fixed-length feature.
 """
 from __future__ import annotations
 
@@ -50,9 +58,10 @@ YAMNET_LOG_OFFSET = 0.001  # YAMNet's stabilised log: log(mel + 0.001)
 YAMNET_PRESET = dict(frontend="yamnet", sample_rate=16000, window_ms=25.0, hop_ms=10.0, n_fft=512, n_mels=64,
                      n_frames=96, f_min=125.0, f_max=7500.0)
 PRESETS = {"default": {}, "yamnet": YAMNET_PRESET}
-# Parameters a preset leaves to the user: clip length and how short clips are filled.
-FREE_PARAMETERS = ("n_frames", "pad_mode")
-_OMITTED_AT_DEFAULT = {"frontend": "default"}  # fields newer than the first feature format
+# Parameters a preset leaves to the user: clip length, how short clips are filled, whole clips.
+FREE_PARAMETERS = ("n_frames", "pad_mode", "max_seconds")
+_OMITTED_AT_DEFAULT = {"frontend": "default", "max_seconds": None}  # fields newer than the first feature format
+DEFAULT_MAX_SECONDS = 10.0  # whole clips: longer ones keep their first 10 s (ESC-50 5 s, UrbanSound8K 4 s fit)
 
 
 class AudioReadError(Exception):
@@ -73,6 +82,9 @@ class FeatureParams:
     f_max: float | None = None
     pad_mode: str = "repeat"
     frontend: str = "default"  # one of FRONTENDS
+    # None: the fixed-length feature (the first n_frames). A number: whole clips, each kept up to
+    # this many seconds as a variable-length (n_mels, T_i) feature, T_i >= n_frames.
+    max_seconds: float | None = None
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "FeatureParams":
@@ -98,14 +110,35 @@ class FeatureParams:
 
     @property
     def n_samples(self) -> int:
-        """Samples needed for exactly ``n_frames`` frames.
+        """Samples needed for exactly ``n_frames`` frames (``samples_for``)."""
+        return self.samples_for(self.n_frames)
+
+    def samples_for(self, n_frames: int) -> int:
+        """Samples needed for ``n_frames`` frames.
 
         Centred frames: the last frame's centre + n_fft/2 + 1; frames that start at their first
         sample (yamnet): the last frame's start + one window.
         """
         if not self.centered:
-            return (self.n_frames - 1) * self.hop_length + self.win_length
-        return (self.n_frames - 1) * self.hop_length + self.n_fft // 2 + 1
+            return (n_frames - 1) * self.hop_length + self.win_length
+        return (n_frames - 1) * self.hop_length + self.n_fft // 2 + 1
+
+    @property
+    def whole_clips(self) -> bool:
+        """Features keep each clip whole (variable length) rather than its first ``n_frames``."""
+        return self.max_seconds is not None
+
+    @property
+    def max_frames(self) -> int:
+        """Most frames a feature holds: ``n_frames``, or those of ``max_seconds`` of audio for whole clips."""
+        if self.max_seconds is None:
+            return self.n_frames
+        return recording_n_frames(round(self.max_seconds * self.sample_rate), self)
+
+    @property
+    def read_samples(self) -> int:
+        """Samples read from a file for its feature: enough for ``max_frames`` frames."""
+        return self.samples_for(self.max_frames)
 
     @property
     def clip_seconds(self) -> float:
@@ -140,9 +173,16 @@ class FeatureParams:
             problems.append(f"pad_mode must be one of {PAD_MODES}, got {self.pad_mode!r}")
         if self.frontend not in FRONTENDS:
             problems.append(f"frontend must be one of {FRONTENDS}, got {self.frontend!r}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            problems.append(f"max_seconds must be positive, got {self.max_seconds}")
         if problems:
             raise ValueError("invalid feature parameters:\n  " + "\n  ".join(problems))
         return self
+
+    def differences(self, other: "FeatureParams", ignore: tuple[str, ...] = ()) -> list[str]:
+        """Names of the fields (other than ``ignore``) whose values differ from ``other``'s."""
+        return [f.name for f in fields(self)
+                if f.name not in ignore and getattr(self, f.name) != getattr(other, f.name)]
 
     def to_dict(self) -> dict:
         """Plain dict for JSON and checkpoints; fields added later are left out at their default value,
@@ -178,11 +218,12 @@ class LogMel(nn.Module):
     third of the transform's time on one thread; values agree to float rounding).
     """
 
-    def __init__(self, params: FeatureParams):
+    def __init__(self, params: FeatureParams, center: bool = True):
         super().__init__()
+        # center=False: frames start at sample 0 (LogMelStream adds the reflect padding itself).
         self.spectrogram = torchaudio.transforms.Spectrogram(
             n_fft=params.n_fft, win_length=params.win_length, hop_length=params.hop_length,
-            power=None, center=True, pad_mode="reflect")
+            power=None, center=center, pad_mode="reflect")
         self.mel_scale = torchaudio.transforms.MelScale(
             n_mels=params.n_mels, sample_rate=params.sample_rate, f_min=params.f_min, f_max=params.f_max,
             n_stft=params.n_fft // 2 + 1, mel_scale="htk")
@@ -248,6 +289,60 @@ def make_logmel(params: FeatureParams) -> nn.Module:
 def n_frames_for(n_samples: int, hop_length: int) -> int:
     """Frames produced from ``n_samples`` with ``center=True``: ``1 + n_samples // hop``."""
     return 1 + n_samples // hop_length
+
+
+def recording_n_frames(n_samples: int, params: FeatureParams) -> int:
+    """Frames of a recording of ``n_samples``, at least ``n_frames``: those centred inside it (default
+    front end), or those that fit in it whole (yamnet's frames start at their first sample)."""
+    if params.centered:
+        return max(params.n_frames, math.ceil(n_samples / params.hop_length))
+    return max(params.n_frames, 1 + (n_samples - params.win_length) // params.hop_length)
+
+
+# ---------------------------------------------------------------------------------------
+# The features' log scale (for arithmetic on mel energies, e.g. mixing in a background)
+# ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LogScale:
+    """How feature values map to mel energies (power) and back.
+
+    ``db_power``: ``10 * log10(max(power, floor))`` (the default front end, floor ``AMIN``).
+    ``log_magnitude``: ``ln(magnitude + floor)`` (YAMNet's front end, floor 0.001); the energy of
+    a band is its magnitude squared. Energies add when uncorrelated sounds mix (the phase cross
+    term averages to zero), so ``from_energy(to_energy(a) + to_energy(b))`` mixes two features.
+    """
+
+    kind: str = "db_power"
+    floor: float = AMIN
+
+    def to_energy(self, features: torch.Tensor) -> torch.Tensor:
+        """Log-scale features (any shape) -> mel energies (power), same shape."""
+        if self.kind == "db_power":
+            return torch.pow(10.0, features / 10.0)
+        if self.kind == "log_magnitude":
+            return torch.clamp(torch.exp(features) - self.floor, min=0.0).square()
+        raise ValueError(f"unknown log scale {self.kind!r}; expected 'db_power' or 'log_magnitude'")
+
+    def from_energy(self, energy: torch.Tensor) -> torch.Tensor:
+        """Mel energies (power) -> log-scale features, same shape."""
+        if self.kind == "db_power":
+            return 10.0 * torch.log10(torch.clamp(energy, min=self.floor))
+        if self.kind == "log_magnitude":
+            return torch.log(torch.sqrt(torch.clamp(energy, min=0.0)) + self.floor)
+        raise ValueError(f"unknown log scale {self.kind!r}; expected 'db_power' or 'log_magnitude'")
+
+    @property
+    def silence(self) -> float:
+        """The feature value of a silent band."""
+        return float(self.from_energy(torch.zeros(())))
+
+
+def log_scale_for(params: FeatureParams) -> LogScale:
+    """The log scale of features made with ``params``: the one place a new front end's scale is added."""
+    if params.frontend == "yamnet":
+        return LogScale("log_magnitude", YAMNET_LOG_OFFSET)
+    return LogScale("db_power", AMIN)
 
 
 # ---------------------------------------------------------------------------------------
@@ -438,6 +533,8 @@ class FeatureExtractor:
         self.params = params.validate()
         self.device = torch.device(device)
         self.logmel = make_logmel(params).to(self.device)
+        # LogMelStream's transform: frames that start at sample 0 (YamnetLogMel's never centre).
+        self.frame_logmel = (LogMel(params, center=False) if params.centered else self.logmel).to(self.device)
 
     @torch.inference_mode()
     def waveforms_to_features(self, waveforms: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -454,6 +551,105 @@ class FeatureExtractor:
         return self.waveforms_to_features(fitted[None])[0]
 
     def file_to_feature(self, path: str | Path) -> np.ndarray:
-        """Audio file of any rate/channels/length -> ``(n_mels, n_frames)`` float32."""
-        audio = read_audio(path, self.params.sample_rate, max_samples=self.params.n_samples)
-        return self.waveform_to_feature(audio)
+        """Audio file of any rate/channels/length -> its feature (``clip_feature``), float32."""
+        audio = read_audio(path, self.params.sample_rate, max_samples=self.params.read_samples)
+        return self.clip_feature(audio)
+
+    def clip_feature(self, audio: np.ndarray) -> np.ndarray:
+        """What preprocessing stores for a clip: ``(n_mels, n_frames)``, or for whole clips
+        ``(n_mels, T)``, the recording's first ``T <= max_frames`` frames."""
+        if not self.params.whole_clips:
+            return self.waveform_to_feature(audio)
+        return self.recording_frames(audio)[:, : self.params.max_frames]
+
+    def recording_frames(self, audio: np.ndarray) -> np.ndarray:
+        """The log-mel of a whole recording held in memory: ``(n_mels, recording_n_frames(n))``."""
+        stream = LogMelStream(self)
+        return np.concatenate([stream.feed(audio), stream.finish()], axis=1)
+
+
+class LogMelStream:
+    """The log-mel of one recording fed in blocks of samples: frames as soon as they are complete.
+
+    The frames equal the front end's transform over the whole recording (default front end:
+    ``center=True``, reflect padding at both ends; yamnet: frames that start at their first
+    sample) after a recording shorter than ``n_samples`` is padded with ``pad_mode``; the
+    ``recording_n_frames`` frames are kept. Memory holds one block plus one FFT window of
+    samples, so hours of audio stream in bounded memory.
+    """
+
+    def __init__(self, extractor: FeatureExtractor):
+        self.extractor = extractor
+        self.params = extractor.params
+        self.logmel = extractor.frame_logmel
+        centered = self.params.centered
+        self.half = self.params.n_fft // 2 if centered else 0  # reflect padding on each side (torch.stft's center)
+        self.frame_length = self.params.n_fft if centered else self.params.win_length  # samples one frame reads
+        self.head: list[np.ndarray] = []  # samples held until n_samples have arrived (padding decision)
+        self.buffer: np.ndarray | None = None  # padded-signal samples from the next frame's first one
+        self.tail = np.zeros(0, dtype=np.float32)  # the last half + 1 samples, for the end's reflection
+        self.n_seen = 0
+        self.n_emitted = 0
+
+    def _frames(self, padded: np.ndarray, count: int) -> np.ndarray:
+        """The first ``count`` frames of ``padded`` (frame ``t`` starts at ``t * hop``): ``(n_mels, count)``."""
+        if count <= 0:
+            return np.zeros((self.params.n_mels, 0), dtype=np.float32)
+        needed = (count - 1) * self.params.hop_length + self.frame_length
+        with torch.inference_mode():
+            waveform = torch.from_numpy(np.ascontiguousarray(padded[:needed])).to(self.extractor.device)
+            frames = self.logmel(waveform)[:, :count]  # (n_mels, count)
+        return frames.cpu().numpy()
+
+    def _start(self, audio: np.ndarray) -> None:
+        left = audio[1:self.half + 1][::-1]  # reflect: x[half], ..., x[1] (nothing for yamnet)
+        self.buffer = np.concatenate([left, audio]).astype(np.float32, copy=False)
+
+    def _emit_complete(self) -> np.ndarray:
+        hop = self.params.hop_length
+        count = 0 if self.buffer.size < self.frame_length else 1 + (self.buffer.size - self.frame_length) // hop
+        frames = self._frames(self.buffer, count)
+        self.buffer = self.buffer[count * hop:]
+        self.n_emitted += count
+        return frames
+
+    def feed(self, block: np.ndarray) -> np.ndarray:
+        """Add mono float32 samples; returns the frames they complete, ``(n_mels, k)``, k >= 0."""
+        block = np.asarray(block, dtype=np.float32)
+        self.n_seen += block.size
+        self.tail = np.concatenate([self.tail, block])[-(self.half + 1):]
+        if self.buffer is None:
+            self.head.append(block)
+            if self.n_seen < self.params.n_samples:
+                return np.zeros((self.params.n_mels, 0), dtype=np.float32)
+            self._start(np.concatenate(self.head))
+            self.head = []
+        else:
+            self.buffer = np.concatenate([self.buffer, block])
+        return self._emit_complete()
+
+    def finish(self) -> np.ndarray:
+        """The remaining frames (those reaching into the end's reflection), ``(n_mels, k)``."""
+        if self.n_seen == 0:
+            raise AudioReadError("empty: file holds no audio samples")
+        total = recording_n_frames(self.n_seen, self.params)
+        if self.buffer is None:  # shorter than n_samples: padded like a short clip
+            audio = fit_length(np.concatenate(self.head), self.params.n_samples, self.params.pad_mode)
+            self.head, self.tail = [], audio[-(self.half + 1):]
+            self._start(audio)
+        right = self.tail[:-1][::-1][:self.half]  # reflect: x[n - 2], ..., x[n - 1 - half] (nothing for yamnet)
+        frames = self._frames(np.concatenate([self.buffer, right]), total - self.n_emitted)
+        self.n_emitted = total
+        self.buffer = None
+        return frames
+
+
+def iter_recording_frames(path: str | Path, extractor: FeatureExtractor, block_seconds: float = 10.0
+                          ) -> Iterator[np.ndarray]:
+    """A file's recording log-mel in blocks of frames ``(n_mels, k)``, read and computed block by block."""
+    stream = LogMelStream(extractor)
+    for block in iter_audio_blocks(path, extractor.params.sample_rate, block_seconds):
+        frames = stream.feed(block)
+        if frames.shape[1]:
+            yield frames
+    yield stream.finish()

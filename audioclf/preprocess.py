@@ -2,7 +2,8 @@
 
 Layout written under ``save_dir``::
 
-    <relative path of each clip>.npy        float32 (n_mels, n_frames) log-mel
+    <relative path of each clip>.npy        float32 (n_mels, n_frames) log-mel; with whole clips
+                                            (n_mels, T_i), n_frames <= T_i <= max_frames
     filenames/train.txt validation.txt evaluation.txt
     filenames/skipped.txt                   clips not usable, with the reason
     filenames/feature_config.json           feature parameters, class names, split counts
@@ -19,7 +20,7 @@ import shutil
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -113,26 +114,33 @@ def process_clip(task: tuple[Clip, Path, Path, bool]) -> ClipResult:
 
 
 def _read_fitted(task: tuple[Clip, Path, Path, bool], params: FeatureParams) -> ClipResult | np.ndarray:
-    """A clip's waveform fitted to ``n_samples``, or its result when it is reused or unreadable."""
+    """A clip's waveform (fitted to ``n_samples`` unless whole clips are kept), or its result when it is
+    reused or unreadable."""
     clip, audio_path, feature_path, overwrite = task
     if feature_path.exists() and not overwrite:
         return ClipResult(clip.line, "reused")
     try:
-        audio = read_audio(audio_path, params.sample_rate, max_samples=params.n_samples)
+        audio = read_audio(audio_path, params.sample_rate, max_samples=params.read_samples)
         if audio.size == 0:
             raise AudioReadError("empty: file holds no audio samples")
     except Exception as error:
         return _skipped(clip, feature_path, error)
-    return fit_length(audio, params.n_samples, params.pad_mode)
+    return audio if params.whole_clips else fit_length(audio, params.n_samples, params.pad_mode)
 
 
 def process_batch(tasks: list[tuple], extractor: FeatureExtractor, readers: ThreadPoolExecutor) -> list[ClipResult]:
-    """Read clips on CPU threads, then one batched log-mel on the extractor's device (e.g. CUDA)."""
+    """Read clips on CPU threads, then one batched log-mel on the extractor's device (e.g. CUDA).
+
+    Whole clips differ in length, so each is transformed on its own (still on the device).
+    """
     loaded = list(readers.map(lambda task: _read_fitted(task, extractor.params), tasks))
     ready = [(task, audio) for task, audio in zip(tasks, loaded) if isinstance(audio, np.ndarray)]
     results = [outcome for outcome in loaded if isinstance(outcome, ClipResult)]
     if ready:
-        features = extractor.waveforms_to_features(np.stack([audio for _, audio in ready]))  # (B, n_mels, n_frames)
+        if extractor.params.whole_clips:
+            features = [extractor.clip_feature(audio) for _, audio in ready]  # (n_mels, T_i) each
+        else:
+            features = extractor.waveforms_to_features(np.stack([audio for _, audio in ready]))  # (B, n_mels, n_frames)
         for (task, _), feature in zip(ready, features):
             atomic_save_npy(task[2], feature)
             results.append(ClipResult(task[0].line, "written"))
@@ -190,8 +198,8 @@ def check_or_record_params(lists_dir: Path, params: FeatureParams, overwrite: bo
     if path.exists() and not overwrite:
         recorded = FeatureParams.from_dict(json.loads(path.read_text()))
         if recorded != params:
-            changed = {key: (value, params.to_dict()[key]) for key, value in recorded.to_dict().items()
-                       if params.to_dict()[key] != value}
+            changed = {key: (value, asdict(params)[key]) for key, value in asdict(recorded).items()
+                       if asdict(params)[key] != value}
             raise PreprocessError(
                 f"{path.parent.parent} holds features made with other parameters "
                 f"(recorded -> requested: {changed}); pass --overwrite to recompute them all, "
@@ -309,8 +317,19 @@ def write_lists(options: PreprocessOptions, clips: list[Clip], refused: list[Ref
         "source_csv": str(options.csv_file),
         "data_dir": str(options.data_dir),
     }
+    if options.params.whole_clips:
+        config["whole_clips"] = whole_clip_summary(options.save_dir, [c for members in splits.values() for c in members],
+                                                   options.params)
     atomic_write_json(lists_dir / FEATURE_CONFIG, config)
     return {"splits": splits, "skipped": skipped, "config": config}
+
+
+def whole_clip_summary(save_dir: Path, clips: list[Clip], params: FeatureParams) -> dict:
+    """Lengths of the variable-length features (from their headers): bounds and total frames."""
+    lengths = [np.load(save_dir / clip.feature_file, mmap_mode="r").shape[1] for clip in clips]
+    return {"max_seconds": params.max_seconds, "min_frames": params.n_frames, "max_frames": params.max_frames,
+            "shortest": min(lengths, default=0), "longest": max(lengths, default=0),
+            "total_frames": int(sum(lengths)), "n_cut": sum(length == params.max_frames for length in lengths)}
 
 
 def check_outcome(outcome: dict, class_names: list[str]) -> list[str]:

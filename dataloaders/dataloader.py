@@ -1,8 +1,11 @@
 """Dataset over a split list of precomputed log-mel ``.npy`` files.
 
-Each item is ``(feature, label)`` with ``feature`` a float32 tensor ``(1, n_mels, n_frames)``.
-Class names and feature parameters come from ``feature_config.json`` beside the list (written
-by ``preprocessingBabyCrying.py``), so a new dataset needs no code change.
+Each item is ``(feature, label)`` with ``feature`` a float32 tensor ``(1, n_mels, n_frames)``;
+for whole clips (variable length, ``preprocessingBabyCrying.py --whole_clips``) it is
+``(1, n_mels, T_i)``, and ``dataloaders.crops`` turns clips into fixed-size training crops and
+evaluation windows. ``SpectrogramDataset.load(index)`` is the per-clip ``(n_mels, T_i)`` accessor
+everything else builds on. Class names and feature parameters come from ``feature_config.json``
+beside the list (written by ``preprocessingBabyCrying.py``), so a new dataset needs no code change.
 """
 from __future__ import annotations
 
@@ -28,6 +31,11 @@ class FeatureInfo:
     class_names: list[str]
     feature_params: dict | None
     source: str
+
+    @property
+    def whole_clips(self) -> bool:
+        """The features are whole clips of varying length (``max_seconds`` recorded)."""
+        return bool(self.feature_params) and self.feature_params.get("max_seconds") is not None
 
 
 def load_feature_info(list_path: str | Path, entries: list[ListEntry] | None = None) -> FeatureInfo:
@@ -61,7 +69,9 @@ class SpectrogramDataset(Dataset):
     """``(1, n_mels, n_frames)`` float tensors and integer labels from a split list.
 
     Items are deterministic: random augmentation happens on whole batches in the training
-    step, so runs and resumed runs see the same data whatever the worker count.
+    step (and random crops are seeded per clip and epoch), so runs and resumed runs see the same
+    data whatever the worker count. With whole clips (``variable_length``) every feature has
+    ``n_mels`` rows and at least one frame; ``feature_shape`` is ``(n_mels, None)``.
     """
 
     def __init__(self, list_file: str | Path, datapath: str | Path, class_names: list[str] | None = None):
@@ -75,10 +85,12 @@ class SpectrogramDataset(Dataset):
         self._check_labels()
         self.paths = [self.datapath / entry.feature_file for entry in self.entries]
         self._check_files_exist()
-        self.feature_shape = read_npy_shape(self.paths[0])
-        if len(self.feature_shape) != 2:
+        first_shape = read_npy_shape(self.paths[0])
+        if len(first_shape) != 2:
             raise FeatureDataError(f"{self.paths[0]}: expected a 2-D (n_mels, n_frames) array, "
-                                   f"got shape {self.feature_shape}")
+                                   f"got shape {first_shape}")
+        self.variable_length = self.info.whole_clips
+        self.feature_shape = (first_shape[0], None) if self.variable_length else tuple(first_shape)
         self.labels = torch.tensor([entry.class_id for entry in self.entries], dtype=torch.long)
 
     def _check_labels(self) -> None:
@@ -103,26 +115,33 @@ class SpectrogramDataset(Dataset):
 
     @property
     def n_frames(self) -> int:
+        """Frames of every feature; for whole clips the fewest a clip has (the features' ``n_frames``)."""
+        if self.variable_length:
+            return int(self.info.feature_params["n_frames"])
         return self.feature_shape[1]
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def load(self, index: int) -> np.ndarray:
-        """The raw ``(n_mels, n_frames)`` array of item ``index``, shape-checked."""
+        """The raw ``(n_mels, T_i)`` array of item ``index`` (``T_i = n_frames`` unless whole clips), shape-checked."""
         path = self.paths[index]
         try:
             feature = np.load(path)
         except (OSError, ValueError) as error:
             raise FeatureDataError(f"{path}: cannot read feature file ({error}); re-run preprocessing") from None
-        if feature.shape != self.feature_shape:
+        if self.variable_length:
+            if feature.ndim != 2 or feature.shape[0] != self.n_mels or feature.shape[1] < 1:
+                raise FeatureDataError(f"{path}: shape {feature.shape} is not ({self.n_mels}, T) like "
+                                       f"{self.paths[0]}; features were made with different settings")
+        elif feature.shape != self.feature_shape:
             raise FeatureDataError(f"{path}: shape {feature.shape} differs from {self.feature_shape} "
                                    f"of {self.paths[0]}; features were made with different settings")
         return feature
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        feature = torch.from_numpy(self.load(index))  # (n_mels, n_frames) float32
-        return feature.unsqueeze(0), int(self.labels[index])  # (1, n_mels, n_frames)
+        feature = torch.from_numpy(self.load(index))  # (n_mels, T_i) float32
+        return feature.unsqueeze(0), int(self.labels[index])  # (1, n_mels, T_i)
 
     def class_counts(self) -> torch.Tensor:
         """Number of items per class, ``(n_classes,)``."""
@@ -133,7 +152,7 @@ def check_compatible(train: SpectrogramDataset, other: SpectrogramDataset) -> No
     """Validation/evaluation lists must use the training classes and feature shape."""
     if other.feature_shape != train.feature_shape:
         raise FeatureDataError(f"{other.list_file}: features of shape {other.feature_shape}, but training "
-                               f"features are {train.feature_shape}")
+                               f"features are {train.feature_shape} (None: whole clips of any length)")
     unseen = sorted(set(other.labels.tolist()) - set(train.labels.tolist()))
     if unseen:
         names = [train.class_names[i] for i in unseen]
@@ -153,13 +172,14 @@ def feature_statistics(dataset: SpectrogramDataset, per_band: bool = True, max_i
         indices = np.sort(np.random.default_rng(seed).choice(indices, max_items, replace=False))
     total = np.zeros(dataset.n_mels)
     total_sq = np.zeros(dataset.n_mels)
+    count = 0
     for index in indices:
-        feature = dataset.load(int(index)).astype(np.float64)  # (n_mels, n_frames)
+        feature = dataset.load(int(index)).astype(np.float64)  # (n_mels, T_i)
         if center_per_clip:
             feature -= feature.mean(axis=1, keepdims=True)
         total += feature.sum(axis=1)
         total_sq += (feature ** 2).sum(axis=1)
-    count = len(indices) * dataset.n_frames
+        count += feature.shape[1]
     if not per_band:
         total, total_sq, count = total.sum(keepdims=True), total_sq.sum(keepdims=True), count * dataset.n_mels
     mean = total / count

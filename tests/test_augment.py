@@ -1,10 +1,14 @@
 """Batch augmentations and input normalisation: values, not just shapes."""
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 
-from audioclf.augment import SpecAugment, mixup, random_frequency_warp, random_time_shift
+from audioclf.augment import (BackgroundMixer, SpecAugment, mix_at_snr, mixup, random_frequency_warp,
+                              random_time_shift)
 from audioclf.classifier import InputNormalization
+from audioclf.frontend import AMIN, LogScale
 
 
 def test_time_shift_rolls_each_example_circularly():
@@ -52,3 +56,62 @@ def test_per_clip_centering_removes_a_constant_colouring():
     coloured = clip + torch.tensor([10.0, -5.0, 3.0]).reshape(1, 1, 3, 1)  # a microphone's fixed EQ
     assert torch.allclose(norm(clip), norm(coloured), atol=1e-5)
     assert not torch.allclose(InputNormalization(3)(clip), InputNormalization(3)(coloured))
+
+
+# ---------------------------------------------------------------------------------------
+# Background mixing
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("scale", [LogScale("db_power", AMIN), LogScale("log_magnitude", 0.001)])
+def test_mixing_at_a_known_snr_gives_the_expected_power_ratio(scale):
+    rng = np.random.default_rng(0)
+    clean_energy = torch.from_numpy(rng.uniform(0.01, 5.0, size=(3, 1, 8, 20)))  # float64: exact differences
+    background_energy = torch.from_numpy(rng.uniform(0.0, 50.0, size=(3, 1, 8, 20)))
+    snr_db = torch.tensor([-6.0, 0.0, 12.0])
+    mixed = mix_at_snr(scale.from_energy(clean_energy), scale.from_energy(background_energy), snr_db, scale)
+    added = scale.to_energy(mixed) - clean_energy  # the background's share: g * E_b
+    ratio_db = 10 * torch.log10(clean_energy.sum((1, 2, 3)) / added.sum((1, 2, 3)))
+    np.testing.assert_allclose(ratio_db.numpy(), snr_db.numpy(), atol=1e-6)
+    gain = added / background_energy  # one gain per example: the background keeps its spectrum
+    for example in range(3):
+        np.testing.assert_allclose(gain[example].numpy(), gain[example].mean().item(), rtol=1e-6)
+    single = mix_at_snr(scale.from_energy(clean_energy).float(), scale.from_energy(background_energy).float(),
+                      snr_db, scale)  # float32, as in training
+    assert single.dtype == torch.float32
+    np.testing.assert_allclose(single.numpy(), mixed.numpy(), atol=1e-4)
+
+
+def test_mixing_equal_energies_at_0_db_adds_3_db():
+    scale = LogScale("db_power", AMIN)
+    clean, background = torch.full((2, 1, 4, 5), 20.0), torch.full((2, 1, 4, 5), -30.0)
+    mixed = mix_at_snr(clean, background, torch.tensor([0.0, 10.0]), scale)
+    np.testing.assert_allclose(mixed[0].numpy(), 20 + 10 * np.log10(2), atol=1e-4)  # +3.01 dB
+    np.testing.assert_allclose(mixed[1].numpy(), 20 + 10 * np.log10(1.1), atol=1e-4)  # background 10 dB below
+
+
+class Clips:
+    """A clip accessor over in-memory features ``(n_mels, T)``."""
+
+    def __init__(self, features):
+        self.features = features
+
+    def load(self, index):
+        return self.features[index]
+
+
+def test_background_mixer_mixes_the_chosen_share_reproducibly():
+    scale = LogScale("db_power", AMIN)
+    backgrounds = Clips([np.full((4, 30), 10.0, dtype=np.float32), np.full((4, 6), 10.0, dtype=np.float32)])
+    inputs = torch.full((400, 1, 4, 10), 10.0)
+    mixer = BackgroundMixer(backgrounds, [0, 1], probability=0.25, snr_db=(0.0, 0.0), crop_frames=10, scale=scale)
+    torch.manual_seed(3)
+    mixed = mixer(inputs)
+    torch.manual_seed(3)
+    again = mixer(inputs)
+    assert torch.equal(mixed, again)
+    changed = (mixed != inputs).flatten(1).any(1)
+    assert 0.18 < changed.float().mean() < 0.32  # about a quarter of the examples
+    np.testing.assert_allclose(mixed[changed].numpy(), 10 + 10 * np.log10(2), atol=1e-4)  # 0 dB: +3 dB
+    assert torch.equal(mixed[~changed], inputs[~changed])
+    never = BackgroundMixer(backgrounds, [0, 1], probability=0.0, snr_db=(-6.0, 12.0), crop_frames=10, scale=scale)
+    assert never(inputs) is inputs

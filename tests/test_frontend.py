@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from audioclf.frontend import (AMIN, AudioReadError, FeatureExtractor, FeatureParams, LogMel,
-                               fit_length, iter_audio_blocks, n_frames_for, read_audio)
+from audioclf.frontend import (AMIN, AudioReadError, FeatureExtractor, FeatureParams, LogMel, LogMelStream, LogScale,
+                               fit_length, iter_audio_blocks, iter_recording_frames, log_scale_for, n_frames_for,
+                               read_audio, recording_n_frames)
 from conftest import make_signal, write_wav
 
 FLOOR_DB = 10 * np.log10(AMIN)  # -100 dB: the value of a silent frame
@@ -364,3 +365,90 @@ def test_preset_differences_name_each_parameter_but_not_clip_length():
     differences = FeatureParams(n_mels=64).preset_differences("yamnet")
     assert "n_mels" not in " ".join(differences)
     assert "n_fft 1024 (preset: 512)" in differences and "frontend 'default' (preset: 'yamnet')" in differences
+
+
+def test_default_params_dict_is_unchanged_and_whole_clip_params_round_trip():
+    # Features and checkpoints made before whole clips existed compare equal to today's defaults.
+    assert "max_seconds" not in FeatureParams().to_dict()
+    assert FeatureParams().max_frames == 250 and not FeatureParams().whole_clips
+    whole = FeatureParams(max_seconds=10.0)
+    assert whole.to_dict()["max_seconds"] == 10.0 and FeatureParams.from_dict(whole.to_dict()) == whole
+    assert whole.whole_clips and whole.max_frames == 1000  # 10 s of 10-ms frames
+    assert FeatureParams(max_seconds=0.5).max_frames == 250  # never fewer than n_frames
+    with pytest.raises(ValueError, match="max_seconds must be positive"):
+        FeatureParams(max_seconds=0.0).validate()
+
+
+# ---------------------------------------------------------------------------------------
+# The log-mel of a whole recording, in blocks
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n_samples", [100, 8000, 8159, 8160, 8161, 33333])
+def test_recording_log_mel_in_blocks_equals_the_one_piece_transform(small_params, n_samples):
+    extractor = FeatureExtractor(small_params)
+    audio = make_signal("tone+noise", duration=n_samples / 16000, seed=n_samples)
+    padded = fit_length(audio, small_params.n_samples, "repeat") if n_samples < small_params.n_samples else audio
+    expected = LogMel(small_params)(torch.from_numpy(padded)).numpy()  # center=True over the whole signal
+    n_frames = recording_n_frames(n_samples, small_params)
+    assert n_frames == max(50, -(-n_samples // 160))  # frames centred inside the audio, at least n_frames
+    rng = np.random.default_rng(n_samples)
+    for _ in range(3):  # random block sizes, 1 sample to 0.2 s
+        stream, parts, position = LogMelStream(extractor), [], 0
+        while position < n_samples:
+            size = int(rng.integers(1, 3200))
+            parts.append(stream.feed(audio[position:position + size]))
+            position += size
+        frames = np.concatenate(parts + [stream.finish()], axis=1)
+        assert frames.shape == (32, n_frames)
+        np.testing.assert_allclose(frames, expected[:, :n_frames], atol=1e-4)
+    # its first n_frames are the fixed-length feature
+    np.testing.assert_allclose(frames[:, :50], extractor.waveform_to_feature(audio), atol=1e-4)
+
+
+@pytest.mark.parametrize("n_samples", [5000, 15600, 15759, 15760, 40000])
+def test_yamnet_recording_log_mel_in_blocks_equals_the_one_piece_transform(n_samples):
+    params = FeatureParams.preset("yamnet")  # frames start at their first sample: 1 + (n - 400) // 160 of them
+    extractor = FeatureExtractor(params)
+    audio = make_signal("tone+noise", duration=n_samples / 16000, seed=n_samples)
+    padded = fit_length(audio, params.n_samples, "repeat") if n_samples < params.n_samples else audio
+    expected = extractor.logmel(torch.from_numpy(padded)).numpy()
+    n_frames = recording_n_frames(n_samples, params)
+    assert n_frames == max(96, 1 + (n_samples - 400) // 160) == expected.shape[1]
+    stream, parts = LogMelStream(extractor), []
+    for block in np.array_split(audio, 7):
+        parts.append(stream.feed(block))
+    frames = np.concatenate(parts + [stream.finish()], axis=1)
+    np.testing.assert_allclose(frames, expected, atol=1e-5)
+    assert log_scale_for(params) == LogScale("log_magnitude", 0.001)
+
+
+def test_recording_frames_of_a_file_and_a_whole_clip_feature(tmp_path):
+    params = FeatureParams(n_fft=512, n_mels=32, n_frames=50, max_seconds=1.0)  # up to 100 frames
+    extractor = FeatureExtractor(params)
+    short = write_wav(tmp_path / "short.wav", kind="tone+noise", duration=0.3, seed=1)
+    middle = write_wav(tmp_path / "middle.wav", kind="tone+noise", duration=0.73, seed=2)
+    long = write_wav(tmp_path / "long.wav", kind="tone+noise", sample_rate=44100, duration=2.5, seed=3)
+    fixed = FeatureExtractor(FeatureParams(n_fft=512, n_mels=32, n_frames=50))
+    np.testing.assert_allclose(extractor.file_to_feature(short), fixed.file_to_feature(short), atol=1e-4)
+    assert extractor.file_to_feature(middle).shape == (32, 73)
+    whole_file = np.concatenate(list(iter_recording_frames(long, extractor, block_seconds=0.3)), axis=1)
+    assert whole_file.shape == (32, 250)
+    feature = extractor.file_to_feature(long)  # reads only the first second (+ the FFT's half window)
+    assert feature.shape == (32, 100)
+    np.testing.assert_allclose(feature, whole_file[:, :100], atol=1e-3)
+
+
+@pytest.mark.parametrize("scale", [LogScale("db_power", AMIN), LogScale("log_magnitude", 0.001)])
+def test_log_scales_convert_to_energy_and_back(scale):
+    energy = torch.tensor([0.0, 1e-6, 0.25, 1.0, 4.0, 1e3])
+    features = scale.from_energy(energy)
+    back = scale.to_energy(features)
+    np.testing.assert_allclose(back[1:].numpy(), energy[1:].numpy(), rtol=1e-4)
+    assert scale.silence == pytest.approx(float(features[0]))
+    if scale.kind == "db_power":
+        np.testing.assert_allclose(features[2:].numpy(), 10 * np.log10([0.25, 1.0, 4.0, 1e3]), atol=1e-5)
+        assert scale.silence == pytest.approx(FLOOR_DB)
+    else:  # ln(magnitude + 0.001), energy = magnitude ** 2
+        np.testing.assert_allclose(features[2:].numpy(), np.log(np.sqrt([0.25, 1.0, 4.0, 1e3]) + 0.001), atol=1e-6)
+        assert scale.silence == pytest.approx(np.log(0.001))
+    assert log_scale_for(FeatureParams()) == LogScale("db_power", AMIN)
