@@ -2,7 +2,7 @@
 background mixing (all off by default)."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -96,18 +96,18 @@ def mix_at_snr(clean: torch.Tensor, background: torch.Tensor, snr_db: torch.Tens
 class BackgroundMixer:
     """Mixes each training example, with probability ``probability``, with a random background crop.
 
-    ``clips`` is a clip accessor (``load(index) -> (n_mels, T)``); ``indices`` the background
-    clips among them (a background list, or the training clips of named classes). Per batch the
-    choices (which examples, which clip, where in it, the SNR, uniform in ``snr_db``) come from
-    torch's CPU generator, which checkpoints save, so a resumed run mixes as an uninterrupted
-    one. The chosen crops are loaded and the mixing runs on the whole batch on its device.
+    ``backgrounds`` are the background clips, each a function returning its ``(n_mels, T)``
+    feature (a background list, or the training clips of named classes). Per batch the choices
+    (which examples, which clip, where in it, the SNR, uniform in ``snr_db``) come from torch's
+    CPU generator, which checkpoints save, so a resumed run mixes as an uninterrupted one. The
+    chosen crops are loaded and the mixing runs on the whole batch on its device.
     """
 
-    def __init__(self, clips, indices: Sequence[int], probability: float, snr_db: tuple[float, float],
-                 crop_frames: int, scale: LogScale, pad_mode: str = "repeat"):
-        if not len(indices):
+    def __init__(self, backgrounds: Sequence[Callable[[], np.ndarray]], probability: float,
+                 snr_db: tuple[float, float], crop_frames: int, scale: LogScale, pad_mode: str = "repeat"):
+        if not len(backgrounds):
             raise ValueError("background mixing needs at least one background clip")
-        self.clips, self.indices = clips, list(indices)
+        self.backgrounds = list(backgrounds)
         self.probability, self.snr_db, self.crop_frames = probability, snr_db, crop_frames
         self.scale, self.pad_mode = scale, pad_mode
 
@@ -117,13 +117,13 @@ class BackgroundMixer:
         chosen = torch.nonzero(torch.rand(batch) < self.probability).flatten()
         if len(chosen) == 0:
             return inputs
-        which = torch.randint(len(self.indices), (len(chosen),))
+        which = torch.randint(len(self.backgrounds), (len(chosen),))
         where = torch.rand(len(chosen))
         low, high = self.snr_db
         snr = low + (high - low) * torch.rand(len(chosen))
         crops = []
         for clip, fraction in zip(which.tolist(), where.tolist()):
-            feature = self.clips.load(self.indices[clip])  # (n_mels, T)
+            feature = self.backgrounds[clip]()  # (n_mels, T)
             start = int(fraction * (max(feature.shape[1] - self.crop_frames, 0) + 1))
             crops.append(fit_frames(feature[:, start:start + self.crop_frames], self.crop_frames, self.pad_mode,
                                     self.scale.silence))

@@ -11,8 +11,9 @@ A run folder (the config's ``checkpoint_dir``) holds::
 
 A checkpoint is a dict (``checkpoint_state``) loadable with ``torch.load(weights_only=True)``:
 model (unwrapped from DDP), optimizer, scheduler, scaler, epoch, best metric, config, model
-constructor arguments, class names, feature parameters and shape, normalisation, RNG state and
-the epoch's metrics. ``model_from_checkpoint`` rebuilds the model from it alone.
+constructor arguments, class names, feature parameters and the model's input shape, the windows
+that score a clip, normalisation, RNG state and the epoch's metrics. ``model_from_checkpoint``
+rebuilds the model from it alone.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from audioclf.classifier import AudioClassifier
+from audioclf.windows import default_hop
 from audioclf.files import atomic_write
 
 # ---- the run folder ------------------------------------------------------------------------
@@ -71,11 +73,13 @@ def epoch_checkpoint_path(checkpoint_dir: str | os.PathLike[str], epoch: int) ->
 def checkpoint_state(model: AudioClassifier, optimizer: torch.optim.Optimizer, scheduler: Any,
                      scaler: torch.amp.GradScaler, *, epoch: int, best: dict, config: dict, model_args: dict,
                      class_names: list[str], feature_params: dict | None, feature_shape: tuple[int, int],
-                     rng_state: dict, metrics: dict) -> dict:
+                     rng_state: dict, metrics: dict, windows: dict | None = None) -> dict:
     """Everything needed to resume, evaluate or serve (loadable with ``weights_only=True``).
 
     ``model`` is the plain model (not a DDP wrapper); ``best`` is ``{"accuracy", "epoch"}``;
-    ``config`` the resolved config (``Params.to_dict()``).
+    ``config`` the resolved config (``Params.to_dict()``); ``feature_shape`` the model's input
+    ``(n_mels, window frames)``; ``windows`` ``{"frames", "hop"}``: the windows that score a clip
+    (``audioclf.windows``), default one window of ``feature_shape[1]`` frames every half window.
     """
     return {
         "model": model.state_dict(),
@@ -91,11 +95,20 @@ def checkpoint_state(model: AudioClassifier, optimizer: torch.optim.Optimizer, s
         "class_names": list(class_names),
         "feature_params": feature_params,
         "feature_shape": list(feature_shape),
+        "windows": dict(windows) if windows else {"frames": feature_shape[1], "hop": default_hop(feature_shape[1])},
         "normalization": {"mode": config["normalization"], "mean": model.normalize.mean.flatten().cpu(),
                           "std": model.normalize.std.flatten().cpu()},
         "rng_state": rng_state,
         "metrics": metrics,
     }
+
+
+def checkpoint_windows(checkpoint: dict) -> tuple[int, int]:
+    """``(frames, hop)`` of the windows that score a clip; checkpoints from before windows: the input
+    length, every half window."""
+    windows = checkpoint.get("windows") or {}
+    frames = int(windows.get("frames", checkpoint["feature_shape"][1]))
+    return frames, int(windows.get("hop", default_hop(frames)))
 
 
 def check_required_keys(checkpoint: Any, path: str | os.PathLike[str]) -> dict:

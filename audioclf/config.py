@@ -68,6 +68,7 @@ class ConfigKey:
     maximum: float | None = None  # inclusive upper bound for numbers
     positive: bool = False  # number must be > 0
     is_path: bool = False  # relative paths are made absolute against the cwd at load time
+    items: type | None = None  # the type of a list's elements
 
     @property
     def required(self) -> bool:
@@ -195,6 +196,40 @@ CONFIG_SCHEMA: dict[str, ConfigKey] = {
         (float,), 0.0, "Random stretch of the mel axis by up to this fraction (0 turns it off).",
         minimum=0, maximum=0.5,
     ),
+    # Whole clips: training crops and the windows that score a clip.
+    "crop_frames": ConfigKey(
+        (int,), None,
+        "Frames of a training crop and of each window that scores a clip (validation, evaluation, "
+        "predict.py); null means the features' `n_frames`. Clips longer than a crop (whole clips, "
+        "`--whole_clips`) get a new random crop per clip and epoch; shorter ones are padded (`pad_mode`).",
+        positive=True,
+    ),
+    "crop_hop_frames": ConfigKey(
+        (int,), None,
+        "Hop between the windows that cover a clip in validation, evaluation and predict.py (frames; also "
+        "long mode's default hop); a clip scores the mean of its windows' probabilities. null means half a window.",
+        positive=True,
+    ),
+    # Background mixing.
+    "background_prob": ConfigKey(
+        (float,), 0.0, "Probability that a training clip is mixed with a background clip (0 turns mixing off).",
+        minimum=0, maximum=1,
+    ),
+    "background_list": ConfigKey(
+        (str,), None,
+        "List file of background clips (entries relative to the folder above the list's, i.e. the "
+        "`--save_dir` it was written to); null for none.",
+        is_path=True,
+    ),
+    "background_classes": ConfigKey(
+        (list,), [], "Training classes whose clips also serve as backgrounds, e.g. `[\"other\"]`.", items=str,
+    ),
+    "background_snr_min": ConfigKey(
+        (float,), -6.0, "Lowest clip-to-background energy ratio of a mix (dB, over the crop).",
+    ),
+    "background_snr_max": ConfigKey(
+        (float,), 12.0, "Highest clip-to-background energy ratio of a mix (dB, over the crop).",
+    ),
     # Reporting.
     "target_class": ConfigKey(
         (str,), None, "Class name for binary-detection reports; null for none.",
@@ -246,6 +281,8 @@ def _suggest_key(name: str) -> str | None:
 def _type_name(spec: ConfigKey) -> str:
     names = {bool: "bool", int: "int", float: "float", str: "str", dict: "dict"}
     name = " or ".join(names.get(t, t.__name__) for t in spec.type)
+    if spec.items is not None:
+        name += f" of {names.get(spec.items, spec.items.__name__)}"
     if spec.default is None:
         name += " or null"
     return name
@@ -274,6 +311,10 @@ def _check_value(key: str, value: Any) -> tuple[Any, str | None]:
         value = float(value)  # "lr": 1 means 1.0
     if not isinstance(value, spec.type):
         return value, f'"{key}" must be {_type_name(spec)}, got {_show(value)}'
+    if isinstance(value, list) and spec.items is not None:
+        wrong = [item for item in value if not isinstance(item, spec.items)]
+        if wrong:
+            return value, f'"{key}" must be a list of {_type_name(ConfigKey((spec.items,)))}, got {_show(wrong[0])}'
 
     if isinstance(value, str) and (spec.choices or spec.pattern):
         allowed = value in (spec.choices or ()) or (
@@ -312,6 +353,18 @@ def _resolve(given: Mapping[str, Any]) -> dict[str, Any]:
     elif values["scheduler"] is False:
         values["scheduler"] = "none"
     return values
+
+
+def _combination_problems(values: Mapping[str, Any]) -> list[str]:
+    """Problems that involve several keys (each key alone being valid)."""
+    problems = []
+    if values["background_snr_min"] > values["background_snr_max"]:
+        problems.append(f'"background_snr_min" ({values["background_snr_min"]}) must not exceed '
+                        f'"background_snr_max" ({values["background_snr_max"]})')
+    if values["background_prob"] > 0 and not (values["background_list"] or values["background_classes"]):
+        problems.append('"background_prob" > 0 needs background clips: set "background_list" or '
+                        '"background_classes" (or set "background_prob" to 0)')
+    return problems
 
 
 def _absolute(path: str) -> str:
@@ -368,8 +421,11 @@ class Params:
             problem = f"top level must be a JSON object, got {type(data).__name__}"
             raise ConfigError(source, [problem])
         given = self._validate(dict(data), source, check_required=True)
+        values = _resolve(given)
+        if problems := _combination_problems(values):
+            raise ConfigError(source, problems)
         object.__setattr__(self, "_given", given)
-        object.__setattr__(self, "_values", _resolve(given))
+        object.__setattr__(self, "_values", values)
 
     @staticmethod
     def _validate(data: dict[str, Any], source: str, check_required: bool) -> dict[str, Any]:
@@ -471,8 +527,11 @@ class Params:
         """Set several keys at once; validated, and nothing changes if any value is invalid."""
         checked = self._validate(dict(data), self._source, check_required=False)
         given = {**self._given, **checked}
+        values = _resolve(given)
+        if problems := _combination_problems(values):
+            raise ConfigError(self._source, problems)
         object.__setattr__(self, "_given", given)
-        object.__setattr__(self, "_values", _resolve(given))
+        object.__setattr__(self, "_values", values)
 
 
 def config_reference_markdown() -> str:

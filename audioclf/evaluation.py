@@ -3,7 +3,9 @@
 ``run_evaluation(params)`` is what ``evaluation.py`` runs. The model is rebuilt from the
 checkpoint alone (``model_args``, weights, normalisation, class names), loaded with
 ``map_location="cpu"`` so a checkpoint trained on CUDA evaluates anywhere. Everything is
-written to ``<checkpoint_dir>/scores/``:
+written to ``<checkpoint_dir>/scores/``. A clip's probabilities are the mean over the windows that
+cover it (``audioclf.windows``: ``crop_frames`` frames every ``crop_hop_frames``, stored in the
+checkpoint), the same as ``predict.py`` gives for its audio; a fixed-length clip is one window.
 
 ``score.txt``
     Tab-separated, UTF-8. The first line is the header
@@ -66,16 +68,19 @@ import numpy as np
 import torch
 from sklearn import metrics as skm
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from audioclf.checkpoint import (BEST_CHECKPOINT_NAME, CONFUSION_MATRIX_FILE, DETECTION_FILES, METRICS_FILE,
                                  OPERATING_POINT_FILE, PR_CURVE_FILE, PROBABILITIES_FILE, REPORT_FILE, ROC_CURVE_FILE,
-                                 SCORE_FILE, check_required_keys, load_checkpoint, model_from_checkpoint, scores_dir)
+                                 SCORE_FILE, check_required_keys, checkpoint_windows, load_checkpoint,
+                                 model_from_checkpoint, scores_dir)
 from audioclf.config import Params
 from audioclf.files import atomic_write_json, atomic_write_text
 from audioclf.listfile import FEATURE_CONFIG
-from audioclf.runtime import amp_dtype_for, predict_probabilities, resolve_device
+from audioclf.frontend import FeatureParams
+from audioclf.runtime import amp_dtype_for, resolve_device
+from audioclf.windows import default_hop, iter_window_outputs, pool_windows
+from dataloaders.crops import window_loader
 from dataloaders.dataloader import SpectrogramDataset
 
 log = logging.getLogger(__name__)
@@ -136,18 +141,23 @@ def check_matches_checkpoint(dataset: SpectrogramDataset, checkpoint: dict, chec
         raise EvaluationError(
             f"the checkpoint {checkpoint_path} has classes {trained}, but the list {dataset.list_file} has "
             f"{listed} (from {dataset.info.source}); class IDs must mean the same classes")
-    expected = tuple(checkpoint["feature_shape"])
-    if tuple(dataset.feature_shape) != expected:
-        raise EvaluationError(
-            f"features of {dataset.list_file} have shape {tuple(dataset.feature_shape)} (n_mels, n_frames), but the "
-            f"checkpoint {checkpoint_path} was trained on {expected}; preprocess with the training settings")
+    # Whole clips and fixed-length features of the same front end both hold frames of the same
+    # recording log-mel, so either can be scored with the checkpoint's windows.
     trained_params, listed_params = checkpoint.get("feature_params"), dataset.info.feature_params
-    if trained_params and listed_params and trained_params != listed_params:
-        differing = sorted(key for key in set(trained_params) | set(listed_params)
-                           if trained_params.get(key) != listed_params.get(key))
+    n_mels = checkpoint["feature_shape"][0]
+    n_frames = (trained_params or {}).get("n_frames", checkpoint["feature_shape"][1])
+    if dataset.n_mels != n_mels or (not dataset.variable_length and dataset.n_frames != n_frames):
+        shape = f"({dataset.n_mels}, {'T' if dataset.variable_length else dataset.n_frames})"
         raise EvaluationError(
-            f"features of {dataset.list_file} were made with other front-end settings than the checkpoint "
-            f"{checkpoint_path} was trained on (differing: {differing}); preprocess with the training settings")
+            f"features of {dataset.list_file} have shape {shape} (n_mels, n_frames), but the checkpoint "
+            f"{checkpoint_path} was trained on ({n_mels}, {n_frames}); preprocess with the training settings")
+    if trained_params and listed_params:
+        differing = FeatureParams.from_dict(trained_params).differences(FeatureParams.from_dict(listed_params),
+                                                                       ignore=("max_seconds",))
+        if differing:
+            raise EvaluationError(
+                f"features of {dataset.list_file} were made with other front-end settings than the checkpoint "
+                f"{checkpoint_path} was trained on (differing: {differing}); preprocess with the training settings")
 
 
 def resolve_target_class(class_names: Sequence[str], target_class: str | None) -> int | None:
@@ -165,16 +175,26 @@ def resolve_target_class(class_names: Sequence[str], target_class: str | None) -
 
 @torch.inference_mode()
 def predict_list(model: nn.Module, dataset: SpectrogramDataset, device: torch.device, batch_size: int = 64,
-                 num_workers: int = 0, amp: bool = True, show_progress: bool = False
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax probabilities ``(N, C)`` float32 and labels ``(N,)`` int64 for every clip, in list order."""
+                 num_workers: int = 0, amp: bool = True, show_progress: bool = False, window: int | None = None,
+                 hop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities ``(N, C)`` float32 and labels ``(N,)`` int64 for every clip, in list order.
+
+    A clip's probabilities are the mean over its windows of ``window`` frames (default the
+    features' ``n_frames``) every ``hop`` (default half a window), as ``audioclf.windows`` cuts them.
+    """
+    window = window or dataset.n_frames
+    hop = hop or default_hop(window)
     model = model.to(device).eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
+    loader = window_loader(dataset, window, hop, batch_size, num_workers=num_workers,
+                           pin_memory=device.type == "cuda")
     batches = tqdm(loader, desc=f"evaluate {dataset.list_file.name}", unit="batch", leave=False,
                    disable=not show_progress)
-    probabilities, labels = predict_probabilities(model, batches, device, amp_dtype_for(device, amp))
-    return probabilities, labels.astype(np.int64)
+    probabilities, labels = [], []
+    for output, counts in iter_window_outputs(model, batches, device, amp_dtype_for(device, amp),
+                                              max_windows=batch_size):
+        probabilities.append(pool_windows(output.probabilities, counts).cpu())
+        labels.append(output.targets.cpu())
+    return torch.cat(probabilities).numpy(), torch.cat(labels).numpy().astype(np.int64)
 
 
 # ---------------------------------------------------------------------------------------
@@ -567,8 +587,9 @@ def run_evaluation(params: Params, checkpoint_path: str | Path | None = None, ta
     epoch = int(checkpoint.get("epoch", 0))
     log.info("evaluating %s (epoch %d, %s) on %s (%d clips, %s)", checkpoint_path, epoch,
              checkpoint["model_args"].get("model_name"), evaluation_set.list_file, len(evaluation_set), device)
-    predict = dict(device=device, batch_size=params.eval_batch_size, num_workers=params.num_workers, amp=params.amp,
-                   show_progress=show_progress)
+    window, hop = checkpoint_windows(checkpoint)
+    predict = dict(device=device, window=window, hop=hop, batch_size=params.eval_batch_size,
+                   num_workers=params.num_workers, amp=params.amp, show_progress=show_progress)
     probabilities, labels = predict_list(model, evaluation_set, **predict)
     report = classification_report_dict(probabilities, labels, class_names)
 

@@ -1,12 +1,14 @@
 """Inference with a trained checkpoint: clip classification and sliding-window detection.
 
-The model, its class names and the feature parameters all come from the checkpoint; features
-are computed by ``audioclf.frontend`` exactly as preprocessing computed them, so a file gets
-the same probabilities here as its preprocessed ``.npy`` gets from the model.
+The model, its class names, the feature parameters and the windows all come from the
+checkpoint; features are computed by ``audioclf.frontend`` exactly as preprocessing computed them
+and cut into windows as ``audioclf.windows`` defines them, so a file gets the same probabilities
+here as its preprocessed ``.npy`` gets in evaluation.
 
-Clip mode classifies the first clip window of a file (what preprocessing stored: the first
-``n_samples`` samples, padded as in training). Long mode streams the file in blocks
-(``iter_audio_blocks``), cuts windows of ``n_samples`` samples every ``hop`` samples, and
+Clip mode scores what preprocessing stores for a file (the first ``n_frames``, or the whole clip
+up to ``max_seconds`` for whole-clip features) by the mean over its windows. Long mode streams
+the file in blocks (``iter_audio_blocks``), computes one continuous log-mel of the recording
+block by block (``LogMelStream``), cuts windows of the model's frames every ``hop`` frames and
 classifies them in batches; memory is bounded by one block plus one batch of windows.
 """
 from __future__ import annotations
@@ -16,7 +18,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,14 +27,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from audioclf.checkpoint import (CheckpointError, check_required_keys, load_checkpoint, model_from_checkpoint,
-                                 operating_point_path)
+from audioclf.checkpoint import (CheckpointError, check_required_keys, checkpoint_windows, load_checkpoint,
+                                 model_from_checkpoint, operating_point_path)
 from audioclf.zeroshot import is_zero_shot, zero_shot_checkpoint
 from audioclf.events import DetectionParams, Event, detect_events, window_bounds
-from audioclf.frontend import (AUDIO_EXTENSIONS, AudioReadError, FeatureExtractor, FeatureParams, audio_info,
-                               fit_length, iter_audio_blocks)
+from audioclf.frontend import (AUDIO_EXTENSIONS, AudioReadError, FeatureExtractor, FeatureParams, LogMelStream,
+                               audio_info, iter_audio_blocks, log_scale_for)
 from audioclf.listfile import FEATURE_CONFIG
 from audioclf.runtime import amp_dtype_for, predict_probabilities
+from audioclf.windows import WindowSlicer, cut_windows, pool_windows
 
 log = logging.getLogger(__name__)
 
@@ -95,68 +99,13 @@ def load_operating_point(checkpoint_path: str | Path, class_names: Sequence[str]
 
 
 # ---------------------------------------------------------------------------------------
-# Windows from a stream of blocks
-# ---------------------------------------------------------------------------------------
-
-class WindowSlicer:
-    """Cuts a stream of sample blocks into windows of ``window`` samples every ``hop`` samples.
-
-    Holds one window of samples (shifted by ``hop`` after each window). ``feed`` yields views
-    into that buffer, valid until the next iteration. ``finish`` yields the last window when
-    samples after the last full window remain (or the file is shorter than one window),
-    padded with the front end's ``pad_mode`` exactly as a short clip is padded.
-    """
-
-    def __init__(self, window: int, hop: int, pad_mode: str = "repeat"):
-        if window < 1 or hop < 1:
-            raise ValueError(f"window and hop must be >= 1 sample, got {window} and {hop}")
-        self.window, self.hop, self.pad_mode = window, hop, pad_mode
-        self.buffer = np.zeros(window, dtype=np.float32)
-        self.filled = 0  # samples in the buffer, from the next window's start
-        self.skip = 0  # samples to drop before the next window starts (hop > window)
-        self.n_seen = 0
-        self.n_windows = 0
-
-    def feed(self, block: np.ndarray) -> Iterator[np.ndarray]:
-        """Yield every window completed by ``block`` (1-D float32)."""
-        position, size = 0, block.shape[0]
-        self.n_seen += size
-        while position < size:
-            if self.skip:
-                dropped = min(self.skip, size - position)
-                position += dropped
-                self.skip -= dropped
-                continue
-            take = min(size - position, self.window - self.filled)
-            self.buffer[self.filled:self.filled + take] = block[position:position + take]
-            self.filled += take
-            position += take
-            if self.filled == self.window:
-                self.n_windows += 1
-                yield self.buffer
-                if self.hop < self.window:
-                    self.buffer[:self.window - self.hop] = self.buffer[self.hop:]
-                    self.filled = self.window - self.hop
-                else:
-                    self.filled, self.skip = 0, self.hop - self.window
-
-    def finish(self) -> Iterator[np.ndarray]:
-        """Yield the padded last window, if samples past the last full window remain."""
-        last_end = (self.n_windows - 1) * self.hop + self.window if self.n_windows else 0
-        if self.filled and self.n_seen > last_end:
-            self.n_windows += 1
-            yield fit_length(self.buffer[:self.filled].copy(), self.window, self.pad_mode)
-        self.filled = 0
-
-
-# ---------------------------------------------------------------------------------------
 # Results
 # ---------------------------------------------------------------------------------------
 
 @dataclass
 class ClipPrediction:
-    """Class probabilities ``(n_classes,)`` of one file: its first clip window (clip mode) or the
-    mean over all its windows (file mode)."""
+    """Class probabilities ``(n_classes,)`` of one file: the mean over the windows of its clip feature
+    (clip mode), or over all its long-mode windows (file mode)."""
 
     file: str
     probabilities: np.ndarray
@@ -237,6 +186,8 @@ class Predictor:
                                   "re-run preprocessingBabyCrying.py, then train again")
         self.params = FeatureParams.from_dict(checkpoint["feature_params"])
         self.extractor = FeatureExtractor(self.params, self.device)
+        self.window, self.hop = checkpoint_windows(checkpoint)  # frames
+        self.silence = log_scale_for(self.params).silence  # what a padded window is filled with (pad_mode zeros)
         self.model = model_from_checkpoint(checkpoint).to(self.device)
         self.channels_last = channels_last
         if channels_last:
@@ -252,9 +203,14 @@ class Predictor:
         return cls(check_required_keys(load_checkpoint(path, map_location="cpu"), path), device, **kwargs)
 
     @property
+    def frame_s(self) -> float:
+        """Seconds per frame (the front end's hop)."""
+        return self.params.hop_length / self.params.sample_rate
+
+    @property
     def window_s(self) -> float:
-        """Nominal window length in seconds: the training clip length."""
-        return self.params.clip_seconds
+        """Window length in seconds: the model's input frames."""
+        return self.window * self.frame_s
 
     @torch.inference_mode()
     def classify_features(self, features: np.ndarray) -> np.ndarray:
@@ -265,15 +221,14 @@ class Predictor:
         self.timings.model_s += time.perf_counter() - started
         return probabilities
 
-    def classify_waveforms(self, waveforms: np.ndarray) -> np.ndarray:
-        """Windows ``(B, n_samples)`` at the model's rate -> probabilities ``(B, n_classes)``."""
-        started = time.perf_counter()
-        features = self.extractor.waveforms_to_features(waveforms)  # (B, n_mels, n_frames)
-        self.timings.features_s += time.perf_counter() - started
-        return self.classify_features(features)
+    def classify_clip_windows(self, windows: np.ndarray, counts: Sequence[int], batch_size: int = 32) -> np.ndarray:
+        """Windows of several clips ``(N, n_mels, window)`` and ``counts`` per clip -> mean probabilities ``(B, C)``."""
+        probabilities = np.concatenate([self.classify_features(windows[start:start + batch_size])
+                                        for start in range(0, len(windows), batch_size)])
+        return pool_windows(torch.from_numpy(probabilities), torch.as_tensor(counts)).numpy()
 
     def file_feature(self, path: str | Path) -> np.ndarray:
-        """The feature preprocessing stores for ``path``: ``(n_mels, n_frames)``."""
+        """The feature preprocessing stores for ``path``: ``(n_mels, n_frames)``, or ``(n_mels, T)`` for whole clips."""
         started = time.perf_counter()
         feature = self.extractor.file_to_feature(path)
         self.timings.features_s += time.perf_counter() - started
@@ -282,21 +237,24 @@ class Predictor:
     def predict_clips(self, paths: Sequence[str], batch_size: int = 32) -> tuple[list[ClipPrediction], list[Skipped]]:
         """Clip mode for each of ``paths`` (batched); unreadable files are returned as Skipped."""
         predictions, skipped = [], []
-        pending: list[tuple[str, np.ndarray]] = []
+        pending: list[tuple[str, np.ndarray]] = []  # (file, its windows (n_windows, n_mels, window))
 
         def flush() -> None:
             if pending:
-                probabilities = self.classify_features(np.stack([feature for _, feature in pending]))
+                probabilities = self.classify_clip_windows(np.concatenate([windows for _, windows in pending]),
+                                                           [len(windows) for _, windows in pending], batch_size)
                 predictions.extend(ClipPrediction(file, p) for (file, _), p in zip(pending, probabilities))
                 pending.clear()
 
         for path in paths:
             try:
-                pending.append((path, self.file_feature(path)))
+                windows = cut_windows(self.file_feature(path), self.window, self.hop, self.params.pad_mode,
+                                      self.silence)
             except Exception as error:  # one bad file never stops the run
                 skipped.append(Skipped(path, describe_error(error)))
                 continue
-            if len(pending) == batch_size:
+            pending.append((path, windows))
+            if sum(len(windows) for _, windows in pending) >= batch_size:
                 flush()
         flush()
         return predictions, skipped
@@ -305,14 +263,16 @@ class Predictor:
                      block_seconds: float = BLOCK_SECONDS, progress: bool = False) -> WindowPredictions:
         """Sliding-window probabilities for one file, read block by block (bounded memory).
 
-        Windows of ``params.n_samples`` samples start every ``hop_seconds`` (default: half a
-        clip); the last window is padded when the file does not end on a window boundary.
+        Windows of the model's ``window`` frames of the recording's log-mel start every
+        ``hop_seconds`` (rounded to whole frames; default: the checkpoint's hop, half a window);
+        the last window is padded when frames remain after the last full one
+        (``audioclf.windows``).
         """
         rate = self.params.sample_rate
-        hop_seconds = self.window_s / 2 if hop_seconds is None else hop_seconds
-        hop = max(1, round(hop_seconds * rate))
-        slicer = WindowSlicer(self.params.n_samples, hop, self.params.pad_mode)
-        batch = np.empty((batch_size, self.params.n_samples), dtype=np.float32)
+        hop = self.hop_frames(hop_seconds)
+        stream = LogMelStream(self.extractor)
+        slicer = WindowSlicer(self.window, hop, self.params.pad_mode, self.silence)
+        batch = np.empty((batch_size, self.params.n_mels, self.window), dtype=np.float32)
         n_batched, outputs = 0, []
         bar = tqdm(total=None, unit="s", desc=Path(path).name, disable=not progress, leave=False)
         blocks = iter_audio_blocks(path, rate, block_seconds)
@@ -320,24 +280,31 @@ class Predictor:
             started = time.perf_counter()
             block = next(blocks, None)
             self.timings.decode_s += time.perf_counter() - started
-            windows = slicer.finish() if block is None else slicer.feed(block)
-            for window in windows:
+            started = time.perf_counter()
+            frames = stream.finish() if block is None else stream.feed(block)  # (n_mels, k)
+            self.timings.features_s += time.perf_counter() - started
+            windows = slicer.feed(frames)
+            for window in itertools.chain(windows, slicer.finish() if block is None else ()):
                 batch[n_batched] = window
                 n_batched += 1
                 if n_batched == batch_size:
-                    outputs.append(self.classify_waveforms(batch))
+                    outputs.append(self.classify_features(batch))
                     n_batched = 0
             if block is None:
                 break
             bar.update(round(block.shape[0] / rate, 1))
         bar.close()
         if n_batched:
-            outputs.append(self.classify_waveforms(batch[:n_batched]))
-        if not outputs:
-            raise AudioReadError("empty: file holds no audio samples")
-        duration = slicer.n_seen / rate
+            outputs.append(self.classify_features(batch[:n_batched]))
+        duration = stream.n_seen / rate
         self.timings.audio_s += duration
-        return WindowPredictions(str(path), np.concatenate(outputs), hop / rate, self.window_s, duration)
+        return WindowPredictions(str(path), np.concatenate(outputs), hop * self.frame_s, self.window_s, duration)
+
+    def hop_frames(self, hop_seconds: float | None = None) -> int:
+        """Long mode's hop in frames: ``hop_seconds`` rounded to whole frames, or the checkpoint's hop."""
+        if hop_seconds is None:
+            return self.hop
+        return max(1, round(hop_seconds / self.frame_s))
 
     def predict_file(self, path: str | Path, hop_seconds: float | None = None, batch_size: int = 32
                      ) -> ClipPrediction:

@@ -318,8 +318,8 @@ def write_lists(options: PreprocessOptions, clips: list[Clip], refused: list[Ref
         "data_dir": str(options.data_dir),
     }
     if options.params.whole_clips:
-        config["whole_clips"] = whole_clip_summary(options.save_dir, [c for members in splits.values() for c in members],
-                                                   options.params)
+        listed = [clip for members in splits.values() for clip in members]
+        config["whole_clips"] = whole_clip_summary(options.save_dir, listed, options.params)
     atomic_write_json(lists_dir / FEATURE_CONFIG, config)
     return {"splits": splits, "skipped": skipped, "config": config}
 

@@ -13,6 +13,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -22,20 +23,23 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Rando
 from tqdm import tqdm
 
 from audioclf.acceleration import enable_cudnn_autotune, maybe_compile
-from audioclf.augment import SpecAugment, mixup, random_frequency_warp, random_time_shift
+from audioclf.augment import BackgroundMixer, SpecAugment, mixup, random_frequency_warp, random_time_shift
 from audioclf.checkpoint import (CONFIG_FILE, checkpoint_state, latest_checkpoint, list_checkpoints, load_checkpoint,
                                  save_checkpoint, unwrap)
 from audioclf.classifier import AudioClassifier, constructor_args
 from audioclf.transfer import (check_pretrained_features, head_rows, parameter_groups, resolve_normalization,
                                trainable_summary)
 from audioclf.config import Params
+from audioclf.frontend import FeatureParams, log_scale_for
 from audioclf.distributed import (ShardSampler, all_reduce_sum, barrier, broadcast_object, cleanup_distributed,
                                   init_distributed, sync_buffers)
 from audioclf.listfile import FEATURE_CONFIG
-from audioclf.runtime import (DistInfo, RunningAverage, amp_dtype_for, autocast, iter_outputs, resolve_device,
-                              rng_state, seed_everything, set_rng_state)
-from dataloaders.dataloader import SpectrogramDataset, check_compatible, feature_statistics
-from dataloaders.feature_cache import CachedBatchLoader, cache_for_dataset
+from audioclf.runtime import (DistInfo, RunningAverage, amp_dtype_for, autocast, resolve_device, rng_state,
+                              seed_everything, set_rng_state)
+from audioclf.windows import default_hop, iter_window_outputs, pool_log_softmax
+from dataloaders.crops import EpochSampler, RandomCrops, padding_for, window_loader
+from dataloaders.dataloader import FeatureDataError, SpectrogramDataset, check_compatible, feature_statistics
+from dataloaders.feature_cache import CachedBatchLoader, CachedClips, cache_for_dataset
 from models import check_input_size, get_model_entry
 
 log = logging.getLogger(__name__)
@@ -49,18 +53,27 @@ class NonFiniteLossError(RuntimeError):
 # Set-up
 # ---------------------------------------------------------------------------------------
 
-Loader = CachedBatchLoader | DataLoader  # both yield (inputs (B, 1, n_mels, n_frames), labels (B,))
+# Training loaders yield (inputs (B, 1, n_mels, window), labels (B,)); validation loaders the same for
+# clips of one window, else a clip's windows (collate_windows: windows (N, 1, n_mels, window), counts, labels).
+Loader = CachedBatchLoader | DataLoader
 
 
 @dataclass
 class Data:
-    """Datasets, loaders and the training sampler (whose epoch is set under DDP)."""
+    """Datasets, loaders, the training sampler (its epoch is set every epoch) and the windows.
+
+    The model sees ``window`` frames: each training clip gives one random crop of them per epoch
+    (the clip whole when it has exactly ``window`` frames); validation scores a clip by the mean
+    over its windows, every ``hop`` frames.
+    """
 
     train_set: SpectrogramDataset
     val_set: SpectrogramDataset
     train_loader: Loader
     val_loader: Loader
-    train_sampler: object
+    train_sampler: EpochSampler
+    window: int
+    hop: int
 
 
 def _train_sampler(params: Params, dataset: SpectrogramDataset, info: DistInfo):
@@ -86,31 +99,92 @@ def make_loader(dataset: SpectrogramDataset, batches: BatchSampler, params: Para
                       persistent_workers=params.num_workers > 0)
 
 
+def clip_source(dataset: SpectrogramDataset, params: Params, info: DistInfo) -> SpectrogramDataset | CachedClips:
+    """Where crops and windows read clips ``(n_mels, T_i)`` from: the list's feature cache, else the files."""
+    cache = cache_for_dataset(dataset, params.feature_cache_dtype, info) if params.feature_cache else None
+    return CachedClips(cache, dataset) if cache is not None else dataset
+
+
 def build_data(params: Params, info: DistInfo, device: torch.device) -> Data:
-    """Datasets from the config's lists; loaders with pinned memory on CUDA."""
+    """Datasets from the config's lists; loaders with pinned memory on CUDA.
+
+    Features of exactly ``window`` frames take the gathered fast path (``make_loader``); other
+    lengths (whole clips, or a ``crop_frames`` that differs from ``n_frames``) are cropped and
+    cut into windows from the same cache (in this process) or from the files (in workers).
+    """
     train_set = SpectrogramDataset(params.trainlist, params.datapath)
     val_set = SpectrogramDataset(params.vallist, params.datapath, class_names=train_set.class_names)
     check_compatible(train_set, val_set)
-    sampler = _train_sampler(params, train_set, info)
+    window = params.crop_frames or train_set.n_frames
+    hop = params.crop_hop_frames or default_hop(window)
+    sampler = EpochSampler(_train_sampler(params, train_set, info))
     per_process = len(sampler)  # under torchrun each process sees ~N / world_size clips
     # Keep every clip, except a final batch of one: BatchNorm cannot train on a single example.
     drop_last = per_process > params.batch_size and per_process % params.batch_size == 1
     pin_memory = device.type == "cuda"
-    train_loader = make_loader(train_set, BatchSampler(sampler, params.batch_size, drop_last), params, info,
-                               pin_memory)
-    val_batches = BatchSampler(ShardSampler(len(val_set), info), params.eval_batch_size, drop_last=False)
-    val_loader = make_loader(val_set, val_batches, params, info, pin_memory)
-    return Data(train_set, val_set, train_loader, val_loader, sampler)
+    cropped = train_set.variable_length or train_set.n_frames != window
+    if cropped:
+        clips = clip_source(train_set, params, info)
+        workers = params.num_workers if clips is train_set else 0  # the mapped cache is read in this process
+        pad_mode, silence = padding_for(train_set.info.feature_params)
+        train_loader = DataLoader(RandomCrops(clips, window, params.seed, pad_mode, silence),
+                                  batch_sampler=BatchSampler(sampler, params.batch_size, drop_last),
+                                  num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
+    else:  # whole fixed-length features: the epoch only matters to the sampler it wraps
+        train_loader = make_loader(train_set, BatchSampler(sampler.sampler, params.batch_size, drop_last), params,
+                                   info, pin_memory)
+    val_shard = ShardSampler(len(val_set), info)
+    if cropped:
+        clips = clip_source(val_set, params, info)
+        workers = params.num_workers if clips is val_set else 0
+        val_loader = window_loader(clips, window, hop, params.eval_batch_size, sampler=val_shard,
+                                   num_workers=workers, pin_memory=pin_memory)
+    else:  # one window per clip
+        val_loader = make_loader(val_set, BatchSampler(val_shard, params.eval_batch_size, drop_last=False), params,
+                                 info, pin_memory)
+    return Data(train_set, val_set, train_loader, val_loader, sampler, window, hop)
 
 
-def build_model(params: Params, train_set: SpectrogramDataset) -> tuple[AudioClassifier, dict]:
-    """The classifier with normalisation statistics from the training features.
+def build_background(params: Params, train_set: SpectrogramDataset, window: int) -> BackgroundMixer | None:
+    """The background mixer the config asks for (``background_*`` keys), or None when it is off."""
+    if params.background_prob == 0:
+        return None
+    unknown = sorted(set(params.background_classes) - set(train_set.class_names))
+    if unknown:
+        raise ValueError(f'"background_classes": {unknown} are not training classes; the classes are '
+                         f"{train_set.class_names}")
+    backgrounds = [partial(train_set.load, index) for index, label in enumerate(train_set.labels.tolist())
+                   if train_set.class_names[label] in params.background_classes]
+    trained = FeatureParams.from_dict(train_set.info.feature_params or {})
+    if params.background_list:
+        root = Path(params.background_list).parent.parent  # the --save_dir the list was written to
+        try:
+            listed = SpectrogramDataset(params.background_list, root)
+        except FeatureDataError as error:
+            raise FeatureDataError(f'"background_list": {error}\n(its entries are read relative to {root})') from None
+        theirs = listed.info.feature_params
+        same_front_end = ("n_frames", "max_seconds", "pad_mode")  # may differ: how much of each clip is kept
+        differing = trained.differences(FeatureParams.from_dict(theirs), ignore=same_front_end) \
+            if train_set.info.feature_params and theirs else []
+        if listed.n_mels != train_set.n_mels or differing:
+            raise FeatureDataError(f'"background_list" {params.background_list}: its features differ from the '
+                                   f"training features ({differing or 'n_mels'}); preprocess the backgrounds with "
+                                   "the training settings")
+        backgrounds += [partial(listed.load, index) for index in range(len(listed))]
+    log.info("background mixing: p %.2f, %d clips, SNR %g..%g dB", params.background_prob, len(backgrounds),
+             params.background_snr_min, params.background_snr_max)
+    return BackgroundMixer(backgrounds, params.background_prob, (params.background_snr_min, params.background_snr_max),
+                           window, log_scale_for(trained), trained.pad_mode)
+
+
+def build_model(params: Params, train_set: SpectrogramDataset, window: int) -> tuple[AudioClassifier, dict]:
+    """The classifier for inputs of ``window`` frames, with normalisation statistics from the training features.
 
     A pretrained backbone's rules apply first (``audioclf.transfer``): its front end must match the
     features, and one pretrained on a fixed front end gets no normalisation (``params`` records
     ``"normalization": "none"`` then).
     """
-    check_input_size(params.model, train_set.n_mels, train_set.n_frames)
+    check_input_size(params.model, train_set.n_mels, window)
     check_pretrained_features(params, train_set.info.feature_params, train_set.info.source)
     normalization = resolve_normalization(params)
     if normalization != params.normalization:
@@ -195,14 +269,15 @@ class StepOptions:
     grad_clip: float
     log_every: int = 0
     freq_warp: float = 0.0
+    background: BackgroundMixer | None = None
 
 
-def step_options(params: Params, device: torch.device) -> StepOptions:
+def step_options(params: Params, device: torch.device, background: BackgroundMixer | None = None) -> StepOptions:
     """Config -> StepOptions."""
     spec = SpecAugment(params.freq_mask, params.time_mask, params.n_masks) if params.spec_augment else None
     return StepOptions(device, amp_dtype_for(device, params.amp), params.channels_last,
                        spec, params.random_shift, params.mixup_alpha, params.grad_clip, params.log_every,
-                       params.freq_warp)
+                       params.freq_warp, background)
 
 
 def to_device(inputs: torch.Tensor, targets: torch.Tensor, options: StepOptions) -> tuple[torch.Tensor, torch.Tensor]:
@@ -223,6 +298,8 @@ def train_one_epoch(model: nn.Module, loader: Loader, criterion: nn.Module, opti
     progress = tqdm(loader, desc=f"epoch {epoch} train", leave=False, disable=not show_progress, unit="batch")
     for step, (inputs, targets) in enumerate(progress, start=1):
         inputs, targets = to_device(inputs, targets, options)  # (B, 1, n_mels, n_frames), (B,)
+        if options.background is not None:  # on the log-mel, before the model normalises it
+            inputs = options.background(inputs)
         if options.random_shift:
             inputs = random_time_shift(inputs)
         if options.freq_warp > 0:
@@ -261,17 +338,21 @@ def train_one_epoch(model: nn.Module, loader: Loader, criterion: nn.Module, opti
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: Loader, options: StepOptions, info: DistInfo = DistInfo()) -> dict:
+def evaluate(model: nn.Module, loader: Loader, options: StepOptions, info: DistInfo = DistInfo(),
+             max_windows: int | None = None) -> dict:
     """Loss and accuracy over ``loader`` summed across processes: ``{"loss", "accuracy", "n"}``.
 
-    Each process sees a disjoint shard (no padding), so the result equals one process
-    evaluating the whole list.
+    A clip's prediction is the mean of its windows' probabilities and its loss the negative log
+    of that mean for the true class: the cross-entropy, for a clip of one window. Each process
+    sees a disjoint shard (no padding), so the result equals one process evaluating the whole list.
+    The model runs on at most ``max_windows`` windows at a time (all of a batch's when None).
     """
     totals = torch.zeros(3, dtype=torch.float64, device=options.device)  # loss sum, correct, count
-    criterion = nn.CrossEntropyLoss(reduction="sum")
-    for output in iter_outputs(model, loader, options.device, options.amp_dtype, options.channels_last):
-        totals[0] += criterion(output.logits, output.targets).double()
-        totals[1] += (output.logits.argmax(1) == output.targets).sum()
+    for output, counts in iter_window_outputs(model, loader, options.device, options.amp_dtype, options.channels_last,
+                                              max_windows):
+        log_probabilities = pool_log_softmax(output.logits, counts)  # (B, C)
+        totals[0] += nn.functional.nll_loss(log_probabilities, output.targets, reduction="sum").double()
+        totals[1] += (log_probabilities.argmax(1) == output.targets).sum()
         totals[2] += len(output.targets)
     loss_sum, correct, count = all_reduce_sum(totals, info).tolist()
     return {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1), "n": int(count)}
@@ -282,12 +363,13 @@ def evaluate(model: nn.Module, loader: Loader, options: StepOptions, info: DistI
 # ---------------------------------------------------------------------------------------
 
 def training_checkpoint(model: nn.Module, optimizer, scheduler, scaler, epoch: int, best: dict, params: Params,
-                        model_args: dict, train_set: SpectrogramDataset, metrics: dict) -> dict:
+                        model_args: dict, data: Data, metrics: dict) -> dict:
     """This epoch's checkpoint in the format of ``audioclf.checkpoint.checkpoint_state``."""
+    train_set = data.train_set
     return checkpoint_state(unwrap(model), optimizer, scheduler, scaler, epoch=epoch, best=best,
                             config=params.to_dict(), model_args=model_args, class_names=train_set.class_names,
-                            feature_params=train_set.info.feature_params, feature_shape=train_set.feature_shape,
-                            rng_state=rng_state(), metrics=metrics)
+                            feature_params=train_set.info.feature_params, feature_shape=(train_set.n_mels, data.window),
+                            rng_state=rng_state(), metrics=metrics, windows={"frames": data.window, "hop": data.hop})
 
 
 def refuse_to_overwrite(checkpoint_dir: Path, resume: bool) -> None:
@@ -355,20 +437,20 @@ def _train(params: Params, info: DistInfo, device: torch.device, resume: bool, s
     enable_cudnn_autotune(device)
     checkpoint_dir = Path(params.checkpoint_dir)
     data = build_data(params, info, device)
-    model, model_args = build_model(params, data.train_set)
+    model, model_args = build_model(params, data.train_set, data.window)
     if data.train_set.info.feature_params is None:
         log.warning("no %s beside %s: the checkpoints will not know the feature parameters, so "
                     "predict.py cannot use them (re-run preprocessingBabyCrying.py to write it)", FEATURE_CONFIG,
                     params.trainlist)
     model.to(device)
-    options = step_options(params, device)
+    options = step_options(params, device, build_background(params, data.train_set, data.window))
     if options.channels_last:
         model.to(memory_format=torch.channels_last)
     refuse_to_overwrite(checkpoint_dir, resume)
     if info.is_main:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         params.save(checkpoint_dir / CONFIG_FILE)
-        shape = (1, data.train_set.n_mels, data.train_set.n_frames)
+        shape = (1, data.train_set.n_mels, data.window)
         log.info("model %s, %d classes %s, input %s, %s\n%s", params.model, len(data.train_set.class_names),
                  data.train_set.class_names, shape, trainable_summary(model), model_summary(model, shape, device))
     optimizer = build_optimizer(params, model)
@@ -406,14 +488,13 @@ def _train(params: Params, info: DistInfo, device: torch.device, resume: bool, s
         log.info("all %d epochs are done; raise 'epochs' in the config to train further", params.epochs)
     try:
         for epoch in range(start_epoch, params.epochs + 1):
-            if isinstance(data.train_sampler, DistributedSampler):
-                data.train_sampler.set_epoch(epoch)
+            data.train_sampler.set_epoch(epoch)  # new crops (and a new DistributedSampler order) per epoch
             started = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
             train_metrics = train_one_epoch(train_runner, data.train_loader, criterion, optimizer, scaler, options,
                                             epoch, show_progress)
             sync_buffers(model, info)
-            val_metrics = evaluate(eval_runner, data.val_loader, options, info)
+            val_metrics = evaluate(eval_runner, data.val_loader, options, info, params.eval_batch_size)
             scheduler.step()
             is_best = val_metrics["accuracy"] > best["accuracy"]
             if is_best:
@@ -422,7 +503,7 @@ def _train(params: Params, info: DistInfo, device: torch.device, resume: bool, s
             history.append({"epoch": epoch, **metrics})
             if info.is_main:
                 state = training_checkpoint(model, optimizer, scheduler, scaler, epoch, best, params, model_args,
-                                            data.train_set, metrics)
+                                            data, metrics)
                 save_checkpoint(state, checkpoint_dir, epoch, is_best, keep=params.keep_checkpoints)
                 log_scalars(writer, epoch, train_metrics, val_metrics, lr)
                 log.info(epoch_line(epoch, params.epochs, train_metrics, val_metrics, lr,

@@ -14,10 +14,13 @@ Serving code imports this module: it needs only numpy and torch.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
+from torch import nn
+
+from audioclf.runtime import BatchOutput, iter_outputs
 
 
 def default_hop(window: int) -> int:
@@ -117,3 +120,42 @@ def pool_windows(probabilities: torch.Tensor, counts: torch.Tensor) -> torch.Ten
     sums = torch.zeros(len(counts), probabilities.shape[1], dtype=probabilities.dtype, device=probabilities.device)
     sums.index_add_(0, clip_of_window, probabilities)
     return sums / counts[:, None].to(probabilities.dtype)
+
+
+def pool_log_softmax(logits: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Log of the mean softmax probability per clip, computed stably: ``(N, C)``, ``(B,)`` -> ``(B, C)``.
+
+    For a clip of one window it is exactly ``log_softmax`` of that window's logits.
+    """
+    log_probabilities = torch.log_softmax(logits.float(), dim=1)  # (N, C)
+    counts = counts.to(logits.device)
+    clip_of_window = torch.repeat_interleave(torch.arange(len(counts), device=logits.device), counts)
+    peak = torch.full((len(counts), logits.shape[1]), -torch.inf, device=logits.device)
+    index = clip_of_window[:, None].expand_as(log_probabilities)
+    peak = peak.scatter_reduce(0, index, log_probabilities, reduce="amax")  # (B, C): each clip's largest
+    sums = torch.zeros_like(peak).index_add_(0, clip_of_window, torch.exp(log_probabilities - peak[clip_of_window]))
+    return torch.log(sums) + peak - torch.log(counts.to(peak.dtype))[:, None]
+
+
+def iter_window_outputs(model: nn.Module, batches: Iterable, device: torch.device,
+                        amp_dtype: torch.dtype | None = None, channels_last: bool = False,
+                        max_windows: int | None = None) -> Iterator[tuple[BatchOutput, torch.Tensor]]:
+    """Run ``model`` over batches of clips' windows; yield each batch's window outputs and its counts.
+
+    A batch is ``(windows (N, 1, n_mels, W), counts (B,), targets (B,))`` (``collate_windows``), or
+    ``(inputs (B, 1, n_mels, W), targets (B,))``: clips of one window each. The windows go through
+    the model (``runtime.iter_outputs``) at most ``max_windows`` at a time (None: all at once). The
+    output's ``targets`` are the clips' (``(B,)``), its ``logits`` and ``probabilities`` the
+    windows' (``(N, C)``): ``pool_windows`` gives the clips' scores.
+    """
+    for batch in batches:
+        if len(batch) == 2:  # one window per clip
+            windows, targets = batch
+            counts = torch.ones(len(windows), dtype=torch.long)
+        else:
+            windows, counts, targets = batch
+        targets = targets.to(device, non_blocking=True)
+        chunks = torch.split(windows, max_windows) if max_windows else (windows,)
+        outputs = list(iter_outputs(model, chunks, device, amp_dtype, channels_last))
+        yield BatchOutput(torch.cat([o.logits for o in outputs]), torch.cat([o.probabilities for o in outputs]),
+                          targets), counts

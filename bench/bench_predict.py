@@ -73,7 +73,7 @@ def untrained_checkpoint(spec: ModelSpec) -> dict:
     args = constructor_args(spec.model_name, len(CLASS_NAMES), spec.params.n_mels, spec.model_args)
     model = AudioClassifier(**args)
     return {"model": model.state_dict(), "model_args": args, "class_names": list(CLASS_NAMES),
-            "feature_params": spec.params.to_dict()}
+            "feature_params": spec.params.to_dict(), "feature_shape": [spec.params.n_mels, spec.params.n_frames]}
 
 
 def write_recordings(folder: Path, seconds: float) -> dict[str, Path]:

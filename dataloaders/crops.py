@@ -16,11 +16,18 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
+from audioclf.frontend import FeatureParams, log_scale_for
 from audioclf.windows import cut_windows, fit_frames
 
 CropKey = tuple[int, int, int]  # (clip index, epoch, position in the epoch)
+
+
+def padding_for(feature_params: dict | None) -> tuple[str, float]:
+    """``(pad_mode, silence)`` with which crops and windows of these features are padded."""
+    params = FeatureParams.from_dict(feature_params) if feature_params else FeatureParams()
+    return params.pad_mode, log_scale_for(params).silence
 
 
 def crop_start(n_frames: int, crop_frames: int, seed: int, epoch: int, position: int, index: int) -> int:
@@ -103,3 +110,14 @@ def collate_windows(items: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Te
     counts = torch.tensor([len(clip_windows) for clip_windows, _ in items], dtype=torch.long)
     labels = torch.tensor([label for _, label in items], dtype=torch.long)
     return windows, counts, labels
+
+
+def window_loader(clips, window: int, hop: int, batch_size: int, sampler: Sampler | None = None,
+                  **loader_args) -> DataLoader:
+    """Batches of ``batch_size`` clips, each cut into its windows (padded as the features say), in order.
+
+    Yields ``collate_windows`` batches: what validation and evaluation score (``windows.iter_window_outputs``).
+    """
+    pad_mode, silence = padding_for(clips.info.feature_params)
+    return DataLoader(ClipWindows(clips, window, hop, pad_mode, silence), batch_size=batch_size, sampler=sampler,
+                      shuffle=False, collate_fn=collate_windows, **loader_args)

@@ -243,13 +243,32 @@ def cache_for_dataset(dataset: SpectrogramDataset, dtype: str = "float32",
         log.warning("cannot build the feature cache beside %s (%s); reading one .npy per clip instead "
                     '(set "feature_cache": false to skip the attempt)', dataset.list_file, error)
         return None
-    differing = np.flatnonzero(cache.n_frames != dataset.n_frames)
+    # Whole clips vary in length (each at least n_frames); fixed-length features all have n_frames.
+    short = cache.n_frames < dataset.n_frames if dataset.variable_length else cache.n_frames != dataset.n_frames
+    differing = np.flatnonzero(short)
     if cache.n_mels != dataset.n_mels or len(differing):
         index = int(differing[0]) if len(differing) else 0
         raise FeatureDataError(f"{dataset.paths[index]}: shape {cache.clip(index).shape} differs from "
                                f"{dataset.feature_shape} of {dataset.paths[0]}; features were made with different "
                                "settings")
     return cache
+
+
+class CachedClips:
+    """A cache as a clip accessor, like ``SpectrogramDataset``: ``load(i)`` is clip ``i`` ``(n_mels, T_i)``
+    (a view into the mapped file, in the cache's dtype), plus the dataset's ``labels`` and ``info``."""
+
+    def __init__(self, cache: FeatureCache, dataset: SpectrogramDataset):
+        if len(cache) != len(dataset):
+            raise ValueError(f"{cache.files.frames} holds {len(cache)} clips, {dataset.list_file} lists {len(dataset)}")
+        self.cache, self.labels, self.info = cache, dataset.labels, dataset.info
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def load(self, index: int) -> np.ndarray:
+        """Clip ``index`` as ``(n_mels, T_i)``."""
+        return self.cache.clip(index)
 
 
 # ---------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from torch.utils.data import DataLoader, SequentialSampler
 
 from audioclf.frontend import FeatureParams

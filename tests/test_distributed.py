@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.data import DataLoader
-
-from audioclf.checkpoint import model_from_checkpoint
+from audioclf.checkpoint import checkpoint_windows, model_from_checkpoint
 from audioclf.training import StepOptions, evaluate
+from dataloaders.crops import window_loader
 from dataloaders.dataloader import SpectrogramDataset
 from tools.synthetic_features import make_config, make_feature_dataset
 from test_training import read_scalar_tags
@@ -33,7 +32,8 @@ def single_process_validation(checkpoint: dict, features: Path) -> dict:
     model = model_from_checkpoint(checkpoint)
     dataset = SpectrogramDataset(features / "filenames/validation.txt", features)
     options = StepOptions(torch.device("cpu"), None, False, None, False, 0.0, 0.0)
-    return evaluate(model, DataLoader(dataset, batch_size=4), options)
+    window, hop = checkpoint_windows(checkpoint)
+    return evaluate(model, window_loader(dataset, window, hop, batch_size=4), options)
 
 
 @pytest.mark.timeout(480)

@@ -24,10 +24,11 @@ import torch
 import predict
 from tools.demo_data import generate_demo_dataset, make_long_recording, write_reference_csv
 from audioclf.events import DetectionParams, Event, score_events
-from audioclf.frontend import FeatureParams, fit_length, read_audio
-from audioclf.inference import Predictor, WindowSlicer, collect_inputs, detect, load_operating_point
+from audioclf.frontend import FeatureParams, read_audio
+from audioclf.inference import Predictor, collect_inputs, detect, load_operating_point
 from audioclf.preprocess import PreprocessOptions, run_preprocessing
 from audioclf.training import train
+from audioclf.windows import cut_windows
 from tools.synthetic_features import make_config
 from utils import Params
 
@@ -120,53 +121,23 @@ def test_checkpoint_carries_everything_inference_needs(trained, predictor):
 # Long mode: streaming windows
 # ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("window, hop", [(7, 3), (5, 5), (4, 6)])
-def test_window_slicer_equals_cutting_the_whole_signal(window, hop):
-    signal = np.arange(1, 30, dtype=np.float32)  # 29 samples
-    expected = [signal[start:start + window] for start in range(0, len(signal) - window + 1, hop)]
-    last_end = (len(expected) - 1) * hop + window
-    tail_start = len(expected) * hop
-    rng = np.random.default_rng(0)
-    for _ in range(5):  # blocks of random sizes (1..10 samples) give the same windows
-        slicer, windows, position = WindowSlicer(window, hop, pad_mode="zeros"), [], 0
-        while position < len(signal):
-            size = int(rng.integers(1, 11))
-            windows += [w.copy() for w in slicer.feed(signal[position:position + size])]
-            position += size
-        windows += list(slicer.finish())
-        for got, want in zip(windows, expected):
-            np.testing.assert_array_equal(got, want)
-        if last_end < len(signal) and tail_start < len(signal):  # a padded last window
-            assert len(windows) == len(expected) + 1
-            tail = signal[tail_start:]
-            np.testing.assert_array_equal(windows[-1], np.pad(tail, (0, window - len(tail))))
-        else:
-            assert len(windows) == len(expected)
-
-
-def test_window_slicer_pads_a_short_file_like_a_short_clip():
-    slicer = WindowSlicer(8, 4, pad_mode="repeat")
-    assert list(slicer.feed(np.array([1, 2, 3], dtype=np.float32))) == []
-    (window,) = list(slicer.finish())
-    np.testing.assert_array_equal(window, [1, 2, 3, 1, 2, 3, 1, 2])
-
-
-def test_long_mode_windows_match_cutting_the_decoded_file(trained, predictor):
+def test_long_mode_windows_are_frame_ranges_of_the_decoded_files_log_mel(trained, predictor):
     result = predictor.predict_long(trained.long_file, hop_seconds=0.5, batch_size=7, block_seconds=3.3)
     assert result.duration_s == pytest.approx(90.0, abs=1e-3)
-    # starts 0, 0.5, ..., 89.0 s; a window holds n_samples = 16353 samples (a bit over 1 s), so the
-    # last one, at 89.0 s, is the padded tail
+    # starts 0, 0.5, ..., 89.0 s: the 9000 frames centred inside the 90 s hold 179 windows of 100
+    # frames every 50 frames, the last one ending at the last frame (no padded window)
     assert len(result.probabilities) == 179
     starts, ends = result.bounds
     np.testing.assert_allclose(starts[:3], [0.0, 0.5, 1.0])
     np.testing.assert_allclose(ends[-2:], [89.5, 90.0])
     audio = read_audio(trained.long_file, PARAMS.sample_rate)  # whole file at once
-    hop = 8000
-    picks = [0, 57, 177]
-    windows = [audio[i * hop:i * hop + PARAMS.n_samples] for i in picks]
-    windows.append(fit_length(audio[178 * hop:], PARAMS.n_samples, PARAMS.pad_mode))
-    expected = predictor.classify_waveforms(np.stack(windows))
-    np.testing.assert_allclose(result.probabilities[picks + [178]], expected, rtol=1e-4, atol=1e-5)
+    frames = predictor.extractor.recording_frames(audio)  # one log-mel of the recording, (n_mels, 9000)
+    assert frames.shape == (32, 9000)
+    picks = [0, 57, 177, 178]
+    expected = predictor.classify_features(np.stack([frames[:, 50 * i:50 * i + 100] for i in picks]))
+    np.testing.assert_allclose(result.probabilities[picks], expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(result.probabilities, predictor.classify_features(cut_windows(frames, 100, 50)),
+                               rtol=1e-4, atol=1e-5)
 
 
 def test_long_recording_cries_are_detected_and_background_stays_quiet(trained, predictor):
