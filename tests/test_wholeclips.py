@@ -136,6 +136,19 @@ def test_resume_with_crops_and_background_mixing_equals_an_uninterrupted_run(pre
     assert not all(torch.equal(tensor, c["model"][name]) for name, tensor in a["model"].items())
 
 
+def test_crops_from_the_feature_cache_equal_crops_from_the_files(prepared, tmp_path):
+    common = dict(epochs=2, crop_frames=40, background_prob=0.5, background_classes=["noise"])
+    cached, files = tmp_path / "cached", tmp_path / "files"
+    cached.mkdir(), files.mkdir()
+    train(Params(make_config(cached, prepared.features, feature_cache=True, **common)), show_progress=False)
+    train(Params(make_config(files, prepared.features, feature_cache=False, **common)), show_progress=False)
+    assert list((prepared.features / "filenames" / "cache").glob("train.float32.*.frames.npy"))
+    a = load_checkpoint(cached / "checkpoints" / "checkpoint_epoch0002.pth.tar")
+    b = load_checkpoint(files / "checkpoints" / "checkpoint_epoch0002.pth.tar")
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+
+
 def test_background_config_errors_name_the_keys(prepared, tmp_path):
     with pytest.raises(ConfigError, match='"background_prob" > 0 needs background clips'):
         Params(make_config(tmp_path, prepared.features, background_prob=0.3))
