@@ -74,7 +74,7 @@ def measure_setting(config: Path, batch_size: int, compiled: bool, args: argpars
     device = resolve_device(params.device)
     enable_cudnn_autotune(device)
     data = build_data(params, DistInfo(), device)
-    model, _ = build_model(params, data.train_set)
+    model, _ = build_model(params, data.train_set, data.window)
     model.to(device)
     if params.channels_last:
         model.to(memory_format=torch.channels_last)
