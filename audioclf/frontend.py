@@ -21,13 +21,16 @@ window, 10 ms hop, FFT 512, **magnitude** spectrogram of frames that are not cen
 TensorFlow's mel matrix (``tf.signal.linear_to_mel_weight_matrix``: 64 bands, 125-7500 Hz) and
 ``log(mel + 0.001)``. A signal of ``n`` samples gives ``1 + (n - win_length) // hop`` frames.
 
-**The log-mel of a recording** (``FeatureExtractor.recording_frames``, ``LogMelStream``): the same
-transform over the whole recording (computed block by block for long files, equal to the one-piece
-transform), after padding a recording shorter than ``n_samples`` as above; it keeps
-``recording_n_frames(n)`` frames: those centred inside the audio (default front end) or whole
-(yamnet), at least ``n_frames``. Whole-clip features (``max_seconds`` set), evaluation crops and
-``predict.py``'s windows are all frame ranges of it (``audioclf.windows``), so a clip scores the
-same in each. Its first ``n_frames`` frames are the fixed-length feature.
+**The log-mel of a recording** (``FeatureExtractor.recording_frames``, ``LogMelStream``): its frames
+are those centred inside the audio (default front end) or lying in it whole (yamnet), at least
+``n_frames``, rounded up to ``n_frames`` plus a whole number of half windows (``frame_grid``):
+``recording_n_frames(n)``. The recording is padded at its end with ``pad_mode`` (repeated from its
+start, or silence) to the samples those frames read, and transformed in one piece, or block by
+block for long files with the same result. Rounding up to the grid means that windows of
+``n_frames`` every half window always fit whole, as YAMNet pads a waveform to whole patches.
+Whole-clip features (``max_seconds`` set), evaluation crops and ``predict.py``'s windows are all
+frame ranges of it (``audioclf.windows``), so a clip scores the same in each. Its first
+``n_frames`` frames are the fixed-length feature.
 """
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ import torchaudio
 from torch import nn
 
 from audioclf.files import atomic_write
+from audioclf.windows import default_hop
 
 AMIN = 1e-10  # power floor before the log: -100 dB
 PAD_MODES = ("repeat", "zeros")
@@ -129,16 +133,25 @@ class FeatureParams:
         return self.max_seconds is not None
 
     @property
+    def frame_grid(self) -> int:
+        """A recording's frames are ``n_frames`` plus a multiple of this: half a window (the default hop)."""
+        return default_hop(self.n_frames)
+
+    @property
     def max_frames(self) -> int:
-        """Most frames a feature holds: ``n_frames``, or those of ``max_seconds`` of audio for whole clips."""
+        """Most frames a feature holds: ``n_frames``, or for whole clips the frames of ``max_seconds``
+        of audio (rounded up to the frame grid)."""
         if self.max_seconds is None:
             return self.n_frames
         return recording_n_frames(round(self.max_seconds * self.sample_rate), self)
 
     @property
     def read_samples(self) -> int:
-        """Samples read from a file for its feature: enough for ``max_frames`` frames."""
-        return self.samples_for(self.max_frames)
+        """Samples read from a file for its feature: ``n_samples``, or for whole clips all that a clip
+        of ``max_frames`` frames can have (one more would give it more frames, and cut it there)."""
+        if self.max_seconds is None:
+            return self.n_samples
+        return self.samples_for(self.max_frames + 1) - 1
 
     @property
     def clip_seconds(self) -> float:
@@ -292,11 +305,15 @@ def n_frames_for(n_samples: int, hop_length: int) -> int:
 
 
 def recording_n_frames(n_samples: int, params: FeatureParams) -> int:
-    """Frames of a recording of ``n_samples``, at least ``n_frames``: those centred inside it (default
-    front end), or those that fit in it whole (yamnet's frames start at their first sample)."""
+    """Frames of a recording of ``n_samples``: those centred inside it (default front end), or those
+    that fit in it whole (yamnet's frames start at their first sample); at least ``n_frames``, and
+    rounded up to ``n_frames`` plus a whole number of ``frame_grid`` frames."""
     if params.centered:
-        return max(params.n_frames, math.ceil(n_samples / params.hop_length))
-    return max(params.n_frames, 1 + (n_samples - params.win_length) // params.hop_length)
+        inside = math.ceil(n_samples / params.hop_length)
+    else:
+        inside = 1 + (n_samples - params.win_length) // params.hop_length
+    grid = params.frame_grid
+    return params.n_frames + grid * max(0, math.ceil((inside - params.n_frames) / grid))
 
 
 # ---------------------------------------------------------------------------------------
@@ -573,9 +590,10 @@ class LogMelStream:
 
     The frames equal the front end's transform over the whole recording (default front end:
     ``center=True``, reflect padding at both ends; yamnet: frames that start at their first
-    sample) after a recording shorter than ``n_samples`` is padded with ``pad_mode``; the
-    ``recording_n_frames`` frames are kept. Memory holds one block plus one FFT window of
-    samples, so hours of audio stream in bounded memory.
+    sample) after the recording is padded with ``pad_mode`` to the samples its
+    ``recording_n_frames`` frames read (a short one to ``n_samples`` at least, as a short clip).
+    Memory holds one block, one FFT window and the recording's first few hops (for ``repeat``
+    padding), so hours of audio stream in bounded memory.
     """
 
     def __init__(self, extractor: FeatureExtractor):
@@ -585,6 +603,9 @@ class LogMelStream:
         centered = self.params.centered
         self.half = self.params.n_fft // 2 if centered else 0  # reflect padding on each side (torch.stft's center)
         self.frame_length = self.params.n_fft if centered else self.params.win_length  # samples one frame reads
+        # The end is padded by at most a grid of hops and an FFT window: the recording's first samples.
+        self.first_limit = (self.params.frame_grid + 1) * self.params.hop_length + self.params.n_fft
+        self.first = np.zeros(0, dtype=np.float32)
         self.head: list[np.ndarray] = []  # samples held until n_samples have arrived (padding decision)
         self.buffer: np.ndarray | None = None  # padded-signal samples from the next frame's first one
         self.tail = np.zeros(0, dtype=np.float32)  # the last half + 1 samples, for the end's reflection
@@ -601,13 +622,18 @@ class LogMelStream:
             frames = self.logmel(waveform)[:, :count]  # (n_mels, count)
         return frames.cpu().numpy()
 
-    def _start(self, audio: np.ndarray) -> None:
-        left = audio[1:self.half + 1][::-1]  # reflect: x[half], ..., x[1] (nothing for yamnet)
-        self.buffer = np.concatenate([left, audio]).astype(np.float32, copy=False)
+    def _append(self, samples: np.ndarray) -> None:
+        self.tail = np.concatenate([self.tail, samples])[-(self.half + 1):]
+        if self.buffer is None:
+            left = samples[1:self.half + 1][::-1]  # reflect: x[half], ..., x[1] (nothing for yamnet)
+            self.buffer = np.concatenate([left, samples]).astype(np.float32, copy=False)
+        else:
+            self.buffer = np.concatenate([self.buffer, samples])
 
-    def _emit_complete(self) -> np.ndarray:
+    def _emit_complete(self, limit: int | None = None) -> np.ndarray:
         hop = self.params.hop_length
         count = 0 if self.buffer.size < self.frame_length else 1 + (self.buffer.size - self.frame_length) // hop
+        count = count if limit is None else min(count, limit)
         frames = self._frames(self.buffer, count)
         self.buffer = self.buffer[count * hop:]
         self.n_emitted += count
@@ -617,31 +643,35 @@ class LogMelStream:
         """Add mono float32 samples; returns the frames they complete, ``(n_mels, k)``, k >= 0."""
         block = np.asarray(block, dtype=np.float32)
         self.n_seen += block.size
-        self.tail = np.concatenate([self.tail, block])[-(self.half + 1):]
+        if self.first.size < self.first_limit:
+            self.first = np.concatenate([self.first, block[:self.first_limit - self.first.size]])
         if self.buffer is None:
             self.head.append(block)
             if self.n_seen < self.params.n_samples:
                 return np.zeros((self.params.n_mels, 0), dtype=np.float32)
-            self._start(np.concatenate(self.head))
-            self.head = []
-        else:
-            self.buffer = np.concatenate([self.buffer, block])
+            block, self.head = np.concatenate(self.head), []
+        self._append(block)
         return self._emit_complete()
 
     def finish(self) -> np.ndarray:
-        """The remaining frames (those reaching into the end's reflection), ``(n_mels, k)``."""
+        """The remaining frames (those reaching into the end's padding), ``(n_mels, k)``."""
         if self.n_seen == 0:
             raise AudioReadError("empty: file holds no audio samples")
         total = recording_n_frames(self.n_seen, self.params)
+        padded_length = max(self.n_seen, self.params.samples_for(total))
         if self.buffer is None:  # shorter than n_samples: padded like a short clip
-            audio = fit_length(np.concatenate(self.head), self.params.n_samples, self.params.pad_mode)
-            self.head, self.tail = [], audio[-(self.half + 1):]
-            self._start(audio)
+            self._append(fit_length(np.concatenate(self.head), padded_length, self.params.pad_mode))
+            self.head = []
+        elif padded_length > self.n_seen:
+            extra = padded_length - self.n_seen
+            self._append(np.zeros(extra, dtype=np.float32) if self.params.pad_mode == "zeros"
+                         else fit_length(self.first, extra, "repeat"))  # the recording continues from its start
+        complete = self._emit_complete(total - self.n_emitted)
         right = self.tail[:-1][::-1][:self.half]  # reflect: x[n - 2], ..., x[n - 1 - half] (nothing for yamnet)
-        frames = self._frames(np.concatenate([self.buffer, right]), total - self.n_emitted)
+        rest = self._frames(np.concatenate([self.buffer, right]), total - self.n_emitted)
         self.n_emitted = total
         self.buffer = None
-        return frames
+        return np.concatenate([complete, rest], axis=1)
 
 
 def iter_recording_frames(path: str | Path, extractor: FeatureExtractor, block_seconds: float = 10.0

@@ -329,7 +329,8 @@ def whole_clip_summary(save_dir: Path, clips: list[Clip], params: FeatureParams)
     lengths = [np.load(save_dir / clip.feature_file, mmap_mode="r").shape[1] for clip in clips]
     return {"max_seconds": params.max_seconds, "min_frames": params.n_frames, "max_frames": params.max_frames,
             "shortest": min(lengths, default=0), "longest": max(lengths, default=0),
-            "total_frames": int(sum(lengths)), "n_cut": sum(length == params.max_frames for length in lengths)}
+            "total_frames": int(sum(lengths)),
+            "n_at_max_frames": sum(length == params.max_frames for length in lengths)}  # cut there, or exactly as long
 
 
 def check_outcome(outcome: dict, class_names: list[str]) -> list[str]:

@@ -1,6 +1,7 @@
 """Tests for audioclf/frontend.py: log-mel values, resampling, file formats, padding, errors."""
 from __future__ import annotations
 
+import dataclasses
 import struct
 from pathlib import Path
 
@@ -383,14 +384,23 @@ def test_default_params_dict_is_unchanged_and_whole_clip_params_round_trip():
 # The log-mel of a whole recording, in blocks
 # ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("n_samples", [100, 8000, 8159, 8160, 8161, 33333])
-def test_recording_log_mel_in_blocks_equals_the_one_piece_transform(small_params, n_samples):
-    extractor = FeatureExtractor(small_params)
+def padded_recording(audio: np.ndarray, params: FeatureParams, n_frames: int) -> np.ndarray:
+    """The documented padding: with pad_mode to the samples n_frames frames read (never shorter)."""
+    return fit_length(audio, max(audio.size, params.samples_for(n_frames)), params.pad_mode)
+
+
+@pytest.mark.parametrize("n_samples, n_frames", [
+    (100, 50), (8000, 50),       # shorter than n_samples (8161): padded to one clip
+    (8159, 75), (8161, 75),      # 51 frames centred inside: rounded up to 50 + one half window
+    (12000, 75), (33333, 225),   # 75 and 209 frames inside -> 75 and 225
+])
+@pytest.mark.parametrize("pad_mode", ["repeat", "zeros"])
+def test_recording_log_mel_in_blocks_equals_the_one_piece_transform(small_params, n_samples, n_frames, pad_mode):
+    params = dataclasses.replace(small_params, pad_mode=pad_mode)  # 50 frames, grid of 25
+    extractor = FeatureExtractor(params)
     audio = make_signal("tone+noise", duration=n_samples / 16000, seed=n_samples)
-    padded = fit_length(audio, small_params.n_samples, "repeat") if n_samples < small_params.n_samples else audio
-    expected = LogMel(small_params)(torch.from_numpy(padded)).numpy()  # center=True over the whole signal
-    n_frames = recording_n_frames(n_samples, small_params)
-    assert n_frames == max(50, -(-n_samples // 160))  # frames centred inside the audio, at least n_frames
+    assert recording_n_frames(n_samples, params) == n_frames
+    expected = LogMel(params)(torch.from_numpy(padded_recording(audio, params, n_frames))).numpy()[:, :n_frames]
     rng = np.random.default_rng(n_samples)
     for _ in range(3):  # random block sizes, 1 sample to 0.2 s
         stream, parts, position = LogMelStream(extractor), [], 0
@@ -400,25 +410,27 @@ def test_recording_log_mel_in_blocks_equals_the_one_piece_transform(small_params
             position += size
         frames = np.concatenate(parts + [stream.finish()], axis=1)
         assert frames.shape == (32, n_frames)
-        np.testing.assert_allclose(frames, expected[:, :n_frames], atol=1e-4)
+        np.testing.assert_allclose(frames, expected, atol=1e-4)
     # its first n_frames are the fixed-length feature
     np.testing.assert_allclose(frames[:, :50], extractor.waveform_to_feature(audio), atol=1e-4)
 
 
-@pytest.mark.parametrize("n_samples", [5000, 15600, 15759, 15760, 40000])
-def test_yamnet_recording_log_mel_in_blocks_equals_the_one_piece_transform(n_samples):
-    params = FeatureParams.preset("yamnet")  # frames start at their first sample: 1 + (n - 400) // 160 of them
+@pytest.mark.parametrize("n_samples, n_frames", [(5000, 96), (15600, 96), (15759, 96), (15760, 144), (40000, 288)])
+def test_yamnet_recording_log_mel_is_yamnets_padding_to_whole_patches(n_samples, n_frames):
+    # frames start at their first sample: 1 + (n - 400) // 160 of them, rounded up to 96 + 48 k, the
+    # waveform zero-padded to match: what YAMNet does to cover its last 0.96-s patch (0.48 s hop)
+    params = FeatureParams.preset("yamnet", pad_mode="zeros")
     extractor = FeatureExtractor(params)
     audio = make_signal("tone+noise", duration=n_samples / 16000, seed=n_samples)
-    padded = fit_length(audio, params.n_samples, "repeat") if n_samples < params.n_samples else audio
+    assert recording_n_frames(n_samples, params) == n_frames
+    padded = padded_recording(audio, params, n_frames)
+    assert padded.size == max(n_samples, 15600 + 7680 * ((n_frames - 96) // 48))
     expected = extractor.logmel(torch.from_numpy(padded)).numpy()
-    n_frames = recording_n_frames(n_samples, params)
-    assert n_frames == max(96, 1 + (n_samples - 400) // 160) == expected.shape[1]
     stream, parts = LogMelStream(extractor), []
     for block in np.array_split(audio, 7):
         parts.append(stream.feed(block))
     frames = np.concatenate(parts + [stream.finish()], axis=1)
-    np.testing.assert_allclose(frames, expected, atol=1e-5)
+    np.testing.assert_allclose(frames, expected[:, :n_frames], atol=1e-5)
     assert log_scale_for(params) == LogScale("log_magnitude", 0.001)
 
 
@@ -430,7 +442,7 @@ def test_recording_frames_of_a_file_and_a_whole_clip_feature(tmp_path):
     long = write_wav(tmp_path / "long.wav", kind="tone+noise", sample_rate=44100, duration=2.5, seed=3)
     fixed = FeatureExtractor(FeatureParams(n_fft=512, n_mels=32, n_frames=50))
     np.testing.assert_allclose(extractor.file_to_feature(short), fixed.file_to_feature(short), atol=1e-4)
-    assert extractor.file_to_feature(middle).shape == (32, 73)
+    assert extractor.file_to_feature(middle).shape == (32, 75)  # 73 frames inside, rounded up to the grid
     whole_file = np.concatenate(list(iter_recording_frames(long, extractor, block_seconds=0.3)), axis=1)
     assert whole_file.shape == (32, 250)
     feature = extractor.file_to_feature(long)  # reads only the first second (+ the FFT's half window)

@@ -711,7 +711,7 @@ def test_explicit_flags_override_the_preset():
 
 def test_whole_clips_keep_each_clip_up_to_max_seconds(dataset_factory, caplog):
     dataset = dataset_factory(clips_per_class=10, duration=0.3)  # 0.3 s: shorter than n_frames (0.5 s)
-    durations = {0: 0.73, 1: 2.5, 2: 1.0}  # rows 0-2: 73 frames, cut at 1 s = 100 frames, exactly 100
+    durations = {0: 0.73, 1: 2.5, 2: 1.0}  # rows 0-2: 73 frames (75 on the grid), cut at 1 s = 100, exactly 100
     for row, seconds in durations.items():
         write_wav(dataset.audio_path(dataset.rows[row]), sample_rate=22050, duration=seconds, kind="tone+noise",
                   seed=row)
@@ -722,7 +722,7 @@ def test_whole_clips_keep_each_clip_up_to_max_seconds(dataset_factory, caplog):
 
     whole = dataclasses.replace(dataset, save_dir=whole_dir)
     lengths = [np.load(whole.feature_path(row)).shape for row in dataset.rows]
-    assert lengths[:3] == [(32, 73), (32, 100), (32, 100)] and set(lengths[3:]) == {(32, 50)}
+    assert lengths[:3] == [(32, 75), (32, 100), (32, 100)] and set(lengths[3:]) == {(32, 50)}
     for row in dataset.rows[3:]:  # short clips: padded as in fixed mode, the same feature
         np.testing.assert_allclose(np.load(whole.feature_path(row)), np.load(dataset.feature_path(row)), atol=1e-4)
     for row in dataset.rows[:3]:  # the fixed feature is the whole clip's first n_frames
@@ -731,7 +731,7 @@ def test_whole_clips_keep_each_clip_up_to_max_seconds(dataset_factory, caplog):
     config = json.loads((whole_dir / "filenames" / "feature_config.json").read_text())
     assert config["feature_params"] == {**PARAMS.to_dict(), "max_seconds": 1.0}
     assert config["whole_clips"] == {"max_seconds": 1.0, "min_frames": 50, "max_frames": 100, "shortest": 50,
-                                     "longest": 100, "total_frames": 73 + 100 + 100 + 27 * 50, "n_cut": 2}
+                                     "longest": 100, "total_frames": 75 + 100 + 100 + 27 * 50, "n_at_max_frames": 2}
     assert listed_files(whole_dir) == listed_files(dataset.save_dir)
     assert "whole_clips" not in fixed["config"]  # the default's feature_config.json is unchanged
     # the same save_dir cannot mix fixed and whole-clip features
@@ -742,13 +742,13 @@ def test_whole_clips_keep_each_clip_up_to_max_seconds(dataset_factory, caplog):
 def test_whole_clips_on_the_batched_device_path_match_the_worker_path(dataset_factory):
     dataset = dataset_factory(clips_per_class=4, duration=0.3)
     write_wav(dataset.audio_path(dataset.rows[0]), duration=1.7, kind="tone+noise", seed=9)
-    params = dataclasses.replace(PARAMS, max_seconds=1.2)
+    params = dataclasses.replace(PARAMS, max_seconds=1.2)  # 120 frames, rounded up to the grid: 125
     run_preprocessing(options(dataset, params=params))
     batched = dataclasses.replace(dataset, save_dir=dataset.root / "batched")
     run_preprocessing(options(batched, params=params, device="cpu"))
     for row in dataset.rows:
         np.testing.assert_allclose(np.load(batched.feature_path(row)), np.load(dataset.feature_path(row)), atol=1e-3)
-    assert np.load(dataset.feature_path(dataset.rows[0])).shape == (32, 120)
+    assert np.load(dataset.feature_path(dataset.rows[0])).shape == (32, 125)
 
 
 def test_whole_clip_flags_map_to_params():
@@ -758,5 +758,5 @@ def test_whole_clip_flags_map_to_params():
         return preprocessingBabyCrying.options_from_args(preprocessingBabyCrying.parse_args(base + list(flags))).params
 
     assert parse().max_seconds is None and parse("--max_seconds", "4").max_seconds is None  # needs --whole_clips
-    assert parse("--whole_clips").max_seconds == 10.0
-    assert parse("--whole_clips", "--max_seconds", "4").max_frames == 400
+    assert parse("--whole_clips").max_seconds == 10.0 and parse("--whole_clips").max_frames == 1000
+    assert parse("--whole_clips", "--max_seconds", "4").max_frames == 500  # 400, rounded up to 250 + 2 x 125

@@ -71,7 +71,8 @@ def trained(prepared) -> Path:
 
 def test_preprocessed_whole_clips_vary_in_length(prepared):
     lengths = sorted({np.load(path).shape for path in prepared.features.rglob("*.npy")})
-    assert lengths == [(32, 50), (32, 80), (32, 140), (32, 200)]  # 0.3 s padded to n_frames; 2.6 s cut at 2 s
+    # 0.3 s padded to n_frames; 80 and 140 frames rounded up to 50 + k x 25; 2.6 s cut at 2 s
+    assert lengths == [(32, 50), (32, 100), (32, 150), (32, 200)]
 
 
 def test_checkpoint_records_the_windows_and_the_model_input(trained):
@@ -178,4 +179,4 @@ def test_a_background_list_from_another_feature_folder_is_mixed_in(prepared, tmp
                         background_list=str(other.save_dir / "filenames" / "train.txt"))
     with pytest.raises(ValueError, match=r"\"background_list\" .*differ from the training features \(\['n_fft'\]\)"):
         train(Params(wrong), show_progress=False)
-    assert json.loads((noise.save_dir / "filenames" / "feature_config.json").read_text())["whole_clips"]["n_cut"] == 0
+    assert json.loads((noise.save_dir / "filenames" / "feature_config.json").read_text())["whole_clips"]["n_at_max_frames"] == 0
