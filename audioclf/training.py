@@ -177,14 +177,16 @@ def build_background(params: Params, train_set: SpectrogramDataset, window: int)
                            window, log_scale_for(trained), trained.pad_mode)
 
 
-def build_model(params: Params, train_set: SpectrogramDataset, window: int) -> tuple[AudioClassifier, dict]:
-    """The classifier for inputs of ``window`` frames, with normalisation statistics from the training features.
+def build_model(params: Params, train_set: SpectrogramDataset, window: int | None = None
+                ) -> tuple[AudioClassifier, dict]:
+    """The classifier for inputs of ``window`` frames (default the features' ``n_frames``), with
+    normalisation statistics from the training features.
 
     A pretrained backbone's rules apply first (``audioclf.transfer``): its front end must match the
     features, and one pretrained on a fixed front end gets no normalisation (``params`` records
     ``"normalization": "none"`` then).
     """
-    check_input_size(params.model, train_set.n_mels, window)
+    check_input_size(params.model, train_set.n_mels, window or train_set.n_frames)
     check_pretrained_features(params, train_set.info.feature_params, train_set.info.source)
     normalization = resolve_normalization(params)
     if normalization != params.normalization:
