@@ -9,6 +9,10 @@ Windows -> events, in this order (``detect_events``)::
     events   = merge_events(events, merge_gap)           # join events <= merge_gap s apart
     events   = [e for e in events if duration >= min_duration]
 
+``EventDetector`` applies these rules incrementally, window by window, and reports each event's
+start and end as soon as they are certain; ``detect_events`` (long mode) feeds it a whole
+sequence, live streaming feeds it as the audio arrives: one state machine, the same events.
+
 Time rule. Window ``i`` covers the audio ``[i * hop, min(i * hop + window, duration))``. A
 window's decision is attributed to the stretch of time nearest its centre: window ``i`` owns
 the cell between the midpoints of its centre and its neighbours' centres, the first cell starts
@@ -165,6 +169,16 @@ def window_cells(n_windows: int, hop_s: float, window_s: float, duration_s: floa
     return np.minimum(bounds, bounds[-1])
 
 
+def _merge_pair(last: Event, event: Event) -> Event:
+    """``last`` extended by ``event``: peak of both, mean weighted by their durations."""
+    weight_last, weight_new = last.duration_s, event.duration_s
+    total = weight_last + weight_new
+    mean = ((last.mean_probability * weight_last + event.mean_probability * weight_new) / total
+            if total > 0 else max(last.mean_probability, event.mean_probability))
+    return replace(last, offset_s=max(last.offset_s, event.offset_s),
+                   peak_probability=max(last.peak_probability, event.peak_probability), mean_probability=mean)
+
+
 def merge_events(events: Sequence[Event], max_gap: float) -> list[Event]:
     """Join events of the same file and class whose gap is ``<= max_gap`` s (sorted by onset).
 
@@ -176,16 +190,231 @@ def merge_events(events: Sequence[Event], max_gap: float) -> list[Event]:
         last = merged[-1] if merged else None
         if (last is not None and (last.file, last.class_name) == (event.file, event.class_name)
                 and event.onset_s - last.offset_s <= max_gap):
-            weight_last, weight_new = last.duration_s, event.duration_s
-            total = weight_last + weight_new
-            mean = ((last.mean_probability * weight_last + event.mean_probability * weight_new) / total
-                    if total > 0 else max(last.mean_probability, event.mean_probability))
-            merged[-1] = replace(last, offset_s=max(last.offset_s, event.offset_s),
-                                 peak_probability=max(last.peak_probability, event.peak_probability),
-                                 mean_probability=mean)
+            merged[-1] = _merge_pair(last, event)
         else:
             merged.append(event)
     return sorted(merged, key=lambda e: (e.file, e.onset_s, e.class_name))
+
+
+@dataclass(frozen=True)
+class EventUpdate:
+    """A decision of ``EventDetector``: an event ``start`` or an ``end``.
+
+    ``decided_s`` is the audio time (seconds of input seen) at which the decision became
+    certain, so ``decided_s - event.onset_s`` (start) or ``decided_s - event.offset_s`` (end)
+    is the detector's latency. A start carries the event as known then: its onset is final,
+    its offset and probabilities are what has been seen so far; an end carries the final event.
+    """
+
+    kind: str  # "start" or "end"
+    event: Event
+    decided_s: float
+
+
+@dataclass
+class _Run:
+    """A run of windows whose smoothed probability stays ``>= low`` (window indices)."""
+
+    start: int
+    onset_s: float
+    qualified: bool  # some smoothed probability in the run reached the threshold
+    peak: float
+    total: float  # sum of the raw probabilities, for the mean
+    count: int
+
+
+class EventDetector:
+    """Incremental windows -> events of one class: the one state machine of long mode and streaming.
+
+    ``push`` takes the raw probabilities of the next windows as they are computed (window ``i``
+    starts at ``i * hop_s``) and ``finish`` the length of the audio; both return the
+    ``EventUpdate`` objects that became certain. The events equal the batch rules of the module
+    docstring applied to the whole sequence (``detect_events`` is ``push`` everything +
+    ``finish``), so a recording gives the same events whether it is read from a file or
+    streamed. Memory is bounded: a few windows of values plus the event in progress.
+
+    When each decision is made (``median_filter`` = 2 h + 1 windows):
+
+    * a window's smoothed value needs the ``h`` windows after it;
+    * an event's start is reported once its run reaches the threshold and the event is known
+      to last ``min_duration`` (so a start is never taken back);
+    * its end once the probability has dropped below ``low`` and no event can follow within
+      ``merge_gap`` (the next run, if any, starts more than ``merge_gap`` later).
+    """
+
+    def __init__(self, params: DetectionParams, hop_s: float, window_s: float, file: str = "",
+                 class_name: str = ""):
+        self.params = params.validate()
+        if not hop_s > 0 or not window_s > 0:
+            raise ValueError(f"hop_s and window_s must be positive, got {hop_s} and {window_s}")
+        self.hop_s, self.window_s, self.file, self.class_name = hop_s, window_s, file, class_name
+        self._half = params.median_filter // 2
+        self._raw: dict[int, float] = {}  # window index -> raw probability, kept while still needed
+        self._first_raw: float | None = None  # the left edge padding of the median filter
+        self._n_pushed = 0
+        self._centres: dict[int, float] = {}  # window index -> centre (s), once final
+        self._n_centres = 0  # centres 0 .. _n_centres - 1 are final
+        self._last_centre = -math.inf
+        self._n_decided = 0  # windows whose smoothed value went through the hysteresis
+        self._run: _Run | None = None
+        self._current: Event | None = None  # merged event of finished runs, not yet reported ended
+        self._current_started = False
+        self._duration_s: float | None = None  # known after finish
+        self._audio_s = 0.0
+
+    # -- time rule -------------------------------------------------------------------------
+
+    def _finalize_centres(self) -> None:
+        """Centres of windows whose end is known (the audio behind them is seen, or finish)."""
+        while self._n_centres < self._n_pushed:
+            index = self._n_centres
+            start = index * self.hop_s
+            if self._duration_s is None:
+                end = start + self.window_s
+                if end > self._audio_s:  # the window may be cut by the end of the file: wait
+                    return
+            else:
+                end = min(start + self.window_s, max(self._duration_s, 0.0))
+            self._last_centre = max(self._last_centre, (start + max(end, start)) / 2.0)
+            self._centres[index] = self._last_centre
+            self._n_centres += 1
+
+    def _bound(self, index: int) -> float | None:
+        """Start of window ``index``'s cell (end of ``index - 1``'s), or None while unknown."""
+        if index == 0:
+            return 0.0
+        if self._duration_s is not None and index == self._n_pushed:
+            return max(self._duration_s, 0.0)
+        if index >= self._n_centres:
+            return None
+        bound = (self._centres[index - 1] + self._centres[index]) / 2.0
+        return bound if self._duration_s is None else min(bound, max(self._duration_s, 0.0))
+
+    def _known_bound(self, index: int) -> float:
+        """A lower bound of ``_bound(index)``: the latest known cell boundary up to it."""
+        while (bound := self._bound(index)) is None:
+            index -= 1
+        return bound
+
+    # -- feeding ---------------------------------------------------------------------------
+
+    def push(self, probabilities: Sequence[float] | np.ndarray, audio_s: float) -> list[EventUpdate]:
+        """Raw probabilities ``(n,)`` of the next windows; ``audio_s``: seconds of audio seen so far."""
+        if self._duration_s is not None:
+            raise RuntimeError("push() after finish()")
+        values = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+        self._audio_s = max(self._audio_s, float(audio_s))
+        for value in values.tolist():
+            if self._first_raw is None:
+                self._first_raw = value
+            self._raw[self._n_pushed] = value
+            self._n_pushed += 1
+        self._finalize_centres()
+        return self._advance()
+
+    def finish(self, duration_s: float) -> list[EventUpdate]:
+        """End of the audio (``duration_s`` long): decide every window, close the last event."""
+        if self._duration_s is not None:
+            return []
+        self._duration_s = float(duration_s)
+        self._audio_s = max(self._audio_s, self._duration_s)
+        self._finalize_centres()
+        updates = self._advance()
+        if self._run is not None:
+            updates += self._close_run(self._n_pushed)
+        if self._current is not None:
+            updates += self._report_end()
+        return updates
+
+    # -- decisions -------------------------------------------------------------------------
+
+    def _smoothed(self, index: int) -> float | None:
+        """Median of windows ``index - h .. index + h`` (edges repeat the end values)."""
+        if self._half == 0:
+            return self._raw[index]
+        last = self._n_pushed - 1
+        if index + self._half > last and self._duration_s is None:
+            return None
+        values = [self._raw[min(max(i, 0), last)] if i >= 0 else self._first_raw
+                  for i in range(index - self._half, index + self._half + 1)]
+        return sorted(values)[self._half]
+
+    def _advance(self) -> list[EventUpdate]:
+        updates: list[EventUpdate] = []
+        params = self.params
+        while self._n_decided < self._n_pushed:
+            index = self._n_decided
+            smoothed = self._smoothed(index)
+            onset = self._bound(index)
+            if smoothed is None or onset is None:
+                break
+            raw = self._raw[index]
+            self._n_decided += 1
+            if smoothed >= params.low:
+                run = self._run
+                if run is None:
+                    self._run = _Run(index, onset, smoothed >= params.threshold, raw, raw, 1)
+                else:
+                    run.qualified |= smoothed >= params.threshold
+                    run.peak, run.total, run.count = max(run.peak, raw), run.total + raw, run.count + 1
+            elif self._run is not None:
+                updates += self._close_run(index)
+            self._raw.pop(index - self._half - 1, None)  # no longer in any median window
+            self._centres.pop(index - 2, None)
+            updates += self._settle()
+        return updates
+
+    def _close_run(self, stop: int) -> list[EventUpdate]:
+        """The run ends before window ``stop``: an event if it reached the threshold."""
+        run, self._run = self._run, None
+        offset = self._bound(stop)
+        if not run.qualified or offset <= run.onset_s:
+            return []
+        event = Event(self.file, self.class_name, run.onset_s, offset, run.peak, run.total / run.count)
+        updates = []
+        if self._current is not None and event.onset_s - self._current.offset_s <= self.params.merge_gap:
+            self._current = _merge_pair(self._current, event)
+        else:
+            if self._current is not None:  # (it cannot have been reported as this run's start)
+                updates += self._report_end()
+            self._current = event  # _current_started stays: it may be this run's start
+        return updates
+
+    def _settle(self) -> list[EventUpdate]:
+        """Report the current event's end once nothing can merge into it, its start once it is sure."""
+        updates = []
+        run, current, params = self._run, self._current, self.params
+        if current is not None:
+            next_onset = run.onset_s if run is not None else self._known_bound(self._n_decided)
+            if next_onset - current.offset_s > params.merge_gap:
+                updates += self._report_end()
+                current = None
+        if self._current_started:
+            return updates
+        joins = run is not None and run.qualified and (
+            current is None or run.onset_s - current.offset_s <= params.merge_gap)
+        if current is None and not joins:
+            return updates
+        # The event so far: the finished runs (current) plus the run in progress if it joins them.
+        onset = current.onset_s if current is not None else run.onset_s
+        offset = current.offset_s if current is not None else -math.inf
+        peak = current.peak_probability if current is not None else -math.inf
+        if joins:  # its cells reach at least the boundary after the last decided window
+            offset, peak = max(offset, self._known_bound(self._n_decided)), max(peak, run.peak)
+        if offset > onset and offset - onset >= params.min_duration:
+            mean = current.mean_probability if current is not None else run.total / run.count
+            self._current_started = True  # refers to current, or to the run once it ends
+            updates.append(EventUpdate("start", Event(self.file, self.class_name, onset, offset, peak, mean),
+                                       self._audio_s))
+        return updates
+
+    def _report_end(self) -> list[EventUpdate]:
+        event, started = self._current, self._current_started
+        self._current, self._current_started = None, False
+        if event.duration_s < self.params.min_duration:
+            return []
+        updates = [] if started else [EventUpdate("start", event, self._audio_s)]
+        return updates + [EventUpdate("end", event, self._audio_s)]
 
 
 def detect_events(probabilities: np.ndarray, hop_s: float, window_s: float, duration_s: float,
@@ -193,7 +422,7 @@ def detect_events(probabilities: np.ndarray, hop_s: float, window_s: float, dura
     """Per-window probabilities ``(n_windows,)`` of one class -> events (see the module docstring).
 
     Peak and mean probability are taken over the *raw* (unsmoothed) probabilities of the
-    windows that make up the event.
+    windows that make up the event. This is ``EventDetector`` fed the whole sequence at once.
     """
     params.validate()
     raw = np.asarray(probabilities, dtype=np.float64)
@@ -201,17 +430,9 @@ def detect_events(probabilities: np.ndarray, hop_s: float, window_s: float, dura
         raise ValueError(f"expected one probability per window (1-D), got shape {raw.shape}")
     if raw.size == 0:
         return []
-    smoothed = median_filter(raw, params.median_filter)
-    bounds = window_cells(raw.size, hop_s, window_s, duration_s)
-    events = []
-    for start, stop in active_runs(hysteresis_mask(smoothed, params.threshold, params.low)):
-        onset, offset = float(bounds[start]), float(bounds[stop])
-        if offset <= onset:
-            continue
-        part = raw[start:stop]
-        events.append(Event(file, class_name, onset, offset, float(part.max()), float(part.mean())))
-    events = merge_events(events, params.merge_gap)
-    return [event for event in events if event.duration_s >= params.min_duration]
+    detector = EventDetector(params, hop_s, window_s, file, class_name)
+    updates = detector.push(raw, duration_s) + detector.finish(duration_s)
+    return [update.event for update in updates if update.kind == "end"]
 
 
 # ---------------------------------------------------------------------------------------

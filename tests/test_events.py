@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from audioclf.events import (DetectionParams, Event, active_runs, detect_events, event_based_metrics,
+from audioclf.events import (DetectionParams, Event, EventDetector, EventUpdate, active_runs, detect_events, event_based_metrics,
                              false_alarms_per_hour, format_comparison, hysteresis_mask, match_events, median_filter,
                              merge_events, read_events_csv, score_events, segment_based_metrics, window_cells,
                              write_events_csv)
@@ -224,3 +224,99 @@ def test_format_comparison_lists_hits_misses_and_false_alarms():
     assert "1.00 -     3.00" in body[0] and "1.10 -     3.10" in body[0] and body[0].endswith("hit")
     assert "10.00 -    12.00" in body[1] and body[1].endswith("miss")
     assert "30.00 -    31.00" in body[2] and body[2].endswith("false alarm")
+
+
+# ---------------------------------------------------------------------------------------
+# The incremental detector (long mode and streaming)
+# ---------------------------------------------------------------------------------------
+
+def batch_reference_events(raw: np.ndarray, hop_s: float, window_s: float, duration_s: float,
+                           params: DetectionParams) -> list[Event]:
+    """The rules of the module docstring applied to a whole sequence with numpy (the oracle)."""
+    smoothed = median_filter(raw, params.median_filter)
+    bounds = window_cells(raw.size, hop_s, window_s, duration_s)
+    events = [Event("", "", float(bounds[start]), float(bounds[stop]), float(raw[start:stop].max()),
+                    float(raw[start:stop].mean()))
+              for start, stop in active_runs(hysteresis_mask(smoothed, params.threshold, params.low))
+              if bounds[stop] > bounds[start]]
+    return [e for e in merge_events(events, params.merge_gap) if e.duration_s >= params.min_duration]
+
+
+def stream_through(detector: EventDetector, raw: np.ndarray, hop_s: float, window_s: float, duration_s: float,
+                   rng: np.random.Generator) -> list[EventUpdate]:
+    """Feed ``raw`` in random chunks, each when the audio behind its windows has been seen."""
+    updates, index = [], 0
+    while index < raw.size:
+        size = int(rng.integers(1, 6))
+        chunk = raw[index:index + size]
+        index += chunk.size
+        audio_s = min(duration_s, (index - 1) * hop_s + window_s + rng.uniform(0, hop_s))
+        updates += detector.push(chunk, audio_s)
+    return updates + detector.finish(duration_s)
+
+
+def test_incremental_detector_equals_the_batch_rules_on_random_sequences():
+    rng = np.random.default_rng(0)
+    n_events = 0
+    for trial in range(300):
+        n = int(rng.integers(1, 80))
+        # smooth random walks in [0, 1]: runs, blips, hovering between low and high
+        raw = np.clip(np.cumsum(rng.normal(0, 0.25, n)) % 2.0, 0, 2)
+        raw = np.where(raw > 1, 2 - raw, raw)
+        hop_s = float(rng.choice([0.1, 0.25, 0.5, 1.0]))
+        window_s = hop_s * float(rng.choice([1, 2, 4]))
+        duration_s = (n - 1) * hop_s + window_s * float(rng.uniform(0.3, 1.0))  # last window padded
+        params = DetectionParams(threshold=float(rng.uniform(0.4, 0.9)), threshold_low=None,
+                                 median_filter=int(rng.choice([1, 3, 5, 7])),
+                                 min_duration=float(rng.choice([0.0, 0.3, 1.0, 2.5])),
+                                 merge_gap=float(rng.choice([0.0, 0.2, 1.0, 3.0])))
+        expected = batch_reference_events(raw, hop_s, window_s, duration_s, params)
+        detector = EventDetector(params, hop_s, window_s)
+        updates = stream_through(detector, raw, hop_s, window_s, duration_s, rng)
+        ends = [u.event for u in updates if u.kind == "end"]
+        starts = [u for u in updates if u.kind == "start"]
+        assert [(e.onset_s, e.offset_s, e.peak_probability) for e in ends] == \
+            [(e.onset_s, e.offset_s, e.peak_probability) for e in expected], trial
+        np.testing.assert_allclose([e.mean_probability for e in ends], [e.mean_probability for e in expected])
+        # one start per event, before its end, with the final onset; decisions in time order
+        assert [u.event.onset_s for u in starts] == [e.onset_s for e in ends]
+        kinds = [u.kind for u in updates]
+        assert kinds == ["start", "end"] * len(ends)
+        assert all(a.decided_s <= b.decided_s for a, b in zip(updates, updates[1:]))
+        assert detect_events(raw, hop_s, window_s, duration_s, params) == ends
+        n_events += len(ends)
+    assert n_events > 100  # the sequences exercise the rules
+
+
+def test_incremental_detector_reports_as_soon_as_the_rules_allow():
+    # 1 s windows every 0.5 s: window i starts at 0.5 i, cells [0.5 i + 0.25, 0.5 i + 0.75)
+    hop_s, window_s = 0.5, 1.0
+    params = DetectionParams(threshold=0.5, median_filter=3, min_duration=1.0, merge_gap=1.0)
+    detector = EventDetector(params, hop_s, window_s, file="live", class_name="cry")
+    probabilities = [0.0] * 10 + [0.9] * 6 + [0.0] * 12
+    updates = {}
+    for index, p in enumerate(probabilities):  # each window as soon as its audio is in
+        for update in detector.push([p], index * hop_s + window_s):
+            updates[update.kind] = (update, index)
+    start, start_index = updates["start"]
+    end, end_index = updates["end"]
+    assert (start.event.onset_s, end.event.offset_s) == (5.25, 8.25)
+    # the start waits until the event is known to last min_duration: onset 5.25 s + 1 s = 6.25 s is
+    # where window 12's cell starts, so window 11 must be active, which the median filter knows
+    # once window 12 is in (at 12 * hop + window = 7 s of audio)
+    assert start_index == 12 and start.decided_s == 12 * hop_s + window_s
+    # the end waits for the median filter and until a next event would start > merge_gap later
+    assert end.decided_s - end.event.offset_s <= window_s + hop_s + hop_s * (params.median_filter // 2) \
+        + params.merge_gap
+    assert end_index < len(probabilities) - 1  # not held back until the end of the input
+    assert detector.finish(len(probabilities) * hop_s + window_s) == []
+
+
+def test_end_of_input_closes_an_open_event():
+    detector = EventDetector(DetectionParams(threshold=0.5, median_filter=1), 1.0, 2.0, class_name="cry")
+    updates = detector.push([0.1, 0.9, 0.9], audio_s=4.0)
+    assert [u.kind for u in updates] == ["start"]
+    final = detector.finish(duration_s=4.5)
+    assert [(u.kind, u.event.onset_s, u.event.offset_s) for u in final] == [("end", 1.5, 4.5)]
+    with pytest.raises(RuntimeError, match="after finish"):
+        detector.push([0.5], 5.0)
