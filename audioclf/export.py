@@ -1,0 +1,321 @@
+"""ONNX export: one window of raw audio -> class probabilities, front end and normalisation inside.
+
+The exported graph is the whole serving pipeline after resampling::
+
+    waveform       (batch, window_samples) float32 at the checkpoint's sample rate
+    log-mel        STFT as a strided conv1d whose kernels are the windowed DFT basis, power,
+                   mel matrix, 10 log10(max(., 1e-10)): the front end of audioclf/frontend.py
+    normalisation  the model's stored statistics (per band, per clip, ...)
+    backbone       the registry model
+    probabilities  (batch, n_classes): the model's activation (softmax / sigmoid)
+
+The batch is dynamic. The model's metadata (``metadata_props``) holds the class names, the
+feature parameters, the window length in samples and the sample rate, so a caller needs
+nothing but the ``.onnx`` file: cut the audio (mono, at ``sample_rate``) into windows of
+``window_samples`` samples, as ``predict.py`` and streaming do, and run them in batches.
+
+An FFT does not export reliably to ONNX (opset 17's STFT op is missing or slow in several
+runtimes); a DFT as a convolution is plain Conv + Mul + MatMul, which every runtime has. Only
+the window's taps are non-zero, so the kernels are ``win_length`` long, not ``n_fft``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from audioclf.classifier import model_from_checkpoint
+from audioclf.frontend import AMIN, FeatureExtractor, FeatureParams, LogMel
+
+log = logging.getLogger(__name__)
+
+OPSET_VERSION = 18
+INPUT_NAME = "waveform"
+OUTPUT_NAME = "probabilities"
+# Largest |onnxruntime - PyTorch| probability difference accepted by the check after export.
+EXPORT_TOLERANCE = 1e-4
+# metadata_props keys; values are strings (JSON for the structured ones).
+META_CLASS_NAMES = "class_names"
+META_FEATURE_PARAMS = "feature_params"
+META_WINDOW_SAMPLES = "window_samples"
+META_SAMPLE_RATE = "sample_rate"
+META_MODEL_NAME = "model_name"
+META_ACTIVATION = "activation"
+META_OPERATING_POINT = "operating_point"
+
+
+class OnnxExportError(Exception):
+    """A checkpoint that cannot be written as ONNX; the message says which part and why."""
+
+
+# ---------------------------------------------------------------------------------------
+# The front end in ONNX-friendly operations
+# ---------------------------------------------------------------------------------------
+
+class DftLogMel(nn.Module):
+    """``LogMel`` as conv1d + matmul: waveform ``(B, n_samples)`` -> log-mel ``(B, n_mels, n_frames)``.
+
+    Built from a ``LogMel`` (its window and mel matrix are reused, not re-derived), so the two
+    cannot drift apart; they agree to float rounding (a few 1e-6 dB, tested).
+    """
+
+    def __init__(self, logmel: LogMel, n_frames: int):
+        super().__init__()
+        spectrogram = logmel.spectrogram
+        n_fft, hop, window = spectrogram.n_fft, spectrogram.hop_length, spectrogram.window.double()
+        win_length = window.numel()
+        self.n_fft, self.hop_length, self.n_frames = n_fft, hop, n_frames
+        self.n_bins = n_fft // 2 + 1
+        # torch.stft centres a shorter window inside the n_fft frame; the taps outside are zero.
+        self.left = (n_fft - win_length) // 2
+        taps = torch.arange(win_length, dtype=torch.float64) + self.left  # positions in the frame
+        bins = torch.arange(self.n_bins, dtype=torch.float64)[:, None]
+        angle = 2.0 * math.pi * torch.remainder(bins * taps, n_fft) / n_fft  # (n_bins, win_length)
+        basis = torch.cat([torch.cos(angle), -torch.sin(angle)]) * window  # (2 n_bins, win_length)
+        self.register_buffer("dft_basis", basis.float()[:, None])  # (2 n_bins, 1, win_length)
+        self.register_buffer("mel_matrix", logmel.mel_scale.fb.T.contiguous())  # (n_mels, n_bins)
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        half = self.n_fft // 2
+        padded = F.pad(waveform[:, None], (half, half), mode="reflect")  # (B, 1, n + n_fft), center=True
+        span = (self.n_frames - 1) * self.hop_length + self.dft_basis.shape[-1]
+        frames = padded[..., self.left:self.left + span]  # the samples the kept frames see
+        spectrum = F.conv1d(frames, self.dft_basis, stride=self.hop_length)  # (B, 2 n_bins, n_frames)
+        power = spectrum[:, :self.n_bins].square() + spectrum[:, self.n_bins:].square()
+        mel = torch.matmul(self.mel_matrix, power)  # (B, n_mels, n_frames)
+        return 10.0 * torch.log10(torch.clamp(mel, min=AMIN))
+
+
+# Front-end module type -> its exportable form. A new front end (e.g. YAMNet's preset) adds its
+# builder here; the export of a checkpoint whose front end is missing says so.
+ONNX_FRONTENDS: dict[type, Callable[[nn.Module, FeatureParams], nn.Module]] = {
+    LogMel: lambda frontend, params: DftLogMel(frontend, params.n_frames),
+}
+
+
+def onnx_frontend(params: FeatureParams) -> nn.Module:
+    """The exportable form of the front end ``FeatureExtractor`` builds for ``params``."""
+    frontend = FeatureExtractor(params).logmel
+    builder = ONNX_FRONTENDS.get(type(frontend))
+    if builder is None:
+        raise OnnxExportError(f"the front end {type(frontend).__name__} has no ONNX form yet "
+                              f"(audioclf/export.py ONNX_FRONTENDS knows: "
+                              f"{', '.join(t.__name__ for t in ONNX_FRONTENDS)})")
+    return builder(frontend, params)
+
+
+# ---------------------------------------------------------------------------------------
+# Waveform -> probabilities
+# ---------------------------------------------------------------------------------------
+
+class WaveformClassifier(nn.Module):
+    """Waveform windows ``(B, window_samples)`` -> probabilities ``(B, n_classes)``."""
+
+    def __init__(self, frontend: nn.Module, model: nn.Module, activation: str = "softmax"):
+        super().__init__()
+        if activation not in ("softmax", "sigmoid"):
+            raise ValueError(f"activation must be softmax or sigmoid, got {activation!r}")
+        self.frontend, self.model, self.activation = frontend, model, activation
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        logits = self.model(self.frontend(waveform)[:, None])  # (B, 1, n_mels, n_frames) -> (B, C)
+        return torch.softmax(logits, dim=1) if self.activation == "softmax" else torch.sigmoid(logits)
+
+
+def checkpoint_feature_params(checkpoint: dict) -> FeatureParams:
+    """The checkpoint's feature parameters; OnnxExportError when it has none."""
+    if not checkpoint.get("feature_params"):
+        raise OnnxExportError("the checkpoint has no feature parameters (its lists had no feature_config.json); "
+                              "re-run preprocessingBabyCrying.py, then train again")
+    return FeatureParams.from_dict(checkpoint["feature_params"]).validate()
+
+
+def waveform_classifier(checkpoint: dict) -> WaveformClassifier:
+    """The checkpoint's front end + model + softmax as one eval-mode module (float32, CPU)."""
+    params = checkpoint_feature_params(checkpoint)
+    return WaveformClassifier(onnx_frontend(params), model_from_checkpoint(checkpoint).float().cpu()).eval()
+
+
+@dataclass(frozen=True)
+class OnnxMetadata:
+    """What ``export_onnx`` stores in the model and a caller needs to feed it."""
+
+    class_names: list[str]
+    feature_params: FeatureParams
+    window_samples: int
+    sample_rate: int
+    model_name: str = ""
+    activation: str = "softmax"
+    operating_point: dict | None = None
+
+    def to_props(self) -> dict[str, str]:
+        """``metadata_props`` strings."""
+        props = {META_CLASS_NAMES: json.dumps(self.class_names),
+                 META_FEATURE_PARAMS: json.dumps(self.feature_params.to_dict()),
+                 META_WINDOW_SAMPLES: str(self.window_samples), META_SAMPLE_RATE: str(self.sample_rate),
+                 META_MODEL_NAME: self.model_name, META_ACTIVATION: self.activation}
+        if self.operating_point is not None:
+            props[META_OPERATING_POINT] = json.dumps(self.operating_point)
+        return props
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], source: str = "the model") -> "OnnxMetadata":
+        """Parse ``metadata_props``; ValueError naming the missing key (not exported by this tool?)."""
+        missing = [key for key in (META_CLASS_NAMES, META_FEATURE_PARAMS, META_WINDOW_SAMPLES, META_SAMPLE_RATE)
+                   if key not in props]
+        if missing:
+            raise ValueError(f"{source} has no {', '.join(missing)} in its metadata; "
+                             "export it with export.py --checkpoint C --onnx M")
+        point = props.get(META_OPERATING_POINT)
+        return cls(json.loads(props[META_CLASS_NAMES]), FeatureParams.from_dict(json.loads(props[META_FEATURE_PARAMS])),
+                   int(props[META_WINDOW_SAMPLES]), int(props[META_SAMPLE_RATE]), props.get(META_MODEL_NAME, ""),
+                   props.get(META_ACTIVATION, "softmax"), json.loads(point) if point else None)
+
+
+def export_onnx(checkpoint: dict, path: str | Path, operating_point: dict | None = None,
+                check: bool = True) -> OnnxMetadata:
+    """Write ``checkpoint`` as an ONNX model at ``path`` (atomically); returns its metadata.
+
+    With ``check`` the written model is run with onnxruntime on random windows and must equal
+    the PyTorch module within ``EXPORT_TOLERANCE``. OnnxExportError names the model and the
+    reason when the exporter or the check fails.
+    """
+    path = Path(path)
+    module = waveform_classifier(checkpoint)
+    params = checkpoint_feature_params(checkpoint)
+    model_name = checkpoint.get("model_args", {}).get("model_name", "")
+    metadata = OnnxMetadata(list(checkpoint["class_names"]), params, params.n_samples, params.sample_rate,
+                            model_name, module.activation, operating_point)
+    example = torch.from_numpy(np.random.default_rng(0).uniform(-0.5, 0.5, (2, params.n_samples))
+                               .astype(np.float32))  # (2, window_samples): batch 2 keeps the batch dynamic
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        _export(module, example, temporary, model_name, metadata)
+        if check:
+            check_onnx(temporary, module, example, model_name)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    return metadata
+
+
+def _export(module: nn.Module, example: torch.Tensor, path: str, model_name: str, metadata: OnnxMetadata) -> None:
+    import onnx  # the export extra: onnx, onnxscript (see requirements-dev.txt)
+
+    batch = torch.export.Dim("batch", min=1)
+    try:
+        program = torch.onnx.export(module, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                    opset_version=OPSET_VERSION, dynamo=True, external_data=False,
+                                    dynamic_shapes=({0: batch},), verbose=False)
+    except Exception as error:  # the exporter raises many types; all mean "cannot express this"
+        raise OnnxExportError(f"model {model_name!r} cannot be exported to ONNX: {_first_line(error)}") from error
+    proto = program.model_proto
+    for key, value in metadata.to_props().items():
+        proto.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+    proto.doc_string = (f"audioclf {model_name}: {INPUT_NAME} (batch, {metadata.window_samples}) float32 at "
+                        f"{metadata.sample_rate} Hz -> {OUTPUT_NAME} (batch, {len(metadata.class_names)})")
+    onnx.save_model(proto, path)
+
+
+def check_onnx(path: str | Path, module: nn.Module, example: torch.Tensor, model_name: str = "") -> float:
+    """Largest difference onnxruntime vs ``module`` on ``example`` plus one more row; raise above tolerance."""
+    batch = torch.cat([example, example[:1].flip(-1)])  # another batch size than the export's example
+    with torch.inference_mode():
+        expected = module(batch).numpy()
+    try:
+        got = OnnxClassifier(path).session.run([OUTPUT_NAME], {INPUT_NAME: batch.numpy()})[0]
+    except Exception as error:
+        raise OnnxExportError(f"model {model_name!r}: onnxruntime cannot run the exported graph: "
+                              f"{_first_line(error)}") from error
+    difference = float(np.abs(got - expected).max())
+    if not difference <= EXPORT_TOLERANCE:
+        raise OnnxExportError(f"model {model_name!r}: the exported graph computes other probabilities than "
+                              f"PyTorch (max difference {difference:.2e} > {EXPORT_TOLERANCE})")
+    return difference
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
+
+
+# ---------------------------------------------------------------------------------------
+# Running an exported model
+# ---------------------------------------------------------------------------------------
+
+class OnnxClassifier:
+    """An exported model in onnxruntime: ``classify_waveforms`` like ``Predictor``'s, from the file alone."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: no such ONNX model (export one with export.py)")
+        self.session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        props = dict(self.session.get_modelmeta().custom_metadata_map)
+        self._metadata: OnnxMetadata | None = None
+        self._props = props
+
+    @property
+    def metadata(self) -> OnnxMetadata:
+        """The export's metadata (ValueError for a model this tool did not write)."""
+        if self._metadata is None:
+            self._metadata = OnnxMetadata.from_props(self._props, str(self.path))
+        return self._metadata
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names in output order."""
+        return self.metadata.class_names
+
+    @property
+    def params(self) -> FeatureParams:
+        """The front end's parameters (window length, rate)."""
+        return self.metadata.feature_params
+
+    def classify_waveforms(self, waveforms: np.ndarray) -> np.ndarray:
+        """Windows ``(B, window_samples)`` float32 -> probabilities ``(B, n_classes)``."""
+        batch = np.ascontiguousarray(waveforms, dtype=np.float32)
+        if batch.ndim != 2 or batch.shape[1] != self.metadata.window_samples:
+            raise ValueError(f"{self.path}: expected windows of shape (batch, {self.metadata.window_samples}), "
+                             f"got {batch.shape}")
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+
+
+def exportable_models(names: Sequence[str] | None = None) -> dict[str, str]:
+    """Registry name -> ``"ok"`` or the reason export fails, tried on tiny random checkpoints."""
+    from audioclf.classifier import AudioClassifier, constructor_args
+    from models import list_models, model_min_input_size
+
+    results = {}
+    for name in names or list_models():
+        height, width = model_min_input_size(name)
+        params = FeatureParams(sample_rate=8000, n_fft=256, n_mels=max(height, 16), n_frames=max(width, 16))
+        args = constructor_args(name, 2, params.n_mels, {})
+        checkpoint = {"model": AudioClassifier(**args).state_dict(), "model_args": args,
+                      "class_names": ["a", "b"], "feature_params": params.to_dict()}
+        with tempfile.TemporaryDirectory() as folder:
+            try:
+                export_onnx(checkpoint, Path(folder) / f"{name}.onnx")
+                results[name] = "ok"
+            except OnnxExportError as error:
+                results[name] = str(error)
+    return results

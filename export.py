@@ -1,0 +1,53 @@
+"""Export a trained checkpoint as an ONNX model from raw waveform windows to class probabilities.
+
+    python export.py --checkpoint runs/demo/checkpoints/model_best.pth.tar --onnx babycry.onnx
+
+The model takes ``waveform`` float32 ``(batch, window_samples)`` (mono, at the checkpoint's
+sample rate; the window length is in the model's metadata) and returns ``probabilities``
+``(batch, n_classes)``; the log-mel front end and the normalisation are inside. The written
+model is checked against PyTorch with onnxruntime before it replaces ``--onnx``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from audioclf.export import OnnxExportError, export_onnx
+from audioclf.inference import load_operating_point
+from utils import CheckpointError, load_checkpoint, setup_logging
+
+log = logging.getLogger("export")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line flags."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="checkpoint file (e.g. model_best.pth.tar)")
+    parser.add_argument("--onnx", required=True, type=Path, help="ONNX file to write")
+    parser.add_argument("--no_check", action="store_true", help="skip the onnxruntime vs PyTorch check")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Export; non-zero exit with the reason on failure."""
+    setup_logging()
+    args = parse_args(argv)
+    try:
+        checkpoint = load_checkpoint(args.checkpoint)
+        point = load_operating_point(args.checkpoint, list(checkpoint.get("class_names", [])))
+        operating_point = {key: point[key] for key in ("target_class", "class_id", "threshold")} if point else None
+        metadata = export_onnx(checkpoint, args.onnx, operating_point, check=not args.no_check)
+    except (FileNotFoundError, CheckpointError, OnnxExportError, ValueError) as error:
+        log.error("%s", error)
+        return 1
+    log.info("wrote %s: %s, waveform (batch, %d) at %d Hz -> probabilities of %s%s", args.onnx,
+             metadata.model_name, metadata.window_samples, metadata.sample_rate, ", ".join(metadata.class_names),
+             f"; operating point {operating_point['target_class']} >= {operating_point['threshold']:.3f}"
+             if operating_point else "")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""export.py and audioclf/export.py: the ONNX model equals the PyTorch pipeline, carries its metadata.
+
+Random-weight checkpoints (audiocnn and resnet18) with non-trivial normalisation statistics are
+exported once per module; their onnxruntime probabilities on demo clips are compared with what
+``predict.py`` prints for the same files.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import predict
+from audioclf.classifier import AudioClassifier, constructor_args
+from audioclf.demo_data import generate_demo_dataset
+from audioclf.export import (EXPORT_TOLERANCE, DftLogMel, OnnxClassifier, OnnxExportError, check_onnx,
+                             export_onnx, waveform_classifier)
+from audioclf.frontend import FeatureParams, LogMel, fit_length, read_audio
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS = FeatureParams(sample_rate=16000, n_fft=512, n_mels=32, n_frames=50)  # 0.5 s windows
+CLASS_NAMES = ["babycry", "speech", "noise"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def random_checkpoint(model_name: str, model_args: dict, params: FeatureParams = PARAMS, seed: int = 0) -> dict:
+    """What inference needs from a checkpoint, with random weights and feature-like statistics."""
+    torch.manual_seed(seed)
+    args = constructor_args(model_name, len(CLASS_NAMES), params.n_mels, model_args, center_per_clip=True)
+    model = AudioClassifier(**args)
+    model.normalize.set_statistics(torch.linspace(-5.0, 5.0, params.n_mels), torch.linspace(4.0, 8.0, params.n_mels))
+    return {"model": model.state_dict(), "model_args": args, "class_names": CLASS_NAMES,
+            "feature_params": params.to_dict()}
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> list[Path]:
+    csv_file = generate_demo_dataset(tmp_path_factory.mktemp("demo"), clips_per_class=1, seed=3)
+    return sorted((csv_file.parent / "audio").rglob("*.wav"))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """Model name -> (checkpoint, ONNX file): audiocnn through export.py as a user runs it."""
+    root = tmp_path_factory.mktemp("export")
+    result = {}
+    for name, model_args in (("audiocnn", {"width": 8}), ("resnet18", {})):
+        checkpoint_path = root / name / "model_best.pth.tar"
+        checkpoint_path.parent.mkdir()
+        torch.save(random_checkpoint(name, model_args), checkpoint_path)
+        onnx_path = root / f"{name}.onnx"
+        if name == "audiocnn":
+            (checkpoint_path.parent / "scores").mkdir()
+            (checkpoint_path.parent / "scores" / "operating_point.json").write_text(
+                json.dumps({"target_class": "babycry", "class_id": 0, "threshold": 0.62}))
+            done = subprocess.run([sys.executable, "export.py", "--checkpoint", str(checkpoint_path),
+                                   "--onnx", str(onnx_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, done.stderr
+            assert f"wrote {onnx_path}" in done.stderr
+        else:
+            export_onnx(torch.load(checkpoint_path, weights_only=True), onnx_path)
+        result[name] = (checkpoint_path, onnx_path)
+    return result
+
+
+def test_dft_front_end_equals_the_log_mel_front_end():
+    rng = np.random.default_rng(0)
+    for params in (PARAMS, FeatureParams(), FeatureParams(sample_rate=8000, n_fft=256, window_ms=32, n_mels=40,
+                                                          n_frames=30, f_min=50.0, f_max=3500.0)):
+        logmel = LogMel(params)
+        audio = rng.uniform(-0.5, 0.5, (3, params.n_samples)).astype(np.float32)
+        audio[1] *= 1e-4  # quiet: the log magnifies relative errors
+        audio[2, : params.n_samples // 2] = 0.0  # digital silence hits the -100 dB floor
+        batch = torch.from_numpy(audio)
+        expected = logmel(batch)[..., : params.n_frames]
+        got = DftLogMel(logmel, params.n_frames)(batch)
+        assert got.shape == expected.shape == (3, params.n_mels, params.n_frames)
+        torch.testing.assert_close(got, expected, atol=2e-3, rtol=0)  # dB
+
+
+@pytest.mark.parametrize("name", ["audiocnn", "resnet18"])
+def test_onnx_probabilities_equal_predict_on_demo_clips(name, exported, clips, tmp_path):
+    checkpoint_path, onnx_path = exported[name]
+    output = tmp_path / "clips.json"
+    assert predict.main(["--checkpoint", str(checkpoint_path), "--clip", "--no_progress", "--output_json",
+                         str(output), *map(str, clips)]) == 0
+    expected = np.array([[row["probabilities"][c] for c in CLASS_NAMES] for row in json.loads(output.read_text())])
+
+    classifier = OnnxClassifier(onnx_path)
+    params = classifier.params
+    windows = np.stack([fit_length(read_audio(clip, params.sample_rate, params.n_samples), params.n_samples,
+                                   params.pad_mode) for clip in clips])  # (n_clips, window_samples)
+    got = classifier.classify_waveforms(windows)
+    assert got.shape == (len(clips), len(CLASS_NAMES))
+    assert np.abs(got - expected).max() <= 1e-4
+    assert expected.std(axis=0).max() > 0.01  # the clips get different probabilities: the check has teeth
+    # any batch size: one window at a time gives the same rows
+    np.testing.assert_allclose(np.concatenate([classifier.classify_waveforms(w[None]) for w in windows]), got,
+                               atol=1e-6)
+
+
+def test_metadata_describes_the_input_and_the_classes(exported):
+    _, onnx_path = exported["audiocnn"]
+    model = onnx.load(str(onnx_path))
+    onnx.checker.check_model(model)
+    props = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(props["class_names"]) == CLASS_NAMES
+    assert FeatureParams.from_dict(json.loads(props["feature_params"])) == PARAMS
+    assert int(props["window_samples"]) == PARAMS.n_samples and int(props["sample_rate"]) == 16000
+    assert props["model_name"] == "audiocnn" and props["activation"] == "softmax"
+    assert json.loads(props["operating_point"]) == {"target_class": "babycry", "class_id": 0, "threshold": 0.62}
+    waveform = model.graph.input[0]
+    assert waveform.name == "waveform"
+    dims = waveform.type.tensor_type.shape.dim
+    assert dims[0].dim_param and not dims[0].dim_value  # dynamic batch
+    assert dims[1].dim_value == PARAMS.n_samples
+    assert OnnxClassifier(onnx_path).metadata.operating_point["threshold"] == 0.62
+
+
+def test_wrong_input_and_foreign_models_get_clear_errors(exported, tmp_path):
+    _, onnx_path = exported["audiocnn"]
+    classifier = OnnxClassifier(onnx_path)
+    with pytest.raises(ValueError, match=rf"expected windows of shape \(batch, {PARAMS.n_samples}\)"):
+        classifier.classify_waveforms(np.zeros((1, 100), dtype=np.float32))
+    with pytest.raises(FileNotFoundError, match="export one with export.py"):
+        OnnxClassifier(tmp_path / "missing.onnx")
+    foreign = onnx.load(str(onnx_path))
+    del foreign.metadata_props[:]
+    onnx.save(foreign, str(tmp_path / "foreign.onnx"))
+    with pytest.raises(ValueError, match="no class_names, feature_params, window_samples, sample_rate"):
+        OnnxClassifier(tmp_path / "foreign.onnx").metadata
+
+
+def test_check_rejects_a_graph_that_computes_something_else(exported):
+    _, onnx_path = exported["audiocnn"]
+    other = waveform_classifier(random_checkpoint("audiocnn", {"width": 8}, seed=1))
+    example = torch.zeros(2, PARAMS.n_samples).uniform_(-0.5, 0.5)
+    with pytest.raises(OnnxExportError, match="computes other probabilities than PyTorch"):
+        check_onnx(onnx_path, other, example, "audiocnn")
+    same = waveform_classifier(torch.load(exported["audiocnn"][0], weights_only=True))
+    assert check_onnx(onnx_path, same, example) <= EXPORT_TOLERANCE
+
+
+class DataDependent(torch.nn.Module):
+    """A model whose control flow depends on the input values: torch.export cannot trace it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.mean() > 0:
+            return x.mean(dim=(1, 2, 3))[:, None].repeat(1, 3)
+        return x.amax(dim=(1, 2, 3))[:, None].repeat(1, 3)
+
+
+def test_a_model_onnx_cannot_express_gets_a_message_naming_it(monkeypatch, tmp_path, caplog):
+    monkeypatch.setattr("audioclf.export.model_from_checkpoint", lambda checkpoint: DataDependent())
+    checkpoint = random_checkpoint("audiocnn", {"width": 8})
+    with pytest.raises(OnnxExportError, match="model 'audiocnn' cannot be exported to ONNX"):
+        export_onnx(checkpoint, tmp_path / "x.onnx")
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+    import export
+    torch.save(checkpoint, tmp_path / "c.pth.tar")
+    assert export.main(["--checkpoint", str(tmp_path / "c.pth.tar"), "--onnx", str(tmp_path / "x.onnx")]) == 1
+    assert "cannot be exported to ONNX" in caplog.text
+    assert export.main(["--checkpoint", str(tmp_path / "missing.pth.tar"), "--onnx", str(tmp_path / "y.onnx")]) == 1
+    assert "checkpoint not found" in caplog.text
