@@ -1,0 +1,236 @@
+"""Live detection: raw PCM from a pipe -> one JSON line per event start and end, as they happen.
+
+    arecord -f S16_LE -r 16000 -c 1 | python predict.py --checkpoint C --stream - --rate 16000
+
+The audio goes through the steps of long mode, incrementally: PCM -> mono float32 -> the
+streaming soxr resampler (chunk sizes do not change its output) -> windows of the model's
+length every hop (``WindowSlicer``) -> the model, one window as soon as its last sample is in
+-> ``events.EventDetector`` per class, the state machine long mode uses too. A recording
+streamed in therefore gives the events ``predict.py --long`` gives for it (bit for bit with
+``--batch_size 1``: batched CPU kernels round the model's output differently in the 7th digit).
+
+Memory is bounded (one window, the resampler's filter, a few windows of probabilities per
+class), whatever the length of the stream. Latency from the audio to a line, in audio time:
+a start line comes at most window + hop + (median_filter // 2) hops + min_duration after the
+event's onset, an end line at most window + hop + (median_filter // 2) hops + merge_gap after
+its offset, plus the model's time for one window; hysteresis can date an onset back to where
+the probability first rose above ``threshold_low``, before the threshold was reached.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+import numpy as np
+import soxr
+
+from audioclf.events import DetectionParams, EventDetector, EventUpdate
+from audioclf.frontend import FeatureParams, to_mono
+from audioclf.inference import WindowSlicer
+
+log = logging.getLogger(__name__)
+
+# PCM sample formats: name -> (numpy dtype of one sample, scale to [-1, 1]).
+PCM_FORMATS: dict[str, tuple[np.dtype, float]] = {
+    "s16le": (np.dtype("<i2"), 1.0 / 32768.0),
+    "f32le": (np.dtype("<f4"), 1.0),
+}
+MAX_RATE = 768_000  # Hz; anything above is a typo
+MAX_CHANNELS = 64
+READ_BYTES = 8192  # per read from the pipe: returns as soon as some audio is there
+
+
+class StreamError(Exception):
+    """Malformed input on the stream; the message says what and where."""
+
+
+class WindowClassifier(Protocol):
+    """What streaming needs from a model: ``Predictor`` (PyTorch) or ``OnnxClassifier``."""
+
+    class_names: list[str]
+    params: FeatureParams
+
+    def classify_waveforms(self, waveforms: np.ndarray) -> np.ndarray:
+        """Windows ``(B, window_samples)`` -> probabilities ``(B, n_classes)``."""
+
+
+@dataclass(frozen=True)
+class PcmFormat:
+    """The layout of the raw input: sample format, rate and interleaved channels."""
+
+    sample_format: str = "s16le"
+    rate: int = 16000
+    channels: int = 1
+
+    def validate(self) -> "PcmFormat":
+        """ValueError naming the bad value; self when valid."""
+        if self.sample_format not in PCM_FORMATS:
+            raise ValueError(f"--format must be one of {', '.join(PCM_FORMATS)}, got {self.sample_format!r}")
+        if not (isinstance(self.rate, int) and 1 <= self.rate <= MAX_RATE):
+            raise ValueError(f"--rate must be a whole number of Hz in 1..{MAX_RATE}, got {self.rate!r}")
+        if not (isinstance(self.channels, int) and 1 <= self.channels <= MAX_CHANNELS):
+            raise ValueError(f"--channels must be a whole number in 1..{MAX_CHANNELS}, got {self.channels!r}")
+        return self
+
+    @property
+    def frame_bytes(self) -> int:
+        """Bytes of one sample of every channel."""
+        return PCM_FORMATS[self.sample_format][0].itemsize * self.channels
+
+
+def read_pcm(stream: BinaryIO, pcm: PcmFormat, target_rate: int, read_bytes: int = READ_BYTES
+             ) -> Iterator[np.ndarray]:
+    """Mono float32 blocks at ``target_rate`` from raw interleaved PCM, as soon as they arrive.
+
+    Raises StreamError for a stream that ends inside a sample frame or holds NaN/inf samples
+    (after yielding every whole frame before it).
+    """
+    pcm.validate()
+    dtype, scale = PCM_FORMATS[pcm.sample_format]
+    resampler = None if pcm.rate == target_rate else soxr.ResampleStream(
+        pcm.rate, target_rate, 1, dtype="float32", quality="HQ")
+    read = getattr(stream, "read1", stream.read)  # read1: what the pipe has, without waiting for more
+    pending = b""
+    n_frames = 0
+    while True:
+        data = read(read_bytes)
+        if not data:
+            break
+        data = pending + data
+        whole = len(data) - len(data) % pcm.frame_bytes
+        pending = data[whole:]
+        if not whole:
+            continue
+        samples = np.frombuffer(data[:whole], dtype=dtype).reshape(-1, pcm.channels)
+        block = samples.astype(np.float32) * np.float32(scale) if scale != 1.0 else samples.astype(np.float32)
+        if not np.isfinite(block).all():
+            bad = n_frames + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
+            raise StreamError(f"sample frame {bad} ({bad / pcm.rate:.3f} s) is NaN or infinite: "
+                              f"is the input really {pcm.sample_format}?")
+        n_frames += len(block)
+        mono = to_mono(block)  # (n,)
+        if resampler is not None:
+            mono = resampler.resample_chunk(mono, last=False)
+        if mono.size:
+            yield mono
+    if resampler is not None:
+        tail = resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+        if tail.size:
+            yield tail
+    if pending:
+        raise StreamError(f"the input ended inside a sample frame: {len(pending)} byte(s) after {n_frames} whole "
+                          f"frames of {pcm.frame_bytes} bytes ({pcm.sample_format}, {pcm.channels} channel(s)); "
+                          "the events up to there were written")
+
+
+def update_record(update: EventUpdate) -> dict:
+    """One JSON line: ``{"event": "start"|"end", "class", "time_s", "probability", ...}``.
+
+    ``time_s`` is the onset (start) or offset (end); ``probability`` the peak so far (start) or
+    the event's peak (end). An end line also carries the event's columns as long mode writes
+    them (``onset_s, offset_s, peak_probability, mean_probability``). ``stream_s`` is the audio
+    time at which the line was decided.
+    """
+    row = update.event.to_dict()
+    record = {"event": update.kind, "class": row["class"],
+              "time_s": row["onset_s"] if update.kind == "start" else row["offset_s"],
+              "probability": row["peak_probability"]}
+    if update.kind == "end":
+        record.update({key: row[key] for key in ("onset_s", "offset_s", "peak_probability", "mean_probability")})
+    record["stream_s"] = round(update.decided_s, 3)
+    return record
+
+
+class StreamDetector:
+    """Blocks of mono audio at the model's rate -> event updates, window by window."""
+
+    def __init__(self, classifier: WindowClassifier, settings: dict[str, DetectionParams],
+                 hop_seconds: float | None = None):
+        self.classifier = classifier
+        params = classifier.params
+        self.rate, self.window = params.sample_rate, params.n_samples
+        window_s = params.clip_seconds
+        hop_seconds = window_s / 2 if hop_seconds is None else hop_seconds
+        self.hop = max(1, round(hop_seconds * self.rate))
+        self.slicer = WindowSlicer(self.window, self.hop, params.pad_mode)
+        unknown = [name for name in settings if name not in classifier.class_names]
+        if unknown:
+            raise ValueError(f"not classes of this model: {', '.join(unknown)}")
+        self.columns = [classifier.class_names.index(name) for name in settings]
+        self.detectors = [EventDetector(p, self.hop / self.rate, window_s, class_name=name)
+                          for name, p in settings.items()]
+        self.n_windows = 0
+
+    @property
+    def hop_s(self) -> float:
+        """Seconds between window starts."""
+        return self.hop / self.rate
+
+    def _window(self, window: np.ndarray, audio_s: float) -> list[EventUpdate]:
+        probabilities = self.classifier.classify_waveforms(window[None])[0]  # (n_classes,)
+        self.n_windows += 1
+        updates = []
+        for detector, column in zip(self.detectors, self.columns):
+            updates += detector.push(probabilities[column:column + 1], audio_s)
+        return updates
+
+    def feed(self, block: np.ndarray) -> list[EventUpdate]:
+        """Every update the windows completed by ``block`` (1-D float32) decide."""
+        updates = []
+        for window in self.slicer.feed(block):
+            end_s = ((self.slicer.n_windows - 1) * self.hop + self.window) / self.rate  # its last sample
+            updates += self._window(window, end_s)
+        return updates
+
+    def finish(self) -> list[EventUpdate]:
+        """End of input: the padded last window, then every open event closes."""
+        duration_s = self.slicer.n_seen / self.rate
+        updates = []
+        for window in self.slicer.finish():
+            updates += self._window(window, duration_s)
+        for detector in self.detectors:
+            updates += detector.finish(duration_s)
+        return updates
+
+    def run(self, blocks: Iterable[np.ndarray]) -> Iterator[dict]:
+        """JSON-able records of every update, in decision order; finishes when ``blocks`` ends.
+
+        When ``blocks`` raises (malformed input), the open events are closed first, then the
+        error propagates.
+        """
+        try:
+            for block in blocks:
+                for update in self.feed(block):
+                    yield update_record(update)
+        finally:
+            for update in self.finish():
+                yield update_record(update)
+
+
+def write_json_lines(records: Iterable[dict], out) -> int:
+    """Write each record as one JSON line, flushed at once; returns the number of lines."""
+    count = 0
+    for record in records:
+        out.write(json.dumps(record) + "\n")
+        out.flush()
+        count += 1
+    return count
+
+
+def latency_bound_s(window_s: float, hop_s: float, params: DetectionParams) -> tuple[float, float]:
+    """(start, end) latency bounds in audio seconds: window + hop + smoothing delay + the rules' wait."""
+    smoothing = (params.median_filter // 2) * hop_s
+    return (window_s + hop_s + smoothing + params.min_duration, window_s + hop_s + smoothing + params.merge_gap)
+
+
+def stream_summary(detector: StreamDetector, pcm: PcmFormat, settings: dict[str, DetectionParams]) -> str:
+    """One log line: what is listened to, and the latency bounds."""
+    window_s = detector.window / detector.rate
+    bounds = [latency_bound_s(window_s, detector.hop_s, p) for p in settings.values()]
+    return (f"listening: {pcm.sample_format} {pcm.rate} Hz x {pcm.channels} ch -> windows of {window_s:.2f} s "
+            f"every {detector.hop_s:.2f} s at {detector.rate} Hz; classes {', '.join(settings)}; lines at most "
+            f"{max(b[0] for b in bounds):.2f} s (start) / {max(b[1] for b in bounds):.2f} s (end) after the event")
+
