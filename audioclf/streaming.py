@@ -198,16 +198,23 @@ class StreamDetector:
     def run(self, blocks: Iterable[np.ndarray]) -> Iterator[dict]:
         """JSON-able records of every update, in decision order; finishes when ``blocks`` ends.
 
-        When ``blocks`` raises (malformed input), the open events are closed first, then the
-        error propagates.
+        When reading ``blocks`` raises (malformed input, Ctrl-C), the open events are closed
+        first at the end of the audio received, then the error propagates.
         """
-        try:
-            for block in blocks:
-                for update in self.feed(block):
+        blocks = iter(blocks)
+        while True:
+            try:
+                block = next(blocks, None)
+            except BaseException:
+                for update in self.finish():
                     yield update_record(update)
-        finally:
-            for update in self.finish():
+                raise
+            if block is None:
+                break
+            for update in self.feed(block):
                 yield update_record(update)
+        for update in self.finish():
+            yield update_record(update)
 
 
 def write_json_lines(records: Iterable[dict], out) -> int:

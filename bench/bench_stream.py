@@ -84,6 +84,17 @@ def untrained_checkpoint(spec: ModelSpec) -> dict:
             "feature_params": spec.params.to_dict()}
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), for the README's figures."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
 def pin_to_one_core() -> None:
     """preexec_fn: the child runs on one CPU."""
     if hasattr(os, "sched_setaffinity"):
@@ -177,8 +188,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)
-    info = machine_info()
-    print(f"machine: {info['cpu_count']} CPUs ({info.get('cpu', '')}), torch {info['torch']}; load average "
+    info = {**machine_info(), "cpu": cpu_model()}
+    print(f"machine: {info['cpu_count']} CPUs ({info['cpu']}), torch {info['torch']}; load average "
           f"{os.getloadavg()[0]:.1f} (other jobs on these CPUs slow every number)")
     results: dict = {"machine": info, "load_average_start": os.getloadavg(), "models": []}
     cost_rows, latency_rows, speed_rows = [], [], []

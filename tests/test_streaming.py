@@ -207,3 +207,15 @@ def test_memory_stays_flat_over_a_long_stream():
         tracemalloc.stop()
         assert n_lines == 2 * minutes * 30  # one event per block, each a start and an end line
     assert peaks[1] < 1.2 * peaks[0] + 64 * 1024, peaks
+
+
+def test_ctrl_c_while_waiting_for_audio_closes_the_open_event_first():
+    def blocks():
+        yield np.full(16000 * 2, 0.4, dtype=np.float32)
+        raise KeyboardInterrupt
+
+    records = []
+    with pytest.raises(KeyboardInterrupt):
+        for record in StreamDetector(LoudnessClassifier(), SETTINGS).run(blocks()):
+            records.append(record)
+    assert [r["event"] for r in records] == ["start", "end"] and records[-1]["offset_s"] == 2.0
