@@ -14,9 +14,10 @@ import logging
 import sys
 from pathlib import Path
 
+from audioclf.checkpoint import CheckpointError, check_required_keys, load_checkpoint
 from audioclf.export import OnnxExportError, export_onnx
 from audioclf.inference import load_operating_point
-from utils import CheckpointError, load_checkpoint, setup_logging
+from audioclf.runtime import setup_logging
 
 log = logging.getLogger("export")
 
@@ -35,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     args = parse_args(argv)
     try:
-        checkpoint = load_checkpoint(args.checkpoint)
-        point = load_operating_point(args.checkpoint, list(checkpoint.get("class_names", [])))
+        checkpoint = check_required_keys(load_checkpoint(args.checkpoint), args.checkpoint)
+        point = load_operating_point(args.checkpoint, list(checkpoint["class_names"]))
         operating_point = {key: point[key] for key in ("target_class", "class_id", "threshold")} if point else None
         metadata = export_onnx(checkpoint, args.onnx, operating_point, check=not args.no_check)
     except (FileNotFoundError, CheckpointError, OnnxExportError, ValueError) as error:

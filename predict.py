@@ -16,6 +16,14 @@ windows over the whole file and detects events; the default (auto) uses long mod
 longer than ``--long_factor`` clip lengths, clip mode for the others, and file mode for a
 pretrained model used as it is (``audioset:yamnet``: YAMNet's own per-file score). Unreadable
 files are reported and skipped; the exit status is 0 when at least one file was processed, else 1.
+
+Live: ``--stream -`` reads raw PCM from standard input (or a named pipe) and writes one JSON
+line per event start and end as they happen, with long mode's detection rules::
+
+    arecord -f S16_LE -r 16000 -c 1 | python predict.py --checkpoint C --stream - --rate 16000
+    ... | python predict.py --onnx babycry.onnx --stream - --format f32le --rate 48000 --channels 2
+
+``--onnx`` runs a model written by ``export.py`` with onnxruntime (no checkpoint needed).
 """
 from __future__ import annotations
 
@@ -37,6 +45,8 @@ from audioclf.inference import (LONG_FACTOR, Predictor, align_reference, collect
 from audioclf.runtime import resolve_device
 from audioclf.zeroshot import ZERO_SHOT_PREFIX, is_zero_shot
 from models import PretrainedWeightsUnavailable
+from audioclf.streaming import (PCM_FORMATS, PcmFormat, StreamDetector, StreamError, read_pcm, stream_summary,
+                                write_json_lines)
 
 log = logging.getLogger("predict")
 ALL_CLASSES = "all"
@@ -47,8 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = DetectionParams()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders or .txt lists of paths")
-    parser.add_argument("--checkpoint", required=True,
+    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="audio files, folders or .txt lists of paths")
+    parser.add_argument("--checkpoint",
                         help=f"checkpoint file (e.g. model_best.pth.tar), or {ZERO_SHOT_PREFIX}yamnet for YAMNet's "
                              "AudioSet classes without training (weights: python -m models.convert yamnet)")
     mode = parser.add_mutually_exclusive_group()
@@ -93,6 +103,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                            "the model calls it otherwise (e.g. babycry for audioset:yamnet's 'Baby cry, infant cry')")
     long.add_argument("--metrics_json", type=Path, help="with --reference: write the scores here")
 
+    live = parser.add_argument_group("live streaming (the long-mode flags above apply too)")
+    live.add_argument("--stream", metavar="SOURCE",
+                      help="read raw interleaved PCM from SOURCE ('-' = standard input, or a named pipe / file) and "
+                           "write one JSON line per event start and end to standard output")
+    live.add_argument("--format", dest="sample_format", choices=tuple(PCM_FORMATS), default="s16le",
+                      help="PCM sample format: signed 16-bit or 32-bit float, little-endian")
+    live.add_argument("--rate", type=int, help="sample rate of the PCM input in Hz (required with --stream)")
+    live.add_argument("--channels", type=int, default=1, help="interleaved channels of the PCM input")
+    live.add_argument("--onnx", type=Path, help="run this exported model (export.py) with onnxruntime "
+                                                "instead of the checkpoint")
+
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
@@ -103,6 +124,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--hop_seconds must be positive")
     if args.reference_class is not None and (args.reference is None or args.target_class in (None, ALL_CLASSES)):
         parser.error("--reference_class needs --reference and a --target_class to rename it to")
+    if args.stream is None:
+        if not args.inputs:
+            parser.error("give INPUT files, folders or lists, or --stream - for live audio")
+        if args.checkpoint is None:
+            parser.error("--checkpoint is required")
+        if args.onnx is not None:
+            parser.error("--onnx runs with --stream only")
+        return args
+    if args.inputs:
+        parser.error(f"--stream reads one stream; leave out the INPUT files ({' '.join(args.inputs)})")
+    if (args.checkpoint is None) == (args.onnx is None):
+        parser.error("--stream needs a model: --checkpoint C or --onnx M (one of them)")
+    if args.rate is None:
+        parser.error("--stream needs --rate: the sample rate of the PCM input, e.g. --rate 16000")
+    try:
+        PcmFormat(args.sample_format, args.rate, args.channels).validate()
+    except ValueError as error:
+        parser.error(str(error))
     return args
 
 
@@ -144,12 +183,52 @@ def describe_settings(settings: dict[str, DetectionParams]) -> str:
                      for (high, low), names in groups.items())
 
 
+def stream(args: argparse.Namespace) -> int:
+    """``--stream``: JSON lines of event starts and ends on standard output; 0, or 1 for bad input."""
+    try:
+        if args.onnx is not None:
+            from audioclf.export import OnnxClassifier  # onnxruntime only when asked for
+
+            classifier = OnnxClassifier(args.onnx, threads=args.threads)
+            operating_point = classifier.metadata.operating_point
+        else:
+            classifier = Predictor.from_checkpoint(args.checkpoint, resolve_device(args.device))
+            operating_point = load_operating_point(args.checkpoint, classifier.class_names)
+        settings = detection_settings(args, classifier.class_names, operating_point)
+        detector = StreamDetector(classifier, settings, args.hop_seconds)
+    except (FileNotFoundError, CheckpointError, PretrainedWeightsUnavailable, ValueError) as error:
+        log.error("%s", error)
+        return 1
+    pcm = PcmFormat(args.sample_format, args.rate, args.channels)
+    log.info("%s", stream_summary(detector, pcm, settings))
+    name = "standard input" if args.stream == "-" else args.stream
+    try:
+        source = sys.stdin.buffer if args.stream == "-" else open(args.stream, "rb")
+    except OSError as error:
+        log.error("cannot read %s: %s", name, error)
+        return 1
+    try:
+        with source:
+            n_lines = write_json_lines(detector.run(read_pcm(source, pcm, classifier.params.sample_rate)), sys.stdout)
+    except StreamError as error:
+        log.error("%s: %s", name, error)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # the reader went away (e.g. | head): nothing left to tell
+        return 0
+    log.info("end of %s after %.1f s of audio: %d lines", name, detector.slicer.n_seen / detector.rate, n_lines)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run predictions; 0 when at least one input was processed, else 1."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.stream is not None:
+        return stream(args)
     try:
         predictor = Predictor.from_checkpoint(args.checkpoint, resolve_device(args.device))
     except (FileNotFoundError, CheckpointError, PretrainedWeightsUnavailable, ValueError) as error:

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from audioclf.classifier import model_from_checkpoint
+from audioclf.checkpoint import model_from_checkpoint
 from audioclf.frontend import AMIN, FeatureExtractor, FeatureParams, LogMel
 
 log = logging.getLogger(__name__)
@@ -119,17 +119,20 @@ def onnx_frontend(params: FeatureParams) -> nn.Module:
 # ---------------------------------------------------------------------------------------
 
 class WaveformClassifier(nn.Module):
-    """Waveform windows ``(B, window_samples)`` -> probabilities ``(B, n_classes)``."""
+    """Waveform windows ``(B, window_samples)`` -> probabilities ``(B, n_classes)``.
 
-    def __init__(self, frontend: nn.Module, model: nn.Module, activation: str = "softmax"):
+    The activation is the model's own (``AudioClassifier.probabilities``: softmax, or a sigmoid
+    per class for a multi-label head), as in ``runtime.iter_outputs``.
+    """
+
+    def __init__(self, frontend: nn.Module, model: nn.Module):
         super().__init__()
-        if activation not in ("softmax", "sigmoid"):
-            raise ValueError(f"activation must be softmax or sigmoid, got {activation!r}")
-        self.frontend, self.model, self.activation = frontend, model, activation
+        self.frontend, self.model = frontend, model
+        self.activation = "sigmoid" if getattr(model, "multi_label", False) else "softmax"
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         logits = self.model(self.frontend(waveform)[:, None])  # (B, 1, n_mels, n_frames) -> (B, C)
-        return torch.softmax(logits, dim=1) if self.activation == "softmax" else torch.sigmoid(logits)
+        return torch.sigmoid(logits) if self.activation == "sigmoid" else torch.softmax(logits, dim=1)
 
 
 def checkpoint_feature_params(checkpoint: dict) -> FeatureParams:
@@ -141,7 +144,7 @@ def checkpoint_feature_params(checkpoint: dict) -> FeatureParams:
 
 
 def waveform_classifier(checkpoint: dict) -> WaveformClassifier:
-    """The checkpoint's front end + model + softmax as one eval-mode module (float32, CPU)."""
+    """The checkpoint's front end + model + activation as one eval-mode module (float32, CPU)."""
     params = checkpoint_feature_params(checkpoint)
     return WaveformClassifier(onnx_frontend(params), model_from_checkpoint(checkpoint).float().cpu()).eval()
 
@@ -310,8 +313,8 @@ def exportable_models(names: Sequence[str] | None = None) -> dict[str, str]:
         height, width = model_min_input_size(name)
         params = FeatureParams(sample_rate=8000, n_fft=256, n_mels=max(height, 16), n_frames=max(width, 16))
         args = constructor_args(name, 2, params.n_mels, {})
-        checkpoint = {"model": AudioClassifier(**args).state_dict(), "model_args": args,
-                      "class_names": ["a", "b"], "feature_params": params.to_dict()}
+        checkpoint = {"model": AudioClassifier(**args).state_dict(), "model_args": args, "class_names": ["a", "b"],
+                      "feature_params": params.to_dict(), "feature_shape": [params.n_mels, params.n_frames]}
         with tempfile.TemporaryDirectory() as folder:
             try:
                 export_onnx(checkpoint, Path(folder) / f"{name}.onnx")

@@ -10,11 +10,13 @@ streamed in therefore gives the events ``predict.py --long`` gives for it (bit f
 ``--batch_size 1``: batched CPU kernels round the model's output differently in the 7th digit).
 
 Memory is bounded (one window, the resampler's filter, a few windows of probabilities per
-class), whatever the length of the stream. Latency from the audio to a line, in audio time:
-a start line comes at most window + hop + (median_filter // 2) hops + min_duration after the
-event's onset, an end line at most window + hop + (median_filter // 2) hops + merge_gap after
-its offset, plus the model's time for one window; hysteresis can date an onset back to where
-the probability first rose above ``threshold_low``, before the threshold was reached.
+class), whatever the length of the stream. Latency from the audio to a line, in audio time
+(``latency_bound_s``): a start line comes at most window + hop + (median_filter // 2) hops +
+min_duration after the event's onset, an end line at most window + hop + (median_filter // 2)
+hops + merge_gap after its offset; add the model's time for one window. Hysteresis adds the
+time the probability spends between ``threshold_low`` and the threshold: an onset is dated back
+to where it rose above ``threshold_low``, and an end waits while a new rise within merge_gap
+has not yet shown whether it reaches the threshold (and merges) or falls back.
 """
 from __future__ import annotations
 

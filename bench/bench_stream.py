@@ -43,7 +43,7 @@ import soundfile as sf
 import torch
 
 from audioclf.classifier import AudioClassifier, constructor_args
-from audioclf.demo_data import CLASS_NAMES, make_long_recording
+from tools.demo_data import CLASS_NAMES, make_long_recording
 from audioclf.events import DetectionParams
 from audioclf.export import OnnxClassifier, export_onnx
 from audioclf.frontend import FeatureParams
@@ -81,7 +81,8 @@ def untrained_checkpoint(spec: ModelSpec) -> dict:
     torch.manual_seed(0)
     args = constructor_args(spec.model_name, len(CLASS_NAMES), spec.params.n_mels, spec.model_args)
     return {"model": AudioClassifier(**args).state_dict(), "model_args": args, "class_names": list(CLASS_NAMES),
-            "feature_params": spec.params.to_dict()}
+            "feature_params": spec.params.to_dict(),
+            "feature_shape": [spec.params.n_mels, spec.params.n_frames]}
 
 
 def cpu_model() -> str:

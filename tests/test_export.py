@@ -18,7 +18,7 @@ import torch
 
 import predict
 from audioclf.classifier import AudioClassifier, constructor_args
-from audioclf.demo_data import generate_demo_dataset
+from tools.demo_data import generate_demo_dataset
 from audioclf.export import (EXPORT_TOLERANCE, DftLogMel, OnnxClassifier, OnnxExportError, check_onnx,
                              export_onnx, waveform_classifier)
 from audioclf.frontend import FeatureParams, LogMel, fit_length, read_audio
@@ -43,7 +43,7 @@ def random_checkpoint(model_name: str, model_args: dict, params: FeatureParams =
     model = AudioClassifier(**args)
     model.normalize.set_statistics(torch.linspace(-5.0, 5.0, params.n_mels), torch.linspace(4.0, 8.0, params.n_mels))
     return {"model": model.state_dict(), "model_args": args, "class_names": CLASS_NAMES,
-            "feature_params": params.to_dict()}
+            "feature_params": params.to_dict(), "feature_shape": [params.n_mels, params.n_frames]}
 
 
 @pytest.fixture(scope="module")
