@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from audioclf.checkpoint import model_from_checkpoint
+from audioclf.files import atomic_write
 from audioclf.frontend import AMIN, FeatureExtractor, FeatureParams, LogMel
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ class OnnxMetadata:
 
 def export_onnx(checkpoint: dict, path: str | Path, operating_point: dict | None = None,
                 check: bool = True) -> OnnxMetadata:
-    """Write ``checkpoint`` as an ONNX model at ``path`` (atomically); returns its metadata.
+    """Write ``checkpoint`` as an ONNX model at ``path`` (atomically, single file); returns its metadata.
 
     With ``check`` the written model is run with onnxruntime on random windows and must equal
     the PyTorch module within ``EXPORT_TOLERANCE``. OnnxExportError names the model and the
@@ -201,21 +201,14 @@ def export_onnx(checkpoint: dict, path: str | Path, operating_point: dict | None
                             model_name, module.activation, operating_point)
     example = torch.from_numpy(np.random.default_rng(0).uniform(-0.5, 0.5, (2, params.n_samples))
                                .astype(np.float32))  # (2, window_samples): batch 2 keeps the batch dynamic
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        _export(module, example, temporary, model_name, metadata)
-        if check:
-            check_onnx(temporary, module, example, model_name)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+    proto = _export(module, example, model_name, metadata)
+    atomic_write(path, lambda file: file.write(proto.SerializeToString()),
+                 check=(lambda written: check_onnx(written, module, example, model_name)) if check else None)
     return metadata
 
 
-def _export(module: nn.Module, example: torch.Tensor, path: str, model_name: str, metadata: OnnxMetadata) -> None:
+def _export(module: nn.Module, example: torch.Tensor, model_name: str, metadata: OnnxMetadata):
+    """The ``onnx.ModelProto`` of ``module`` with ``metadata`` in its ``metadata_props``."""
     import onnx  # the export extra: onnx, onnxscript (see requirements-dev.txt)
 
     batch = torch.export.Dim("batch", min=1)
@@ -230,7 +223,7 @@ def _export(module: nn.Module, example: torch.Tensor, path: str, model_name: str
         proto.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
     proto.doc_string = (f"audioclf {model_name}: {INPUT_NAME} (batch, {metadata.window_samples}) float32 at "
                         f"{metadata.sample_rate} Hz -> {OUTPUT_NAME} (batch, {len(metadata.class_names)})")
-    onnx.save_model(proto, path)
+    return proto
 
 
 def check_onnx(path: str | Path, module: nn.Module, example: torch.Tensor, model_name: str = "") -> float:
