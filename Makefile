@@ -48,6 +48,8 @@ bench: $(SETUP)
 	$(PY) -m bench.bench_train
 	$(PY) -m bench.bench_loader
 	$(PY) -m bench.bench_predict
+	$(PY) -m bench.bench_stream
+	$(PY) -m bench.bench_export
 
 bench-accuracy: $(SETUP)
 	$(PY) -m bench.bench_accuracy

@@ -175,3 +175,12 @@ def test_a_model_onnx_cannot_express_gets_a_message_naming_it(monkeypatch, tmp_p
     assert "cannot be exported to ONNX" in caplog.text
     assert export.main(["--checkpoint", str(tmp_path / "missing.pth.tar"), "--onnx", str(tmp_path / "y.onnx")]) == 1
     assert "checkpoint not found" in caplog.text
+
+
+def test_export_and_streaming_import_no_training_code():
+    code = ("import json, sys; import export, audioclf.export, audioclf.streaming; "
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('audioclf.training', "
+            "'audioclf.distributed', 'audioclf.augment', 'dataloaders')))))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
