@@ -104,12 +104,13 @@ def pin_to_one_core() -> None:
 
 def stream_command(checkpoint: Path, threshold: float, onnx: Path | None = None) -> list[str]:
     """``predict.py --stream -`` with the demo's detection settings, one thread."""
-    command = [sys.executable, "predict.py", "--checkpoint", str(checkpoint), "--stream", "-", "--format", "s16le",
+    model = ["--onnx", str(onnx)] if onnx else ["--checkpoint", str(checkpoint)]
+    command = [sys.executable, "predict.py", *model, "--stream", "-", "--format", "s16le",
                "--rate", "16000", "--channels", "1", "--threads", "1", "--target_class", TARGET,
                "--hop_seconds", str(HOP_SECONDS), "--threshold", f"{threshold:.6f}",
                "--median_filter", str(DETECTION.median_filter), "--min_duration", str(DETECTION.min_duration),
                "--merge_gap", str(DETECTION.merge_gap)]
-    return command + (["--onnx", str(onnx)] if onnx else [])
+    return command
 
 
 def cpu_of(command: list[str], pcm: bytes) -> tuple[float, float, int]:
