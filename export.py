@@ -18,6 +18,8 @@ from audioclf.checkpoint import CheckpointError, check_required_keys, load_check
 from audioclf.export import OnnxExportError, export_onnx
 from audioclf.inference import load_operating_point
 from audioclf.runtime import setup_logging
+from audioclf.zeroshot import ZERO_SHOT_PREFIX, is_zero_shot, zero_shot_checkpoint
+from models import PretrainedWeightsUnavailable
 
 log = logging.getLogger("export")
 
@@ -25,7 +27,9 @@ log = logging.getLogger("export")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="checkpoint file (e.g. model_best.pth.tar)")
+    parser.add_argument("--checkpoint", required=True,
+                        help=f"checkpoint file (e.g. model_best.pth.tar), or {ZERO_SHOT_PREFIX}yamnet for YAMNet with "
+                             "its AudioSet head (weights: python -m models.convert yamnet)")
     parser.add_argument("--onnx", required=True, type=Path, help="ONNX file to write")
     parser.add_argument("--no_check", action="store_true", help="skip the onnxruntime vs PyTorch check")
     return parser.parse_args(argv)
@@ -36,11 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     args = parse_args(argv)
     try:
-        checkpoint = check_required_keys(load_checkpoint(args.checkpoint), args.checkpoint)
+        if is_zero_shot(args.checkpoint):  # audioset:yamnet: the pretrained model with its AudioSet head
+            checkpoint = zero_shot_checkpoint(args.checkpoint)
+        else:
+            checkpoint = check_required_keys(load_checkpoint(args.checkpoint), args.checkpoint)
         point = load_operating_point(args.checkpoint, list(checkpoint["class_names"]))
         operating_point = {key: point[key] for key in ("target_class", "class_id", "threshold")} if point else None
         metadata = export_onnx(checkpoint, args.onnx, operating_point, check=not args.no_check)
-    except (FileNotFoundError, CheckpointError, OnnxExportError, ValueError) as error:
+    except (FileNotFoundError, CheckpointError, OnnxExportError, PretrainedWeightsUnavailable, ValueError) as error:
         log.error("%s", error)
         return 1
     log.info("wrote %s: %s, waveform (batch, %d) at %d Hz -> probabilities of %s%s", args.onnx,

@@ -16,7 +16,8 @@ nothing but the ``.onnx`` file: cut the audio (mono, at ``sample_rate``) into wi
 
 An FFT does not export reliably to ONNX (opset 17's STFT op is missing or slow in several
 runtimes); a DFT as a convolution is plain Conv + Mul + MatMul, which every runtime has. Only
-the window's taps are non-zero, so the kernels are ``win_length`` long, not ``n_fft``.
+the window's taps are non-zero, so the kernels are ``win_length`` long, not ``n_fft``. Both
+front ends have their form here (``ONNX_FRONTENDS``): the default dB log-mel and YAMNet's.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from torch import nn
 
 from audioclf.checkpoint import model_from_checkpoint
 from audioclf.files import atomic_write
-from audioclf.frontend import AMIN, FeatureExtractor, FeatureParams, LogMel
+from audioclf.frontend import AMIN, YAMNET_LOG_OFFSET, FeatureExtractor, FeatureParams, LogMel, YamnetLogMel
 
 log = logging.getLogger(__name__)
 
@@ -72,17 +73,14 @@ class DftLogMel(nn.Module):
     def __init__(self, logmel: LogMel, n_frames: int):
         super().__init__()
         spectrogram = logmel.spectrogram
-        n_fft, hop, window = spectrogram.n_fft, spectrogram.hop_length, spectrogram.window.double()
+        n_fft, hop, window = spectrogram.n_fft, spectrogram.hop_length, spectrogram.window
         win_length = window.numel()
         self.n_fft, self.hop_length, self.n_frames = n_fft, hop, n_frames
         self.n_bins = n_fft // 2 + 1
         # torch.stft centres a shorter window inside the n_fft frame; the taps outside are zero.
         self.left = (n_fft - win_length) // 2
-        taps = torch.arange(win_length, dtype=torch.float64) + self.left  # positions in the frame
-        bins = torch.arange(self.n_bins, dtype=torch.float64)[:, None]
-        angle = 2.0 * math.pi * torch.remainder(bins * taps, n_fft) / n_fft  # (n_bins, win_length)
-        basis = torch.cat([torch.cos(angle), -torch.sin(angle)]) * window  # (2 n_bins, win_length)
-        self.register_buffer("dft_basis", basis.float()[:, None])  # (2 n_bins, 1, win_length)
+        taps = torch.arange(win_length) + self.left  # positions in the n_fft frame
+        self.register_buffer("dft_basis", dft_basis(n_fft, taps, window))  # (2 n_bins, 1, win_length)
         self.register_buffer("mel_matrix", logmel.mel_scale.fb.T.contiguous())  # (n_mels, n_bins)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
@@ -96,10 +94,39 @@ class DftLogMel(nn.Module):
         return 10.0 * torch.log10(torch.clamp(mel, min=AMIN))
 
 
+def dft_basis(n_fft: int, taps: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """Conv1d kernels ``(2 n_bins, 1, len(taps))``: windowed cos and -sin of each rfft bin at frame positions ``taps``."""
+    bins = torch.arange(n_fft // 2 + 1, dtype=torch.float64)[:, None]
+    angle = 2.0 * math.pi * torch.remainder(bins * taps.double(), n_fft) / n_fft  # (n_bins, n_taps), exact phase
+    return (torch.cat([torch.cos(angle), -torch.sin(angle)]) * window.double()).float()[:, None]
+
+
+class DftYamnetLogMel(nn.Module):
+    """``YamnetLogMel`` as conv1d + matmul: waveform ``(B, n_samples)`` -> ``(B, 64, n_frames)``.
+
+    Frames start at their first sample (no padding), ``|rfft(frame * hann, n_fft)|`` by a DFT
+    conv, TensorFlow's mel matrix and ``log(mel + 0.001)``, reused from the ``YamnetLogMel``.
+    """
+
+    def __init__(self, logmel: YamnetLogMel, n_frames: int):
+        super().__init__()
+        self.hop_length, self.n_frames, self.n_bins = logmel.hop_length, n_frames, logmel.n_fft // 2 + 1
+        taps = torch.arange(logmel.win_length)  # rfft(n=n_fft) zero-pads the frame at its end
+        self.register_buffer("dft_basis", dft_basis(logmel.n_fft, taps, logmel.window))  # (2 n_bins, 1, win)
+        self.register_buffer("mel_matrix", logmel.mel_matrix.T.contiguous())  # (n_mels, n_bins)
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        span = (self.n_frames - 1) * self.hop_length + self.dft_basis.shape[-1]
+        spectrum = F.conv1d(waveform[:, None, :span], self.dft_basis, stride=self.hop_length)  # (B, 2 n_bins, T)
+        magnitude = torch.sqrt(spectrum[:, :self.n_bins].square() + spectrum[:, self.n_bins:].square())
+        return torch.log(torch.matmul(self.mel_matrix, magnitude) + YAMNET_LOG_OFFSET)  # (B, n_mels, n_frames)
+
+
 # Front-end module type -> its exportable form. A new front end (e.g. YAMNet's preset) adds its
 # builder here; the export of a checkpoint whose front end is missing says so.
 ONNX_FRONTENDS: dict[type, Callable[[nn.Module, FeatureParams], nn.Module]] = {
     LogMel: lambda frontend, params: DftLogMel(frontend, params.n_frames),
+    YamnetLogMel: lambda frontend, params: DftYamnetLogMel(frontend, params.n_frames),
 }
 
 
@@ -299,13 +326,17 @@ class OnnxClassifier:
 def exportable_models(names: Sequence[str] | None = None) -> dict[str, str]:
     """Registry name -> ``"ok"`` or the reason export fails, tried on tiny random checkpoints."""
     from audioclf.classifier import AudioClassifier, constructor_args
-    from models import list_models, model_min_input_size
+    from models import get_model_entry, list_models
 
     results = {}
     for name in names or list_models():
-        height, width = model_min_input_size(name)
-        params = FeatureParams(sample_rate=8000, n_fft=256, n_mels=max(height, 16), n_frames=max(width, 16))
-        args = constructor_args(name, 2, params.n_mels, {})
+        entry = get_model_entry(name)
+        height, width = entry.min_input_size
+        if entry.frontend:  # the front end its pretrained weights expect (yamnet)
+            params = FeatureParams.preset(entry.frontend, n_frames=max(width, 16))
+        else:
+            params = FeatureParams(sample_rate=8000, n_fft=256, n_mels=max(height, 16), n_frames=max(width, 16))
+        args = constructor_args(name, 2, params.n_mels, {}, multi_label=entry.multi_label)
         checkpoint = {"model": AudioClassifier(**args).state_dict(), "model_args": args, "class_names": ["a", "b"],
                       "feature_params": params.to_dict(), "feature_shape": [params.n_mels, params.n_frames]}
         with tempfile.TemporaryDirectory() as folder:

@@ -19,13 +19,14 @@ import torch
 import predict
 from audioclf.classifier import AudioClassifier, constructor_args
 from tools.demo_data import generate_demo_dataset
-from audioclf.export import (EXPORT_TOLERANCE, DftLogMel, OnnxClassifier, OnnxExportError, check_onnx,
+from audioclf.export import (EXPORT_TOLERANCE, DftLogMel, DftYamnetLogMel, OnnxClassifier, OnnxExportError, check_onnx,
                              export_onnx, waveform_classifier)
-from audioclf.frontend import FeatureParams, LogMel, fit_length, read_audio
+from audioclf.frontend import FeatureParams, LogMel, YamnetLogMel, fit_length, read_audio
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = FeatureParams(sample_rate=16000, n_fft=512, n_mels=32, n_frames=50)  # 0.5 s windows
 CLASS_NAMES = ["babycry", "speech", "noise"]
+YAMNET_PARAMS = FeatureParams.preset("yamnet", n_frames=144, pad_mode="zeros")  # 1.44 s: two 96-frame patches
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -36,12 +37,24 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-def random_checkpoint(model_name: str, model_args: dict, params: FeatureParams = PARAMS, seed: int = 0) -> dict:
+def random_checkpoint(model_name: str, model_args: dict, params: FeatureParams = PARAMS, seed: int = 0,
+                      multi_label: bool = False) -> dict:
     """What inference needs from a checkpoint, with random weights and feature-like statistics."""
     torch.manual_seed(seed)
-    args = constructor_args(model_name, len(CLASS_NAMES), params.n_mels, model_args, center_per_clip=True)
+    args = constructor_args(model_name, len(CLASS_NAMES), params.n_mels, model_args, center_per_clip=True,
+                            multi_label=multi_label)
     model = AudioClassifier(**args)
-    model.normalize.set_statistics(torch.linspace(-5.0, 5.0, params.n_mels), torch.linspace(4.0, 8.0, params.n_mels))
+    if params.frontend == "default":  # dB features; YAMNet's are natural-log magnitudes
+        model.normalize.set_statistics(torch.linspace(-5.0, 5.0, params.n_mels), torch.linspace(4.0, 8.0, params.n_mels))
+    if model_name == "yamnet":
+        # a random YAMNet's activations vanish through its 14 layers (outputs ignore the input):
+        # batch-norm statistics of one random batch, as after training, keep them alive
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.momentum = 1.0
+        with torch.no_grad():
+            model.train()(torch.randn(8, 1, params.n_mels, params.n_frames) * 5.0)
+        model.eval()
     return {"model": model.state_dict(), "model_args": args, "class_names": CLASS_NAMES,
             "feature_params": params.to_dict(), "feature_shape": [params.n_mels, params.n_frames]}
 
@@ -57,10 +70,14 @@ def exported(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
     """Model name -> (checkpoint, ONNX file): audiocnn through export.py as a user runs it."""
     root = tmp_path_factory.mktemp("export")
     result = {}
-    for name, model_args in (("audiocnn", {"width": 8}), ("resnet18", {})):
+    for name, model_args in (("audiocnn", {"width": 8}), ("resnet18", {}), ("yamnet", {})):
         checkpoint_path = root / name / "model_best.pth.tar"
         checkpoint_path.parent.mkdir()
-        torch.save(random_checkpoint(name, model_args), checkpoint_path)
+        if name == "yamnet":  # its own front end (magnitude STFT, TF mel matrix, log(mel + 0.001)), sigmoid head
+            checkpoint = random_checkpoint(name, model_args, YAMNET_PARAMS, multi_label=True)
+        else:
+            checkpoint = random_checkpoint(name, model_args)
+        torch.save(checkpoint, checkpoint_path)
         onnx_path = root / f"{name}.onnx"
         if name == "audiocnn":
             (checkpoint_path.parent / "scores").mkdir()
@@ -74,6 +91,20 @@ def exported(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
             export_onnx(torch.load(checkpoint_path, weights_only=True), onnx_path)
         result[name] = (checkpoint_path, onnx_path)
     return result
+
+
+def test_dft_front_end_equals_yamnets_front_end():
+    rng = np.random.default_rng(1)
+    params = YAMNET_PARAMS
+    logmel = YamnetLogMel(params)
+    audio = rng.uniform(-0.5, 0.5, (3, params.n_samples)).astype(np.float32)
+    audio[1] *= 1e-4
+    audio[2, : params.n_samples // 2] = 0.0  # silence: log(0 + 0.001)
+    batch = torch.from_numpy(audio)
+    expected = logmel(batch)[..., : params.n_frames]
+    got = DftYamnetLogMel(logmel, params.n_frames)(batch)
+    assert got.shape == expected.shape == (3, 64, params.n_frames)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)  # natural log
 
 
 def test_dft_front_end_equals_the_log_mel_front_end():
@@ -91,7 +122,7 @@ def test_dft_front_end_equals_the_log_mel_front_end():
         torch.testing.assert_close(got, expected, atol=2e-3, rtol=0)  # dB
 
 
-@pytest.mark.parametrize("name", ["audiocnn", "resnet18"])
+@pytest.mark.parametrize("name", ["audiocnn", "resnet18", "yamnet"])
 def test_onnx_probabilities_equal_predict_on_demo_clips(name, exported, clips, tmp_path):
     checkpoint_path, onnx_path = exported[name]
     output = tmp_path / "clips.json"
@@ -105,6 +136,7 @@ def test_onnx_probabilities_equal_predict_on_demo_clips(name, exported, clips, t
                                    params.pad_mode) for clip in clips])  # (n_clips, window_samples)
     got = classifier.classify_waveforms(windows)
     assert got.shape == (len(clips), len(CLASS_NAMES))
+    assert classifier.metadata.activation == ("sigmoid" if name == "yamnet" else "softmax")
     assert np.abs(got - expected).max() <= 1e-4
     assert expected.std(axis=0).max() > 0.01  # the clips get different probabilities: the check has teeth
     # any batch size: one window at a time gives the same rows
