@@ -217,7 +217,7 @@ def stream(args: argparse.Namespace) -> int:
         return 130
     except BrokenPipeError:  # the reader went away (e.g. | head): nothing left to tell
         return 0
-    log.info("end of %s after %.1f s of audio: %d lines", name, detector.slicer.n_seen / detector.rate, n_lines)
+    log.info("end of %s after %.1f s of audio: %d lines", name, detector.n_seen / detector.rate, n_lines)
     return 0
 
 

@@ -21,6 +21,7 @@ front ends have their form here (``ONNX_FRONTENDS``): the default dB log-mel and
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -34,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from audioclf.checkpoint import model_from_checkpoint
+from audioclf.checkpoint import checkpoint_windows, model_from_checkpoint
 from audioclf.files import atomic_write
 from audioclf.frontend import AMIN, YAMNET_LOG_OFFSET, FeatureExtractor, FeatureParams, LogMel, YamnetLogMel
 
@@ -53,6 +54,8 @@ META_SAMPLE_RATE = "sample_rate"
 META_MODEL_NAME = "model_name"
 META_ACTIVATION = "activation"
 META_OPERATING_POINT = "operating_point"
+META_WINDOW_FRAMES = "window_frames"
+META_HOP_FRAMES = "hop_frames"
 
 
 class OnnxExportError(Exception):
@@ -170,10 +173,15 @@ def checkpoint_feature_params(checkpoint: dict) -> FeatureParams:
     return FeatureParams.from_dict(checkpoint["feature_params"]).validate()
 
 
+def window_params(checkpoint: dict) -> FeatureParams:
+    """The feature parameters of one model window: ``n_frames`` = the checkpoint's window frames."""
+    return dataclasses.replace(checkpoint_feature_params(checkpoint), n_frames=checkpoint_windows(checkpoint)[0])
+
+
 def waveform_classifier(checkpoint: dict) -> WaveformClassifier:
     """The checkpoint's front end + model + activation as one eval-mode module (float32, CPU)."""
-    params = checkpoint_feature_params(checkpoint)
-    return WaveformClassifier(onnx_frontend(params), model_from_checkpoint(checkpoint).float().cpu()).eval()
+    return WaveformClassifier(onnx_frontend(window_params(checkpoint)),
+                              model_from_checkpoint(checkpoint).float().cpu()).eval()
 
 
 @dataclass(frozen=True)
@@ -187,13 +195,22 @@ class OnnxMetadata:
     model_name: str = ""
     activation: str = "softmax"
     operating_point: dict | None = None
+    window_frames: int = 0  # frames of one window (0: feature_params.n_frames)
+    hop_frames: int = 0  # the checkpoint's hop between windows (0: half a window)
+
+    def __post_init__(self):
+        if not self.window_frames:
+            object.__setattr__(self, "window_frames", self.feature_params.n_frames)
+        if not self.hop_frames:
+            object.__setattr__(self, "hop_frames", max(1, self.window_frames // 2))
 
     def to_props(self) -> dict[str, str]:
         """``metadata_props`` strings."""
         props = {META_CLASS_NAMES: json.dumps(self.class_names),
                  META_FEATURE_PARAMS: json.dumps(self.feature_params.to_dict()),
                  META_WINDOW_SAMPLES: str(self.window_samples), META_SAMPLE_RATE: str(self.sample_rate),
-                 META_MODEL_NAME: self.model_name, META_ACTIVATION: self.activation}
+                 META_MODEL_NAME: self.model_name, META_ACTIVATION: self.activation,
+                 META_WINDOW_FRAMES: str(self.window_frames), META_HOP_FRAMES: str(self.hop_frames)}
         if self.operating_point is not None:
             props[META_OPERATING_POINT] = json.dumps(self.operating_point)
         return props
@@ -209,7 +226,8 @@ class OnnxMetadata:
         point = props.get(META_OPERATING_POINT)
         return cls(json.loads(props[META_CLASS_NAMES]), FeatureParams.from_dict(json.loads(props[META_FEATURE_PARAMS])),
                    int(props[META_WINDOW_SAMPLES]), int(props[META_SAMPLE_RATE]), props.get(META_MODEL_NAME, ""),
-                   props.get(META_ACTIVATION, "softmax"), json.loads(point) if point else None)
+                   props.get(META_ACTIVATION, "softmax"), json.loads(point) if point else None,
+                   int(props.get(META_WINDOW_FRAMES, 0)), int(props.get(META_HOP_FRAMES, 0)))
 
 
 def export_onnx(checkpoint: dict, path: str | Path, operating_point: dict | None = None,
@@ -222,11 +240,12 @@ def export_onnx(checkpoint: dict, path: str | Path, operating_point: dict | None
     """
     path = Path(path)
     module = waveform_classifier(checkpoint)
-    params = checkpoint_feature_params(checkpoint)
+    params, (window, hop) = checkpoint_feature_params(checkpoint), checkpoint_windows(checkpoint)
+    window_samples = window_params(checkpoint).n_samples
     model_name = checkpoint.get("model_args", {}).get("model_name", "")
-    metadata = OnnxMetadata(list(checkpoint["class_names"]), params, params.n_samples, params.sample_rate,
-                            model_name, module.activation, operating_point)
-    example = torch.from_numpy(np.random.default_rng(0).uniform(-0.5, 0.5, (2, params.n_samples))
+    metadata = OnnxMetadata(list(checkpoint["class_names"]), params, window_samples, params.sample_rate,
+                            model_name, module.activation, operating_point, window, hop)
+    example = torch.from_numpy(np.random.default_rng(0).uniform(-0.5, 0.5, (2, window_samples))
                                .astype(np.float32))  # (2, window_samples): batch 2 keeps the batch dynamic
     proto = _export(module, example, model_name, metadata)
     atomic_write(path, lambda file: file.write(proto.SerializeToString()),

@@ -3,14 +3,16 @@
     arecord -f S16_LE -r 16000 -c 1 | python predict.py --checkpoint C --stream - --rate 16000
 
 The audio goes through the steps of long mode, incrementally: PCM -> mono float32 -> the
-streaming soxr resampler (chunk sizes do not change its output) -> windows of the model's
-length every hop (``WindowSlicer``) -> the model, one window as soon as its last sample is in
--> ``events.EventDetector`` per class, the state machine long mode uses too. A recording
-streamed in therefore gives the events ``predict.py --long`` gives for it (bit for bit with
-``--batch_size 1``: batched CPU kernels round the model's output differently in the 7th digit).
+streaming soxr resampler (chunk sizes do not change its output) -> the recording's log-mel in
+blocks (``LogMelStream``) -> windows of the model's frames every hop (``windows.WindowSlicer``)
+-> the model, one window as soon as its last frame is complete -> ``events.EventDetector`` per
+class, the state machine long mode uses too. A recording streamed in therefore gives the events
+``predict.py --long`` gives for it (bit for bit with ``--batch_size 1``: batched CPU kernels round
+the model's output differently in the 7th digit). An exported model (``--onnx``) takes
+waveform windows on the same grid instead (``WaveformWindows``).
 
-Memory is bounded (one window, the resampler's filter, a few windows of probabilities per
-class), whatever the length of the stream. Latency from the audio to a line, in audio time
+Memory is bounded (a window, the resampler's filter and the front end's overlap, a few windows
+of probabilities per class), whatever the length of the stream. Latency from the audio to a line, in audio time
 (``latency_bound_s``): a start line comes at most window + hop + (median_filter // 2) hops +
 min_duration after the event's onset, an end line at most window + hop + (median_filter // 2)
 hops + merge_gap after its offset; add the model's time for one window. Hysteresis adds the
@@ -20,6 +22,7 @@ has not yet shown whether it reaches the threshold (and merges) or falls back.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections.abc import Iterable, Iterator
@@ -30,8 +33,8 @@ import numpy as np
 import soxr
 
 from audioclf.events import DetectionParams, EventDetector, EventUpdate
-from audioclf.frontend import FeatureParams, to_mono
-from audioclf.inference import WindowSlicer
+from audioclf.frontend import FeatureParams, LogMelStream, to_mono
+from audioclf.windows import WindowSlicer
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +53,11 @@ class StreamError(Exception):
 
 
 class WindowClassifier(Protocol):
-    """What streaming needs from a model: ``Predictor`` (PyTorch) or ``OnnxClassifier``."""
+    """What streaming needs from a model: a ``Predictor`` (``classify_features`` of log-mel windows,
+    its ``extractor``, ``window``, ``hop_frames``) or an ``OnnxClassifier`` (``classify_waveforms``)."""
 
     class_names: list[str]
     params: FeatureParams
-
-    def classify_waveforms(self, waveforms: np.ndarray) -> np.ndarray:
-        """Windows ``(B, window_samples)`` -> probabilities ``(B, n_classes)``."""
 
 
 @dataclass(frozen=True)
@@ -146,53 +147,138 @@ def update_record(update: EventUpdate) -> dict:
     return record
 
 
+class FeatureWindows:
+    """Long mode's windows, incrementally: the recording's log-mel (``LogMelStream``) in frame windows.
+
+    For a ``Predictor``: the frames equal the one-piece log-mel of everything fed so far, and the
+    windows are ``audioclf.windows``' frame ranges of it, exactly as ``predict_long`` cuts them.
+    """
+
+    def __init__(self, predictor, hop_seconds: float | None):
+        self.predictor = predictor
+        params = predictor.params
+        self.stream = LogMelStream(predictor.extractor)
+        self.hop = predictor.hop_frames(hop_seconds)  # frames
+        self.window = predictor.window
+        self.slicer = WindowSlicer(self.window, self.hop, params.pad_mode, predictor.silence)
+        self.rate = params.sample_rate
+        self.hop_s, self.window_s = self.hop * predictor.frame_s, predictor.window_s
+        # samples a frame needs past its first sample: centred frames reach n_fft / 2 beyond their centre
+        self._frame_reach = params.n_fft // 2 + 1 if params.centered else params.win_length
+        self._hop_length = params.hop_length
+
+    @property
+    def n_seen(self) -> int:
+        """Samples fed so far."""
+        return self.stream.n_seen
+
+    def _ready_s(self) -> float:
+        """Audio time at which the latest window's last frame was complete (for latency)."""
+        last_frame = (self.slicer.n_windows - 1) * self.hop + self.window - 1
+        return min(self.stream.n_seen, last_frame * self._hop_length + self._frame_reach) / self.rate
+
+    def feed(self, block: np.ndarray) -> Iterator[tuple[np.ndarray, float]]:
+        """``(probabilities (n_classes,), audio_s)`` of each window ``block`` completes."""
+        for window in self.slicer.feed(self.stream.feed(block)):
+            yield self.predictor.classify_features(window[None])[0], self._ready_s()
+
+    def finish(self) -> Iterator[tuple[np.ndarray, float]]:
+        """The windows of the recording's last frames (its padded end), then the padded last window."""
+        if self.stream.n_seen == 0:
+            return
+        for window in itertools.chain(self.slicer.feed(self.stream.finish()), self.slicer.finish()):
+            yield self.predictor.classify_features(window[None])[0], self.n_seen / self.rate
+
+
+class WaveformWindows:
+    """Waveform windows for a model that takes samples (``OnnxClassifier``): the same window grid.
+
+    Window ``i`` is the ``window_samples`` samples from frame ``i * hop``'s first sample, so its
+    frames are centred where long mode's are; only the first and last few frames of each window
+    see the window's own padding instead of the neighbouring audio (probabilities within a few
+    1e-3 of long mode's, not equal).
+    """
+
+    def __init__(self, classifier, hop_seconds: float | None):
+        self.classifier = classifier
+        params, metadata = classifier.params, classifier.metadata
+        self.rate = params.sample_rate
+        frame_s = params.hop_length / self.rate
+        self.window = metadata.window_frames
+        self.hop = metadata.hop_frames if hop_seconds is None else max(1, round(hop_seconds / frame_s))
+        self.slicer = WindowSlicer(metadata.window_samples, self.hop * params.hop_length, params.pad_mode)
+        self.hop_s, self.window_s = self.hop * frame_s, self.window * frame_s
+        self._window_samples = metadata.window_samples
+
+    @property
+    def n_seen(self) -> int:
+        """Samples fed so far."""
+        return self.slicer.n_seen
+
+    def feed(self, block: np.ndarray) -> Iterator[tuple[np.ndarray, float]]:
+        """``(probabilities (n_classes,), audio_s)`` of each window ``block`` completes."""
+        for window in self.slicer.feed(block):
+            end = (self.slicer.n_windows - 1) * self.slicer.hop + self._window_samples
+            yield self.classifier.classify_waveforms(window[None])[0], end / self.rate
+
+    def finish(self) -> Iterator[tuple[np.ndarray, float]]:
+        """The padded last window, if samples remain after the last full one."""
+        for window in self.slicer.finish():
+            yield self.classifier.classify_waveforms(window[None])[0], self.n_seen / self.rate
+
+
 class StreamDetector:
-    """Blocks of mono audio at the model's rate -> event updates, window by window."""
+    """Blocks of mono audio at the model's rate -> event updates, window by window.
+
+    A ``Predictor`` gets long mode's windows (``FeatureWindows``), so a recording streamed in gives
+    ``--long``'s events; an ``OnnxClassifier`` gets waveform windows on the same grid.
+    """
 
     def __init__(self, classifier: WindowClassifier, settings: dict[str, DetectionParams],
                  hop_seconds: float | None = None):
         self.classifier = classifier
-        params = classifier.params
-        self.rate, self.window = params.sample_rate, params.n_samples
-        window_s = params.clip_seconds
-        hop_seconds = window_s / 2 if hop_seconds is None else hop_seconds
-        self.hop = max(1, round(hop_seconds * self.rate))
-        self.slicer = WindowSlicer(self.window, self.hop, params.pad_mode)
+        self.windows = (FeatureWindows(classifier, hop_seconds) if hasattr(classifier, "classify_features")
+                        else WaveformWindows(classifier, hop_seconds))
+        self.rate = classifier.params.sample_rate
         unknown = [name for name in settings if name not in classifier.class_names]
         if unknown:
             raise ValueError(f"not classes of this model: {', '.join(unknown)}")
         self.columns = [classifier.class_names.index(name) for name in settings]
-        self.detectors = [EventDetector(p, self.hop / self.rate, window_s, class_name=name)
+        self.detectors = [EventDetector(p, self.windows.hop_s, self.windows.window_s, class_name=name)
                           for name, p in settings.items()]
         self.n_windows = 0
 
     @property
     def hop_s(self) -> float:
         """Seconds between window starts."""
-        return self.hop / self.rate
+        return self.windows.hop_s
 
-    def _window(self, window: np.ndarray, audio_s: float) -> list[EventUpdate]:
-        probabilities = self.classifier.classify_waveforms(window[None])[0]  # (n_classes,)
-        self.n_windows += 1
+    @property
+    def window_s(self) -> float:
+        """Seconds one window covers."""
+        return self.windows.window_s
+
+    @property
+    def n_seen(self) -> int:
+        """Samples fed so far."""
+        return self.windows.n_seen
+
+    def _push(self, scored: Iterable[tuple[np.ndarray, float]]) -> list[EventUpdate]:
         updates = []
-        for detector, column in zip(self.detectors, self.columns):
-            updates += detector.push(probabilities[column:column + 1], audio_s)
+        for probabilities, audio_s in scored:
+            self.n_windows += 1
+            for detector, column in zip(self.detectors, self.columns):
+                updates += detector.push(probabilities[column:column + 1], audio_s)
         return updates
 
     def feed(self, block: np.ndarray) -> list[EventUpdate]:
         """Every update the windows completed by ``block`` (1-D float32) decide."""
-        updates = []
-        for window in self.slicer.feed(block):
-            end_s = ((self.slicer.n_windows - 1) * self.hop + self.window) / self.rate  # its last sample
-            updates += self._window(window, end_s)
-        return updates
+        return self._push(self.windows.feed(block))
 
     def finish(self) -> list[EventUpdate]:
-        """End of input: the padded last window, then every open event closes."""
-        duration_s = self.slicer.n_seen / self.rate
-        updates = []
-        for window in self.slicer.finish():
-            updates += self._window(window, duration_s)
+        """End of input: the last windows, then every open event closes."""
+        updates = self._push(self.windows.finish())
+        duration_s = self.n_seen / self.rate
         for detector in self.detectors:
             updates += detector.finish(duration_s)
         return updates
@@ -237,7 +323,7 @@ def latency_bound_s(window_s: float, hop_s: float, params: DetectionParams) -> t
 
 def stream_summary(detector: StreamDetector, pcm: PcmFormat, settings: dict[str, DetectionParams]) -> str:
     """One log line: what is listened to, and the latency bounds."""
-    window_s = detector.window / detector.rate
+    window_s = detector.window_s
     bounds = [latency_bound_s(window_s, detector.hop_s, p) for p in settings.values()]
     return (f"listening: {pcm.sample_format} {pcm.rate} Hz x {pcm.channels} ch -> windows of {window_s:.2f} s "
             f"every {detector.hop_s:.2f} s at {detector.rate} Hz; classes {', '.join(settings)}; lines at most "

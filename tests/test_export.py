@@ -132,7 +132,8 @@ def test_onnx_probabilities_equal_predict_on_demo_clips(name, exported, clips, t
 
     classifier = OnnxClassifier(onnx_path)
     params = classifier.params
-    windows = np.stack([fit_length(read_audio(clip, params.sample_rate, params.n_samples), params.n_samples,
+    n = classifier.metadata.window_samples
+    windows = np.stack([fit_length(read_audio(clip, params.sample_rate, n), n,
                                    params.pad_mode) for clip in clips])  # (n_clips, window_samples)
     got = classifier.classify_waveforms(windows)
     assert got.shape == (len(clips), len(CLASS_NAMES))

@@ -16,18 +16,21 @@ import soundfile as sf
 
 from audioclf.events import DetectionParams, detect_events
 from audioclf.frontend import FeatureParams, iter_audio_blocks
-from audioclf.inference import WindowSlicer
+from audioclf.export import OnnxMetadata
 from audioclf.streaming import (PcmFormat, StreamDetector, StreamError, latency_bound_s, read_pcm,
                                 write_json_lines)
+from audioclf.windows import WindowSlicer
 
 PARAMS = FeatureParams(sample_rate=16000, n_fft=512, n_mels=32, n_frames=50)  # 0.5 s windows
 
 
 class LoudnessClassifier:
-    """Probability of ``loud`` = window RMS / 0.2 (clipped); ``quiet`` the rest."""
+    """Probability of ``loud`` = window RMS / 0.2 (clipped); ``quiet`` the rest. Takes waveform
+    windows, like an exported model (``OnnxClassifier``)."""
 
     class_names = ["loud", "quiet"]
     params = PARAMS
+    metadata = OnnxMetadata(class_names, PARAMS, PARAMS.n_samples, PARAMS.sample_rate)
 
     def classify_waveforms(self, waveforms: np.ndarray) -> np.ndarray:
         rms = np.sqrt(np.mean(np.square(waveforms.astype(np.float64)), axis=1))
@@ -78,7 +81,7 @@ SETTINGS = {"loud": DetectionParams(threshold=0.5, median_filter=3, min_duration
 def long_mode_events(audio: np.ndarray, hop_s: float, settings=SETTINGS):
     """Long mode's path: all windows, then detect_events on the whole column."""
     classifier = LoudnessClassifier()
-    hop = round(hop_s * PARAMS.sample_rate)
+    hop = round(hop_s / (PARAMS.hop_length / PARAMS.sample_rate)) * PARAMS.hop_length  # whole frames
     slicer = WindowSlicer(PARAMS.n_samples, hop, PARAMS.pad_mode)
     windows = [w.copy() for w in slicer.feed(audio)] + list(slicer.finish())
     probabilities = np.concatenate([classifier.classify_waveforms(w[None]) for w in windows])
