@@ -230,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "core_share": share, "rtf_wall": wall / seconds}
                 cost_rows.append([spec.label, backend, f"{seconds:.0f}", f"{cpu:.1f}", f"{startup_cpu:.1f}",
                                   f"{100 * share:.2f} %", f"{wall / seconds:.4f}", n_lines])
+                print("cost so far:", cost_rows[-1], flush=True)
             if args.live_seconds > 0:
                 live = live_latencies(stream_command(checkpoint_path, threshold), pcm[:int(args.live_seconds * 32000)])
                 start_bound, end_bound = latency_bound_s(spec.params.n_samples / 16000, HOP_SECONDS, DETECTION)
@@ -240,10 +241,16 @@ def main(argv: list[str] | None = None) -> int:
                                          summarise([r["detector_s"] for r in chosen]),
                                          summarise([r["processing_s"] for r in chosen]),
                                          summarise([r["latency_s"] for r in chosen])])
+                    print("latency so far:", latency_rows[-1], flush=True)
             onnx_classifier = OnnxClassifier(onnx_path, threads=1)
-            windows = np.random.default_rng(0).uniform(-0.3, 0.3, (64, spec.params.n_samples)).astype(np.float32)
+            windows = np.random.default_rng(0).uniform(-0.3, 0.3, (64, onnx_classifier.metadata.window_samples)
+                                                       ).astype(np.float32)
+
+            def pytorch(batch: np.ndarray) -> np.ndarray:  # the same work as the ONNX graph: front end + model
+                return predictor.classify_features(predictor.extractor.waveforms_to_features(batch))
+
             for batch in (1, 32):
-                torch_ms = time_per_window(predictor.classify_waveforms, windows, batch)
+                torch_ms = time_per_window(pytorch, windows, batch)
                 onnx_ms = time_per_window(onnx_classifier.classify_waveforms, windows, batch)
                 row[f"ms_per_window_batch{batch}"] = {"PyTorch": torch_ms, "ONNX": onnx_ms}
                 speed_rows.append([spec.label, batch, f"{torch_ms:.2f}", f"{onnx_ms:.2f}", f"{torch_ms / onnx_ms:.2f}"])
