@@ -29,7 +29,6 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 if not __package__:  # run as a file: the repo root is not importable, say how to run it instead
@@ -39,11 +38,10 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from audioclf.classifier import AudioClassifier, constructor_args
 from audioclf.frontend import FeatureParams, write_audio
 from audioclf.inference import Predictor
-from bench.common import format_table, machine_info, write_json
-from tools.demo_data import CLASS_NAMES, make_long_recording
+from bench.common import ModelSpec, format_table, machine_info, untrained_checkpoint, write_json
+from tools.demo_data import make_long_recording
 
 log = logging.getLogger("bench.predict")
 
@@ -51,29 +49,10 @@ RTF_GOAL = 0.05  # resnet18, 2 cores
 WARMUP_SECONDS = 20.0
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """A model and the feature parameters it is timed with."""
-
-    label: str
-    model_name: str
-    params: FeatureParams
-    model_args: dict
-
-
 MODELS = (
     ModelSpec("demo (audiocnn 64x200)", "audiocnn", FeatureParams(n_mels=64, n_frames=200), {}),
     ModelSpec("resnet18 (128x250)", "resnet18", FeatureParams(), {}),
 )
-
-
-def untrained_checkpoint(spec: ModelSpec) -> dict:
-    """What a checkpoint holds for inference, with random weights (timing only)."""
-    torch.manual_seed(0)
-    args = constructor_args(spec.model_name, len(CLASS_NAMES), spec.params.n_mels, spec.model_args)
-    model = AudioClassifier(**args)
-    return {"model": model.state_dict(), "model_args": args, "class_names": list(CLASS_NAMES),
-            "feature_params": spec.params.to_dict(), "feature_shape": [spec.params.n_mels, spec.params.n_frames]}
 
 
 def write_recordings(folder: Path, seconds: float) -> dict[str, Path]:

@@ -32,7 +32,6 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 if not __package__:  # run as a file: the repo root is not importable, say how to run it instead
@@ -42,14 +41,13 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from audioclf.classifier import AudioClassifier, constructor_args
 from tools.demo_data import CLASS_NAMES, make_long_recording
 from audioclf.events import DetectionParams
 from audioclf.export import OnnxClassifier, export_onnx
 from audioclf.frontend import FeatureParams
 from audioclf.inference import Predictor
 from audioclf.streaming import latency_bound_s
-from bench.common import format_table, machine_info, write_json
+from bench.common import ModelSpec, format_table, machine_info, untrained_checkpoint, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 CORE_GOAL = 0.05  # one live stream with audiocnn: <= 5 % of one core
@@ -60,29 +58,10 @@ DETECTION = DetectionParams(threshold=0.5, median_filter=9, min_duration=0.5, me
 CHUNK_SECONDS = 0.05  # live writes
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """A model and the feature parameters it is timed with."""
-
-    label: str
-    model_name: str
-    params: FeatureParams
-    model_args: dict
-
-
 MODELS = (
     ModelSpec("audiocnn (demo, 64x100)", "audiocnn", FeatureParams(n_mels=64, n_frames=100), {}),
     ModelSpec("resnet18 (128x250)", "resnet18", FeatureParams(), {}),
 )
-
-
-def untrained_checkpoint(spec: ModelSpec) -> dict:
-    """What a checkpoint holds for inference, with random weights (timing only)."""
-    torch.manual_seed(0)
-    args = constructor_args(spec.model_name, len(CLASS_NAMES), spec.params.n_mels, spec.model_args)
-    return {"model": AudioClassifier(**args).state_dict(), "model_args": args, "class_names": list(CLASS_NAMES),
-            "feature_params": spec.params.to_dict(),
-            "feature_shape": [spec.params.n_mels, spec.params.n_frames]}
 
 
 def cpu_model() -> str:

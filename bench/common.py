@@ -21,8 +21,10 @@ import psutil
 import soundfile as sf
 import torch
 
-from audioclf.frontend import write_audio
+from audioclf.classifier import AudioClassifier, constructor_args
+from audioclf.frontend import FeatureParams, write_audio
 from audioclf.metadata import refusal_reason
+from tools.demo_data import CLASS_NAMES
 
 
 # ---------------------------------------------------------------------------------------
@@ -107,6 +109,25 @@ def _write_rows(path: Path, rows: list[dict[str, str]]) -> Path:
         writer.writeheader()
         writer.writerows({**row, "classID": new_ids[int(row["classID"])]} for row in rows)
     return path
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model and the feature parameters it is timed with."""
+
+    label: str
+    model_name: str
+    params: FeatureParams
+    model_args: dict
+
+
+def untrained_checkpoint(spec: ModelSpec) -> dict:
+    """What a checkpoint holds for inference, with random weights (timing only)."""
+    torch.manual_seed(0)
+    args = constructor_args(spec.model_name, len(CLASS_NAMES), spec.params.n_mels, spec.model_args)
+    return {"model": AudioClassifier(**args).state_dict(), "model_args": args, "class_names": list(CLASS_NAMES),
+            "feature_params": spec.params.to_dict(),
+            "feature_shape": [spec.params.n_mels, spec.params.n_frames]}
 
 
 def warm_page_cache(paths: Sequence[Path]) -> int:
