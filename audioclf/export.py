@@ -38,6 +38,7 @@ from torch import nn
 from audioclf.checkpoint import checkpoint_windows, model_from_checkpoint
 from audioclf.files import atomic_write
 from audioclf.frontend import AMIN, YAMNET_LOG_OFFSET, FeatureExtractor, FeatureParams, LogMel, YamnetLogMel
+from audioclf.windows import default_hop
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +203,7 @@ class OnnxMetadata:
         if not self.window_frames:
             object.__setattr__(self, "window_frames", self.feature_params.n_frames)
         if not self.hop_frames:
-            object.__setattr__(self, "hop_frames", max(1, self.window_frames // 2))
+            object.__setattr__(self, "hop_frames", default_hop(self.window_frames))
 
     def to_props(self) -> dict[str, str]:
         """``metadata_props`` strings."""

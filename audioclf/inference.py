@@ -35,7 +35,7 @@ from audioclf.frontend import (AUDIO_EXTENSIONS, AudioReadError, FeatureExtracto
                                audio_info, iter_audio_blocks, log_scale_for)
 from audioclf.listfile import FEATURE_CONFIG
 from audioclf.runtime import amp_dtype_for, predict_probabilities
-from audioclf.windows import WindowSlicer, cut_windows, pool_windows
+from audioclf.windows import WindowSlicer, cut_windows, hop_from_seconds, pool_windows
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +304,7 @@ class Predictor:
         """Long mode's hop in frames: ``hop_seconds`` rounded to whole frames, or the checkpoint's hop."""
         if hop_seconds is None:
             return self.hop
-        return max(1, round(hop_seconds / self.frame_s))
+        return hop_from_seconds(hop_seconds, self.frame_s)
 
     def predict_file(self, path: str | Path, hop_seconds: float | None = None, batch_size: int = 32
                      ) -> ClipPrediction:

@@ -34,7 +34,7 @@ import soxr
 
 from audioclf.events import DetectionParams, EventDetector, EventUpdate
 from audioclf.frontend import FeatureParams, LogMelStream, to_mono
-from audioclf.windows import WindowSlicer
+from audioclf.windows import WindowSlicer, hop_from_seconds
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ class WaveformWindows:
         self.rate = params.sample_rate
         frame_s = params.hop_length / self.rate
         self.window = metadata.window_frames
-        self.hop = metadata.hop_frames if hop_seconds is None else max(1, round(hop_seconds / frame_s))
+        self.hop = metadata.hop_frames if hop_seconds is None else hop_from_seconds(hop_seconds, frame_s)
         self.slicer = WindowSlicer(metadata.window_samples, self.hop * params.hop_length, params.pad_mode)
         self.hop_s, self.window_s = self.hop * frame_s, self.window * frame_s
         self._window_samples = metadata.window_samples

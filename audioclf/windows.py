@@ -28,6 +28,11 @@ def default_hop(window: int) -> int:
     return max(1, window // 2)
 
 
+def hop_from_seconds(hop_seconds: float, frame_s: float) -> int:
+    """A hop given in seconds as whole frames of ``frame_s`` seconds (at least one)."""
+    return max(1, round(hop_seconds / frame_s))
+
+
 def window_starts(n_frames: int, window: int, hop: int) -> np.ndarray:
     """First frame of each window over ``n_frames`` frames (int64, ``(n_windows,)``)."""
     if n_frames < 1 or window < 1 or hop < 1:

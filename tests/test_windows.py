@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from audioclf.windows import WindowSlicer, cut_windows, default_hop, fit_frames, pool_windows, window_starts
+from audioclf.windows import (WindowSlicer, cut_windows, default_hop, fit_frames, hop_from_seconds, pool_windows,
+                              window_starts)
 
 
 @pytest.mark.parametrize("n_frames, window, hop, starts", [
@@ -25,6 +26,12 @@ def test_window_starts(n_frames, window, hop, starts):
 
 def test_default_hop_is_half_a_window():
     assert default_hop(100) == 50 and default_hop(96) == 48 and default_hop(1) == 1
+
+
+def test_hop_from_seconds_rounds_to_whole_frames_and_is_at_least_one():
+    assert hop_from_seconds(0.1, 0.01) == 10
+    assert hop_from_seconds(0.104, 0.01) == 10 and hop_from_seconds(0.106, 0.01) == 11
+    assert hop_from_seconds(0.001, 0.01) == 1
 
 
 def test_fit_frames_repeats_or_pads_with_silence_along_time():
