@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 import torch
@@ -83,6 +83,7 @@ class SpectrogramDataset(Dataset):
         self.info = load_feature_info(self.list_file, self.entries)
         self.class_names = list(class_names) if class_names is not None else self.info.class_names
         self._check_labels()
+        self._check_inside_datapath()
         self.paths = [self.datapath / entry.feature_file for entry in self.entries]
         self._check_files_exist()
         first_shape = read_npy_shape(self.paths[0])
@@ -100,6 +101,16 @@ class SpectrogramDataset(Dataset):
                 raise FeatureDataError(
                     f"{self.list_file}:{number}: label {entry.class_id} ({entry.class_name!r}) is not one of "
                     f"the {n_classes} training classes {self.class_names}")
+
+    def _check_inside_datapath(self) -> None:
+        # A list names files relative to datapath; an absolute path or '..' would read elsewhere.
+        for number, entry in enumerate(self.entries, start=1):
+            name = entry.feature_file
+            if PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() \
+                    or PureWindowsPath(name).drive or ".." in PurePosixPath(name.replace("\\", "/")).parts:
+                raise FeatureDataError(
+                    f"{self.list_file}:{number}: feature file {name!r} is not inside the data folder "
+                    f"{self.datapath}; list entries must be relative paths without '..'")
 
     def _check_files_exist(self) -> None:
         missing = [str(path) for path in self.paths if not path.is_file()]

@@ -93,3 +93,14 @@ def test_clip_windows_cover_each_clip_and_collate_with_counts(clips):
     assert counts.tolist() == [1, 3, 9, 24] and labels.tolist() == [0, 1, 0, 1]
     assert batch.shape == (37, 1, 4, 20)
     np.testing.assert_array_equal(batch[1 + 3 + 8, 0, 0].numpy(), np.tile(np.arange(80, 97), 2)[:20])
+
+
+@pytest.mark.parametrize("name", ["../outside.npy", "sub/../../outside.npy", "/tmp/outside.npy", "C:\\outside.npy"])
+def test_a_list_entry_outside_the_data_folder_is_refused_naming_the_list_and_line(tmp_path, name):
+    list_file = make_whole_clips(tmp_path / "data")
+    np.save(tmp_path / "outside.npy", np.zeros((4, 12), dtype=np.float32))
+    lines = list_file.read_text().splitlines()
+    lines[1] = render_list([ListEntry(name, 1, "b")]).strip()
+    list_file.write_text("\n".join(lines) + "\n")
+    with pytest.raises(FeatureDataError, match=rf"train\.txt:2: feature file .* is not inside the data folder"):
+        SpectrogramDataset(list_file, tmp_path / "data")
