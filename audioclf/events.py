@@ -25,7 +25,16 @@ a window on each side: a window whose edge grazes a cry is not evidence that the
 Scoring follows the DCASE / sed_eval conventions: event-based F1 with a 200 ms onset collar and
 an offset collar of max(200 ms, 20 % of the reference event's length), each reference event
 matched to at most one detection (maximum bipartite matching); segment-based F1 and error rate
-on 1 s segments.
+on 1 s segments; and DCASE 2017 task 2's own metric (rare sound events), the event-based error
+rate and F1 with onset-only matching and a ``DCASE2017_ONSET_COLLAR_S`` collar. Event-based
+error rate, as sed_eval defines it::
+
+    TP = matched pairs (same file and class, onset within the collar [, offset within its collar])
+    S  = unmatched reference events that an unmatched detection of another class would match
+         on time (greedy, in list order)
+    D  = n_reference - TP - S,   I = n_estimated - TP - S,   ER = (S + D + I) / n_reference
+
+F1 counts a substitution as a miss and a false alarm: ``2 TP / (n_reference + n_estimated)``.
 """
 from __future__ import annotations
 
@@ -43,6 +52,8 @@ REFERENCE_CSV_COLUMNS = ("file", "onset_s", "offset_s", "class")  # annotations:
 ONSET_COLLAR_S = 0.2
 OFFSET_COLLAR_FRACTION = 0.2
 SEGMENT_S = 1.0  # segment length of the segment-based metrics
+# DCASE 2017 task 2 scores a detection by its onset alone: within 500 ms of the true onset.
+DCASE2017_ONSET_COLLAR_S = 0.5
 ONSET_COLUMNS = ("onset_s", "onset")
 OFFSET_COLUMNS = ("offset_s", "offset")
 CLASS_COLUMNS = ("class", "event_label", "label")
@@ -440,20 +451,29 @@ def detect_events(probabilities: np.ndarray, hop_s: float, window_s: float, dura
 # ---------------------------------------------------------------------------------------
 
 def events_match(reference: Event, estimated: Event, t_collar: float = ONSET_COLLAR_S,
-                 percentage_of_length: float = OFFSET_COLLAR_FRACTION) -> bool:
-    """sed_eval's onset+offset condition for a reference/estimate pair of the same file and class."""
-    if (reference.file, reference.class_name) != (estimated.file, estimated.class_name):
+                 percentage_of_length: float = OFFSET_COLLAR_FRACTION, evaluate_offset: bool = True,
+                 same_class: bool = True) -> bool:
+    """sed_eval's time condition for a reference/estimate pair of the same file (and class).
+
+    Onsets within ``t_collar``; with ``evaluate_offset`` also offsets within
+    ``max(t_collar, percentage_of_length * reference length)``. ``same_class=False`` ignores
+    the labels (sed_eval's substitution test).
+    """
+    if reference.file != estimated.file or (same_class and reference.class_name != estimated.class_name):
+        return False
+    if abs(reference.onset_s - estimated.onset_s) > t_collar:
         return False
     offset_collar = max(t_collar, percentage_of_length * reference.duration_s)
-    return (abs(reference.onset_s - estimated.onset_s) <= t_collar
-            and abs(reference.offset_s - estimated.offset_s) <= offset_collar)
+    return not evaluate_offset or abs(reference.offset_s - estimated.offset_s) <= offset_collar
 
 
 def match_events(reference: Sequence[Event], estimated: Sequence[Event], t_collar: float = ONSET_COLLAR_S,
-                 percentage_of_length: float = OFFSET_COLLAR_FRACTION) -> list[tuple[int, int]]:
+                 percentage_of_length: float = OFFSET_COLLAR_FRACTION, evaluate_offset: bool = True
+                 ) -> list[tuple[int, int]]:
     """One-to-one ``(reference index, estimated index)`` pairs: a maximum bipartite matching."""
     candidates: dict[int, list[int]] = {
-        r: [e for e, est in enumerate(estimated) if events_match(ref, est, t_collar, percentage_of_length)]
+        r: [e for e, est in enumerate(estimated)
+            if events_match(ref, est, t_collar, percentage_of_length, evaluate_offset)]
         for r, ref in enumerate(reference)}
     owner: dict[int, int] = {}  # estimated index -> reference index
 
@@ -472,6 +492,23 @@ def match_events(reference: Sequence[Event], estimated: Sequence[Event], t_colla
     return sorted((r, e) for e, r in owner.items())
 
 
+def count_substitutions(reference: Sequence[Event], estimated: Sequence[Event], matches: Sequence[tuple[int, int]],
+                        t_collar: float, percentage_of_length: float, evaluate_offset: bool) -> int:
+    """Unmatched reference events an unmatched detection of another class matches on time (sed_eval's greedy)."""
+    matched_reference, matched_estimated = {r for r, _ in matches}, {e for _, e in matches}
+    free = [e for e in range(len(estimated)) if e not in matched_estimated]
+    substitutions = 0
+    for r, ref in enumerate(reference):
+        if r in matched_reference:
+            continue
+        for e in free:
+            if events_match(ref, estimated[e], t_collar, percentage_of_length, evaluate_offset, same_class=False):
+                free.remove(e)
+                substitutions += 1
+                break
+    return substitutions
+
+
 def _prf(tp: int, fp: int, fn: int) -> dict:
     # With nothing to find and nothing found every score is 1; nothing found of something: 0.
     precision = tp / (tp + fp) if tp + fp else float(fn == 0)
@@ -480,15 +517,29 @@ def _prf(tp: int, fp: int, fn: int) -> dict:
     return {"precision": precision, "recall": recall, "f1": f1}
 
 
+def _error_rate(substitutions: int, deletions: int, insertions: int, n_reference: int) -> dict:
+    # With nothing to find the rate is undefined: 0 when nothing was found either, else 1.
+    errors = substitutions + deletions + insertions
+    return {"substitutions": substitutions, "deletions": deletions, "insertions": insertions,
+            "error_rate": errors / n_reference if n_reference else float(errors > 0)}
+
+
 def event_based_metrics(reference: Sequence[Event], estimated: Sequence[Event], t_collar: float = ONSET_COLLAR_S,
-                        percentage_of_length: float = OFFSET_COLLAR_FRACTION) -> dict:
-    """Overall (micro) event-based counts, precision, recall, F1, plus the scores per class."""
-    matches = match_events(reference, estimated, t_collar, percentage_of_length)
+                        percentage_of_length: float = OFFSET_COLLAR_FRACTION, evaluate_offset: bool = True) -> dict:
+    """Overall (micro) event-based counts, precision, recall, F1, error rate, plus the scores per class.
+
+    ``evaluate_offset=False`` matches on onsets only (DCASE 2017 task 2: ``dcase2017_metrics``).
+    """
+    matches = match_events(reference, estimated, t_collar, percentage_of_length, evaluate_offset)
     tp = len(matches)
+    substitutions = count_substitutions(reference, estimated, matches, t_collar, percentage_of_length,
+                                        evaluate_offset)
     result = {"n_reference": len(reference), "n_estimated": len(estimated), "tp": tp,
               "fp": len(estimated) - tp, "fn": len(reference) - tp, "t_collar": t_collar,
-              "percentage_of_length": percentage_of_length}
+              "percentage_of_length": percentage_of_length, "evaluate_offset": evaluate_offset}
     result.update(_prf(tp, result["fp"], result["fn"]))
+    result.update(_error_rate(substitutions, len(reference) - tp - substitutions,
+                              len(estimated) - tp - substitutions, len(reference)))
     classes = sorted({e.class_name for e in reference} | {e.class_name for e in estimated})
     matched_reference = {r for r, _ in matches}
     class_wise = {}
@@ -497,9 +548,15 @@ def event_based_metrics(reference: Sequence[Event], estimated: Sequence[Event], 
         n_est = sum(e.class_name == name for e in estimated)
         class_tp = sum(reference[r].class_name == name for r in matched_reference)
         class_wise[name] = {"n_reference": n_ref, "n_estimated": n_est, "tp": class_tp,
-                            **_prf(class_tp, n_est - class_tp, n_ref - class_tp)}
+                            **_prf(class_tp, n_est - class_tp, n_ref - class_tp),
+                            **_error_rate(0, n_ref - class_tp, n_est - class_tp, n_ref)}
     result["class_wise"] = class_wise
     return result
+
+
+def dcase2017_metrics(reference: Sequence[Event], estimated: Sequence[Event]) -> dict:
+    """DCASE 2017 task 2's metric: event-based error rate (its ranking metric) and F1, onset only."""
+    return event_based_metrics(reference, estimated, t_collar=DCASE2017_ONSET_COLLAR_S, evaluate_offset=False)
 
 
 def activity_matrix(events: Iterable[Event], classes: Sequence[str], n_segments: int,
@@ -545,10 +602,8 @@ def segment_based_metrics(reference: Sequence[Event], estimated: Sequence[Event]
         substitutions += int(np.minimum(segment_fn, segment_fp).sum())
         deletions += int(np.maximum(0, segment_fn - segment_fp).sum())
         insertions += int(np.maximum(0, segment_fp - segment_fn).sum())
-    errors = substitutions + deletions + insertions
     result = {"segment_s": segment_s, "tp": tp, "fp": fp, "fn": fn, "n_reference": n_reference,
-              "substitutions": substitutions, "deletions": deletions, "insertions": insertions,
-              "error_rate": errors / n_reference if n_reference else float(errors > 0)}
+              **_error_rate(substitutions, deletions, insertions, n_reference)}
     result.update(_prf(tp, fp, fn))
     return result
 
@@ -574,7 +629,7 @@ def false_alarms_per_hour(n_false_alarms: int, total_seconds: float) -> float:
 
 def score_events(reference: Sequence[Event], estimated: Sequence[Event], durations_s: dict[str, float],
                  classes: Sequence[str] | None = None) -> dict:
-    """Event-based, segment-based, overlap and false-alarm-rate scores over the files of ``durations_s``.
+    """Event-based, DCASE 2017, segment-based, overlap and false-alarm-rate scores over ``durations_s``'s files.
 
     Events of files not in ``durations_s`` and (when given) of classes not in ``classes`` are ignored.
     """
@@ -583,8 +638,10 @@ def score_events(reference: Sequence[Event], estimated: Sequence[Event], duratio
 
     reference, estimated = keep(reference), keep(estimated)
     event_scores = event_based_metrics(reference, estimated)
+    dcase2017 = dcase2017_metrics(reference, estimated)
     total_seconds = float(sum(durations_s.values()))
-    return {"event_based": event_scores,
+    dcase2017["false_alarms_per_hour"] = false_alarms_per_hour(dcase2017["fp"], total_seconds)
+    return {"event_based": event_scores, "dcase2017": dcase2017,
             "segment_based": segment_based_metrics(reference, estimated, durations_s, classes),
             "overlap": overlap_counts(reference, estimated),
             "false_alarms_per_hour": false_alarms_per_hour(event_scores["fp"], total_seconds),

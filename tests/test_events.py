@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from audioclf.events import (DetectionParams, Event, EventDetector, EventUpdate, active_runs, detect_events, event_based_metrics,
-                             false_alarms_per_hour, format_comparison, hysteresis_mask, match_events, median_filter,
+from audioclf.events import (DCASE2017_ONSET_COLLAR_S, DetectionParams, Event, EventDetector, EventUpdate, active_runs,
+                             dcase2017_metrics, detect_events, event_based_metrics, false_alarms_per_hour,
+                             format_comparison, hysteresis_mask, match_events, median_filter,
                              merge_events, read_events_csv, score_events, segment_based_metrics, window_cells,
                              write_events_csv)
 
@@ -153,6 +154,42 @@ def test_event_matching_is_one_to_one_and_maximal():
     assert event_based_metrics([ev(0, 1)], [])["f1"] == 0.0
 
 
+def test_dcase2017_metric_matches_onsets_only_within_500_ms():
+    assert DCASE2017_ONSET_COLLAR_S == 0.5
+    # the offset does not count: a detection running 8 s past the cry's end is a hit
+    hit = dcase2017_metrics([ev(10.0, 12.0)], [ev(10.4, 20.0)])
+    assert (hit["tp"], hit["error_rate"], hit["f1"]) == (1, 0.0, 1.0)
+    assert hit["evaluate_offset"] is False and hit["t_collar"] == 0.5
+    # exactly 500 ms off is inside the collar, 600 ms off is a deletion plus an insertion
+    assert dcase2017_metrics([ev(10.0, 12.0)], [ev(10.5, 11.0)])["tp"] == 1
+    miss = dcase2017_metrics([ev(10.0, 12.0)], [ev(10.6, 12.0)])
+    assert (miss["substitutions"], miss["deletions"], miss["insertions"]) == (0, 1, 1)
+    assert (miss["error_rate"], miss["f1"]) == (2.0, 0.0)
+    # the same pair under the default event-based collars (200 ms onset) is a miss as well
+    assert event_based_metrics([ev(10.0, 12.0)], [ev(10.4, 20.0)])["tp"] == 0
+
+
+def test_dcase2017_error_rate_by_hand_over_files():
+    # a.wav: found (onset 0.3 s late); b.wav: missed; c.wav (no cry): one false alarm, and a
+    # second detection of a.wav's cry is an insertion too. N = 2, D = 1, I = 2: ER = 3 / 2.
+    reference = [ev(5.0, 7.0), ev(3.0, 4.0, file="b.wav")]
+    estimated = [ev(5.3, 6.0), ev(5.4, 7.0), ev(12.0, 13.0, file="c.wav")]
+    scores = dcase2017_metrics(reference, estimated)
+    assert (scores["tp"], scores["fp"], scores["fn"]) == (1, 2, 1)
+    assert (scores["substitutions"], scores["deletions"], scores["insertions"]) == (0, 1, 2)
+    assert scores["error_rate"] == pytest.approx(1.5)
+    assert scores["f1"] == pytest.approx(2 * 1 / (2 + 3))  # 2 TP / (N_ref + N_est)
+    assert scores["precision"] == pytest.approx(1 / 3) and scores["recall"] == pytest.approx(0.5)
+    # a dog called a cry at the right time is one substitution (ER 1), not a deletion and an insertion (ER 2)
+    substituted = dcase2017_metrics([ev(5.0, 6.0, name="dog")], [ev(5.1, 6.0)])
+    assert (substituted["substitutions"], substituted["deletions"], substituted["insertions"]) == (1, 0, 0)
+    assert (substituted["error_rate"], substituted["f1"]) == (1.0, 0.0)
+    assert substituted["class_wise"]["dog"]["error_rate"] == 1.0  # per class: a deletion
+    # nothing to find: 0 when nothing is found, else 1
+    assert dcase2017_metrics([], [])["error_rate"] == 0.0
+    assert dcase2017_metrics([], [ev(1, 2)])["error_rate"] == 1.0
+
+
 def test_segment_based_metrics_by_hand():
     # 1 s segments over 5 s; ref cry covers segments 0-2, detection covers 1-3
     scores = segment_based_metrics([ev(0.5, 2.2)], [ev(1.5, 3.1)], {"a.wav": 5.0}, ["cry", "dog"])
@@ -181,6 +218,8 @@ def test_score_events_and_false_alarm_rate():
     assert scores["event_based"]["tp"] == 1 and scores["event_based"]["fp"] == 1
     assert scores["event_based"]["n_reference"] == 1
     assert scores["false_alarms_per_hour"] == pytest.approx(2.0)
+    # DCASE 2017's onset-only figures sit beside the others, with their own false-alarm rate
+    assert scores["dcase2017"]["tp"] == 1 and scores["dcase2017"]["false_alarms_per_hour"] == pytest.approx(2.0)
     # a detection 0.5 s early misses the collars but still overlaps its event
     loose = score_events([ev(1, 3), ev(10, 12)], [ev(0.5, 3.5), ev(20, 21)], {"a.wav": 60.0})
     assert loose["event_based"]["tp"] == 0
