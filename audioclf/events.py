@@ -39,12 +39,15 @@ F1 counts a substitution as a miss and a false alarm: ``2 TP / (n_reference + n_
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+
+from audioclf.files import atomic_write_text
 
 EVENT_CSV_COLUMNS = ("file", "class", "onset_s", "offset_s", "peak_probability", "mean_probability")
 REFERENCE_CSV_COLUMNS = ("file", "onset_s", "offset_s", "class")  # annotations: no probabilities
@@ -692,14 +695,12 @@ def read_events_csv(path: str | Path) -> list[Event]:
 def write_events_csv(events: Iterable[Event], path: str | Path,
                      columns: Sequence[str] = EVENT_CSV_COLUMNS) -> Path:
     """Write events with ``columns`` (default ``file, class, onset_s, offset_s, peak_probability,
-    mean_probability``; ``REFERENCE_CSV_COLUMNS`` for annotations). ``read_events_csv`` reads both."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(event.to_dict() for event in events)
-    return path
+    mean_probability``; ``REFERENCE_CSV_COLUMNS`` for annotations), atomically. ``read_events_csv`` reads both."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\r\n")
+    writer.writeheader()
+    writer.writerows(event.to_dict() for event in events)
+    return atomic_write_text(path, buffer.getvalue())
 
 
 def format_events_table(events: Sequence[Event]) -> str:
