@@ -1,0 +1,110 @@
+"""Choosing long-mode detection settings on recordings with reference events (e.g. validation soundscapes).
+
+``tune_on_recordings`` runs the model over every recording exactly as ``predict.py --long``
+does (``Predictor.predict_long``: the same windows, the same batches-to-probabilities helper),
+then tries every combination of ``DETECTION_GRID`` with the same post-processing
+(``inference.detect``) and keeps the settings with the lowest DCASE 2017 task 2 event error
+rate (onset only, 500 ms collar), then the highest F1 with the same matching; the first such
+combination in grid order wins a tie. Evaluation writes the result into
+``operating_point.json`` (``long_mode``), where ``predict.py --long`` finds it.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from audioclf.events import DetectionParams, Event, dcase2017_metrics, read_events_csv, score_events
+from audioclf.inference import Predictor, WindowPredictions, align_reference, collect_inputs, detect
+
+log = logging.getLogger(__name__)
+
+SELECTION_RULE = "lowest DCASE 2017 event error rate (onset only, 500 ms collar), then highest event F1"
+
+
+@dataclass(frozen=True)
+class DetectionGrid:
+    """The post-processing settings tried: every combination (the threshold_low ratio is the default)."""
+
+    thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+    median_filters: tuple[int, ...] = (1, 3, 5, 9)  # windows
+    merge_gaps: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)  # s
+    min_durations: tuple[float, ...] = (0.0, 0.5, 1.0)  # s
+
+    def candidates(self) -> list[DetectionParams]:
+        """Every combination, in grid order (threshold outermost)."""
+        return [DetectionParams(threshold=threshold, median_filter=size, merge_gap=gap, min_duration=minimum)
+                for threshold, size, gap, minimum in itertools.product(
+                    self.thresholds, self.median_filters, self.merge_gaps, self.min_durations)]
+
+
+DETECTION_GRID = DetectionGrid()
+
+
+class TuningError(ValueError):
+    """Recordings and references that cannot tune detection; the message names the file or key."""
+
+
+def select_detection_params(windows: Sequence[WindowPredictions], class_names: Sequence[str], target_class: str,
+                            reference: Sequence[Event], candidates: Sequence[DetectionParams] | None = None
+                            ) -> tuple[DetectionParams, dict]:
+    """The best of ``candidates`` (default: ``DETECTION_GRID``'s) by ``SELECTION_RULE``, and its DCASE 2017 scores.
+
+    ``reference``: the target class's events, their ``file`` being the windows' files. Ties go to
+    the earlier candidate.
+    """
+    best: tuple[tuple[float, float], DetectionParams, dict] | None = None
+    for params in DETECTION_GRID.candidates() if candidates is None else candidates:
+        scores = dcase2017_metrics(reference, detect(windows, class_names, {target_class: params}))
+        key = (scores["error_rate"], -scores["f1"])
+        if best is None or key < best[0]:
+            best = (key, params, scores)
+    return best[1], best[2]
+
+
+def tune_on_recordings(predictor: Predictor, recordings: str | Path, reference_csv: str | Path, target_class: str,
+                       hop_seconds: float, batch_size: int = 32, grid: DetectionGrid = DETECTION_GRID,
+                       progress: bool = False) -> dict:
+    """Long-mode detection settings chosen on the audio files under ``recordings``; the ``long_mode`` dict.
+
+    Keys: ``hop_seconds``, ``threshold``, ``threshold_low``, ``median_filter``, ``merge_gap``,
+    ``min_duration`` (what ``predict.py --long`` uses), ``selected_by``, ``n_candidates``,
+    ``recordings``, ``reference``, ``n_recordings``, ``audio_seconds``, ``n_reference_events`` and
+    ``scores`` (``events.score_events`` of the chosen settings: event-based, ``dcase2017``, ...).
+    """
+    recordings, reference_csv = Path(recordings), Path(reference_csv)
+    if target_class not in predictor.class_names:
+        raise TuningError(f"target class {target_class!r} is not a class of the model ({predictor.class_names})")
+    if not recordings.is_dir():
+        raise TuningError(f'"detection_soundscapes" folder not found: {recordings}')
+    paths = collect_inputs([recordings])
+    if not paths:
+        raise TuningError(f'"detection_soundscapes" {recordings} holds no audio files')
+    try:
+        reference = read_events_csv(reference_csv)
+    except FileNotFoundError:
+        raise TuningError(f'"detection_reference" file not found: {reference_csv}') from None
+    aligned, unmatched = align_reference(reference, paths)
+    if unmatched:
+        raise TuningError(f"{reference_csv} names files that are not under {recordings}: {', '.join(unmatched[:5])}"
+                          " (use the reference CSV written with these recordings)")
+    aligned = [event for event in aligned if event.class_name == target_class]
+    if not aligned:
+        raise TuningError(f"{reference_csv} has no {target_class!r} events to tune detection on")
+    windows = [predictor.predict_long(path, hop_seconds, batch_size, progress=progress) for path in paths]
+    params, _ = select_detection_params(windows, predictor.class_names, target_class, aligned, grid.candidates())
+    events = detect(windows, predictor.class_names, {target_class: params})
+    durations = {prediction.file: prediction.duration_s for prediction in windows}
+    scores = score_events(aligned, events, durations, [target_class])
+    log.info("detection settings from %d recordings (%.1f min, %d %s events): threshold %.2f, median filter %d, "
+             "merge gap %.1f s, min duration %.1f s: event error rate %.3f, F1 %.3f (DCASE 2017)", len(paths),
+             scores["audio_seconds"] / 60, len(aligned), target_class, params.threshold, params.median_filter,
+             params.merge_gap, params.min_duration, scores["dcase2017"]["error_rate"], scores["dcase2017"]["f1"])
+    return {"hop_seconds": windows[0].hop_s, "threshold": params.threshold, "threshold_low": params.threshold_low,
+            "median_filter": params.median_filter, "merge_gap": params.merge_gap,
+            "min_duration": params.min_duration, "selected_by": SELECTION_RULE,
+            "n_candidates": len(grid.candidates()), "recordings": str(recordings), "reference": str(reference_csv),
+            "n_recordings": len(paths), "audio_seconds": scores["audio_seconds"],
+            "n_reference_events": len(aligned), "scores": scores}
