@@ -14,8 +14,11 @@ Modes: ``--clip`` classifies each file's first clip window (as preprocessing did
 scores each file by the mean of its window probabilities over the whole file; ``--long`` slides
 windows over the whole file and detects events; the default (auto) uses long mode for files
 longer than ``--long_factor`` clip lengths, clip mode for the others, and file mode for a
-pretrained model used as it is (``audioset:yamnet``: YAMNet's own per-file score). Unreadable
-files are reported and skipped; the exit status is 0 when at least one file was processed, else 1.
+pretrained model used as it is (``audioset:yamnet``: YAMNet's own per-file score). Detection
+settings not given as flags come from ``<checkpoint dir>/scores/operating_point.json`` when
+evaluation wrote one (its long-mode settings, chosen on recordings with ``detection_soundscapes``,
+else its clip threshold). Unreadable files are reported and skipped; the exit status is 0 when at
+least one file was processed, else 1.
 
 Live: ``--stream -`` reads raw PCM from standard input (or a named pipe) and writes one JSON
 line per event start and end as they happen, with long mode's detection rules::
@@ -39,9 +42,9 @@ import torch
 from audioclf.checkpoint import OPERATING_POINT_FILE, SCORES_DIRNAME, CheckpointError
 from audioclf.events import (DetectionParams, Event, LOW_THRESHOLD_RATIO, format_comparison, format_events_table,
                              read_events_csv, score_events, write_events_csv)
-from audioclf.inference import (LONG_FACTOR, Predictor, align_reference, collect_inputs, detect, format_clip_table,
-                                format_metrics, load_operating_point, write_clip_csv, write_clip_json,
-                                write_events_json, write_windows_csv)
+from audioclf.inference import (LONG_FACTOR, LONG_MODE_KEY, Predictor, align_reference, collect_inputs, detect,
+                                format_clip_table, format_metrics, load_operating_point, write_clip_csv,
+                                write_clip_json, write_events_json, write_windows_csv)
 from audioclf.runtime import resolve_device
 from audioclf.zeroshot import ZERO_SHOT_PREFIX, is_zero_shot
 from models import PretrainedWeightsUnavailable
@@ -77,7 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="clip and file mode: write top-k and all probabilities here")
 
     long = parser.add_argument_group("long mode")
-    long.add_argument("--hop_seconds", type=float, default=None, help="window hop (default: half a clip)")
+    long.add_argument("--hop_seconds", type=float, default=None,
+                      help="window hop (default: the operating point's long-mode hop, else half a clip)")
     long.add_argument("--batch_size", type=int, default=32, help="windows (or clips) per model call")
     long.add_argument("--windows_csv", type=Path, help="write per-window probabilities here")
     long.add_argument("--events_csv", type=Path, help="write detected events here")
@@ -85,16 +89,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     long.add_argument("--target_class", default=None,
                       help=f"class to detect, or '{ALL_CLASSES}' (default: the operating point's class "
                            f"if <checkpoint dir>/{SCORES_DIRNAME}/{OPERATING_POINT_FILE} exists, else all)")
+    from_point = "default: the operating point's long-mode setting, else"
     long.add_argument("--threshold", type=float, default=None,
-                      help=f"detection threshold (default: the operating point's, else {defaults.threshold})")
-    long.add_argument("--threshold_low", type=float, default=defaults.threshold_low,
-                      help=f"hysteresis: an event lasts while p >= this (default {LOW_THRESHOLD_RATIO} x threshold)")
-    long.add_argument("--median_filter", type=int, default=defaults.median_filter,
-                      help="median filter length in windows (odd; 1 = off)")
-    long.add_argument("--min_duration", type=float, default=defaults.min_duration,
-                      help="drop events shorter than this (s)")
-    long.add_argument("--merge_gap", type=float, default=defaults.merge_gap,
-                      help="merge events separated by at most this (s)")
+                      help=f"detection threshold ({from_point} its clip threshold, else {defaults.threshold})")
+    long.add_argument("--threshold_low", type=float, default=None,
+                      help=f"hysteresis: an event lasts while p >= this ({from_point} {LOW_THRESHOLD_RATIO} x "
+                           "threshold)")
+    long.add_argument("--median_filter", type=int, default=None,
+                      help=f"median filter length in windows, odd, 1 = off ({from_point} {defaults.median_filter})")
+    long.add_argument("--min_duration", type=float, default=None,
+                      help=f"drop events shorter than this, s ({from_point} {defaults.min_duration})")
+    long.add_argument("--merge_gap", type=float, default=None,
+                      help=f"merge events separated by at most this, s ({from_point} {defaults.merge_gap})")
     long.add_argument("--reference", type=Path,
                       help="annotations CSV (file, onset[_s], offset[_s], class): print truth vs detections "
                            "and event/segment F1")
@@ -155,7 +161,11 @@ def rename_reference_class(reference: list[Event], reference_class: str | None, 
 
 def detection_settings(args: argparse.Namespace, class_names: list[str], operating_point: dict | None
                        ) -> dict[str, DetectionParams]:
-    """Class name -> detection settings, from the flags and the operating point."""
+    """Class name -> detection settings: each flag given, else the operating point's, else the defaults.
+
+    For the operating point's class, its long-mode settings (chosen on recordings) come first, then
+    its clip-level threshold; other classes get the defaults.
+    """
     if args.target_class in (None, ALL_CLASSES):
         targets = [operating_point["target_class"]] if operating_point and args.target_class is None else class_names
     elif args.target_class in class_names:
@@ -165,13 +175,25 @@ def detection_settings(args: argparse.Namespace, class_names: list[str], operati
                          f"its classes are: {', '.join(class_names)} (or '{ALL_CLASSES}')")
     settings = {}
     for name in targets:
-        threshold = args.threshold
-        if threshold is None:
-            use_point = operating_point is not None and operating_point["target_class"] == name
-            threshold = operating_point["threshold"] if use_point else DetectionParams.threshold
-        settings[name] = DetectionParams(threshold, args.threshold_low, args.median_filter, args.min_duration,
-                                         args.merge_gap).validate()
+        base = DetectionParams()
+        if operating_point is not None and operating_point["target_class"] == name:
+            long_mode = operating_point.get(LONG_MODE_KEY)  # an ONNX model's operating point has none
+            base = (long_mode[1] if long_mode is not None
+                    else dataclasses.replace(base, threshold=operating_point["threshold"]))
+        flags = {"threshold": args.threshold, "threshold_low": args.threshold_low,
+                 "median_filter": args.median_filter, "min_duration": args.min_duration, "merge_gap": args.merge_gap}
+        given = {key: value for key, value in flags.items() if value is not None}
+        settings[name] = dataclasses.replace(base, **given).validate()
     return settings
+
+
+def long_mode_hop(args: argparse.Namespace, operating_point: dict | None) -> float | None:
+    """``--hop_seconds``, else the operating point's long-mode hop, else None (half a clip)."""
+    if args.hop_seconds is not None:
+        return args.hop_seconds
+    if operating_point is not None and operating_point.get(LONG_MODE_KEY) is not None:
+        return operating_point[LONG_MODE_KEY][0]
+    return None
 
 
 def describe_settings(settings: dict[str, DetectionParams]) -> str:
@@ -195,7 +217,7 @@ def stream(args: argparse.Namespace) -> int:
             classifier = Predictor.from_checkpoint(args.checkpoint, resolve_device(args.device))
             operating_point = load_operating_point(args.checkpoint, classifier.class_names)
         settings = detection_settings(args, classifier.class_names, operating_point)
-        detector = StreamDetector(classifier, settings, args.hop_seconds)
+        detector = StreamDetector(classifier, settings, long_mode_hop(args, operating_point))
     except (FileNotFoundError, CheckpointError, PretrainedWeightsUnavailable, ValueError) as error:
         log.error("%s", error)
         return 1
@@ -248,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     paths = collect_inputs(args.inputs)
-    results = predictor.run(paths, args.mode, args.long_factor, args.hop_seconds, args.batch_size,
-                            progress=not args.no_progress)
+    results = predictor.run(paths, args.mode, args.long_factor, long_mode_hop(args, operating_point),
+                            args.batch_size, progress=not args.no_progress)
     for skipped in results.skipped:
         log.warning("skipped %s: %s", skipped.file, skipped.reason)
 
@@ -261,13 +283,18 @@ def main(argv: list[str] | None = None) -> int:
             write_clip_json(results.clips, class_names, args.top_k, args.output_json)
     if results.long:
         events = detect(results.long, class_names, settings)
-        for prediction in results.long:
-            file_events = [e for e in events if e.file == prediction.file]
-            rules = describe_settings(settings)
-            print(f"\n{prediction.file}: {prediction.duration_s:.1f} s, {len(prediction.probabilities)} windows "
-                  f"of {prediction.window_s:.2f} s every {prediction.hop_s:.2f} s; {len(file_events)} events ({rules})")
-            if reference is None:
+        rules = describe_settings(settings)
+        if reference is None:
+            for prediction in results.long:
+                file_events = [e for e in events if e.file == prediction.file]
+                print(f"\n{prediction.file}: {prediction.duration_s:.1f} s, {len(prediction.probabilities)} windows "
+                      f"of {prediction.window_s:.2f} s every {prediction.hop_s:.2f} s; {len(file_events)} events "
+                      f"({rules})")
                 print(format_events_table(file_events))
+        else:  # the comparison table below lists every event; one line for the run
+            first = results.long[0]
+            print(f"\n{len(results.long)} file(s), {sum(p.duration_s for p in results.long) / 60:.1f} min: windows "
+                  f"of {first.window_s:.2f} s every {first.hop_s:.2f} s; {len(events)} events ({rules})")
         if args.windows_csv:
             write_windows_csv(results.long, class_names, args.windows_csv)
         if args.events_csv:

@@ -241,6 +241,20 @@ CONFIG_SCHEMA: dict[str, ConfigKey] = {
         minimum=0,
         maximum=1,
     ),
+    "detection_soundscapes": ConfigKey(
+        (str,), None,
+        "Folder of recordings (e.g. validation soundscapes from `tools.soundscapes`) on which evaluation "
+        "picks the long-mode detection settings that `predict.py --long` uses; null for none.",
+        is_path=True,
+    ),
+    "detection_reference": ConfigKey(
+        (str,), None, "Reference events CSV of `detection_soundscapes` (file, onset, offset, class).",
+        is_path=True,
+    ),
+    "detection_hop_seconds": ConfigKey(
+        (float,), 0.25, "Window hop of long-mode detection tuned on `detection_soundscapes` (seconds).",
+        positive=True,
+    ),
 }
 
 # Names people commonly write instead of ours; used only to suggest the right key.

@@ -50,6 +50,16 @@ the softmax probability of the target class, and a clip counts as a detection wh
     For a binary task with no target class named, the target is class ID 1. A run without
     detection removes these three files if an earlier run left them.
 
+    With ``detection_soundscapes`` (a folder of recordings, e.g. validation soundscapes from
+    ``tools.soundscapes``) and ``detection_reference`` (their events CSV), it also holds
+    ``long_mode``: the long-mode detection settings ``predict.py --long`` uses by default,
+    chosen on those recordings (``audioclf/tuning.py``: windows every ``detection_hop_seconds``,
+    every combination of a small grid, lowest DCASE 2017 event error rate, then highest F1):
+    ``hop_seconds``, ``threshold``, ``threshold_low`` (null: 0.7 x threshold), ``median_filter``,
+    ``merge_gap``, ``min_duration``, ``selected_by``, ``n_candidates``, ``recordings``,
+    ``reference``, ``n_recordings``, ``audio_seconds``, ``n_reference_events`` and ``measured``
+    (``events.score_events`` on those recordings: ``dcase2017``, ``event_based``, ...).
+
 When ``summaries_dir`` is set, the confusion matrix and curves also go to TensorBoard under
 ``<summaries_dir>/evaluation`` (images, a PR curve and scalars, at the checkpoint's epoch).
 """
@@ -76,9 +86,11 @@ from audioclf.checkpoint import (BEST_CHECKPOINT_NAME, CONFUSION_MATRIX_FILE, DE
                                  model_from_checkpoint, scores_dir)
 from audioclf.config import Params
 from audioclf.files import atomic_write_json, atomic_write_text
+from audioclf.inference import LONG_MODE_KEY, Predictor
 from audioclf.listfile import FEATURE_CONFIG
 from audioclf.frontend import FeatureParams
 from audioclf.runtime import amp_dtype_for, resolve_device
+from audioclf.tuning import tune_on_recordings
 from audioclf.windows import default_hop, iter_window_outputs, pool_windows
 from dataloaders.crops import window_loader
 from dataloaders.dataloader import SpectrogramDataset
@@ -158,6 +170,19 @@ def check_matches_checkpoint(dataset: SpectrogramDataset, checkpoint: dict, chec
             raise EvaluationError(
                 f"features of {dataset.list_file} were made with other front-end settings than the checkpoint "
                 f"{checkpoint_path} was trained on (differing: {differing}); preprocess with the training settings")
+
+
+def check_detection_keys(params: Params, class_id: int | None) -> None:
+    """``detection_soundscapes`` and ``detection_reference`` come together, and with a detection target."""
+    soundscapes, reference = params.detection_soundscapes, params.detection_reference
+    if (soundscapes is None) != (reference is None):
+        given, missing = ("detection_soundscapes", "detection_reference") if reference is None else (
+            "detection_reference", "detection_soundscapes")
+        raise EvaluationError(f'"{given}" is set but "{missing}" is not; give both (the recordings and their '
+                              "reference events CSV) or neither")
+    if soundscapes is not None and class_id is None:
+        raise EvaluationError('"detection_soundscapes" tunes the detection of a target class: set "target_class" '
+                              "(or pass --target_class)")
 
 
 def resolve_target_class(class_names: Sequence[str], target_class: str | None) -> int | None:
@@ -378,6 +403,18 @@ def confusion_matrix_text(matrix: Sequence[Sequence[int]], class_names: Sequence
                      for row in [header, *rows]) + "\n"
 
 
+def long_mode_text(long_mode: dict) -> str:
+    """Two lines: the long-mode settings chosen on recordings, and their DCASE 2017 scores there."""
+    dcase = long_mode["measured"]["dcase2017"]
+    return (f"long mode (predict.py --long) on {long_mode['n_recordings']} recordings of {long_mode['recordings']} "
+            f"({long_mode['audio_seconds'] / 60:.1f} min, {long_mode['n_reference_events']} events): hop "
+            f"{long_mode['hop_seconds']:g} s, threshold {long_mode['threshold']:g}, median filter "
+            f"{long_mode['median_filter']} windows, merge gap {long_mode['merge_gap']:g} s, min duration "
+            f"{long_mode['min_duration']:g} s\n"
+            f"  chosen by {long_mode['selected_by']} of {long_mode['n_candidates']}: error rate "
+            f"{dcase['error_rate']:.4f}  F1 {dcase['f1']:.4f}  false alarms {dcase['false_alarms_per_hour']:.1f} per hour")
+
+
 def report_text(report: dict, class_names: Sequence[str], labels: np.ndarray, predictions: np.ndarray,
                 detection: dict | None, checkpoint_path: str | Path, list_file: str | Path) -> str:
     """The human-readable ``report.txt``."""
@@ -403,6 +440,8 @@ def report_text(report: dict, class_names: Sequence[str], labels: np.ndarray, pr
                 at = values[key]
                 lines.append(f"  {key:<21} precision {at['precision']:.4f}  recall {at['recall']:.4f}  "
                              f"F1 {at['f1']:.4f}  false-alarm rate {at['false_alarm_rate']:.4f}")
+        if detection.get(LONG_MODE_KEY) is not None:
+            lines.append(long_mode_text(detection[LONG_MODE_KEY]))
         parts.append("\n".join(lines) + "\n")
     return "\n".join(parts)
 
@@ -575,6 +614,7 @@ def run_evaluation(params: Params, checkpoint_path: str | Path | None = None, ta
     class_names = list(checkpoint["class_names"])
     class_id = resolve_target_class(class_names, target_class if target_class is not None else params.target_class)
 
+    check_detection_keys(params, class_id)
     evaluation_set = load_list(params.evallist, params.datapath, "evallist")
     check_matches_checkpoint(evaluation_set, checkpoint, checkpoint_path)
     validation_set = None
@@ -599,6 +639,12 @@ def run_evaluation(params: Params, checkpoint_path: str | Path | None = None, ta
         detection = detection_report(class_names[class_id], class_id, params.max_false_alarm_rate,
                                      validation, (probabilities, labels))
         detection["checkpoint"] = str(checkpoint_path)  # the model these thresholds belong to
+        if params.detection_soundscapes is not None:
+            # The same windows, batches and post-processing as predict.py --long.
+            predictor = Predictor(checkpoint, device, amp=params.amp, channels_last=params.channels_last)
+            detection[LONG_MODE_KEY] = tune_on_recordings(
+                predictor, params.detection_soundscapes, params.detection_reference, class_names[class_id],
+                params.detection_hop_seconds, batch_size=params.batch_size, progress=show_progress)
 
     files = [entry.feature_file for entry in evaluation_set.entries]
     metrics, images = write_report(output_dir, files, probabilities, labels, class_names, report, detection,
@@ -622,6 +668,8 @@ def summary_text(metrics: dict) -> str:
         lines.append(f"{detection['target_class']}: threshold {detection['threshold']:.6f} "
                      f"(false-alarm rate <= {detection['max_false_alarm_rate']} on validation)"
                      + (f", ROC-AUC {auc:.4f}" if auc is not None else ""))
+        if detection.get(LONG_MODE_KEY) is not None:
+            lines.append(long_mode_text(detection[LONG_MODE_KEY]))
     files = metrics["files"]
     lines.append(f"scores:  {files['score']}")
     lines.append(f"report:  {files['report']}")

@@ -44,6 +44,8 @@ LIST_EXTENSION = ".txt"
 LONG_FACTOR = 4.0
 MODES = ("auto", "clip", "file", "long")
 BLOCK_SECONDS = 10.0  # audio decoded per read in long mode
+# operating_point.json's entry for long-mode detection settings chosen on recordings (audioclf/tuning.py).
+LONG_MODE_KEY = "long_mode"
 
 
 # ---------------------------------------------------------------------------------------
@@ -76,9 +78,28 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[str]:
     return paths
 
 
+def long_mode_settings(hop_seconds: float, params: DetectionParams) -> dict:
+    """The ``long_mode`` entry of ``operating_point.json``: window hop and detection settings."""
+    return {"hop_seconds": hop_seconds, "threshold": params.threshold, "threshold_low": params.threshold_low,
+            "median_filter": params.median_filter, "merge_gap": params.merge_gap, "min_duration": params.min_duration}
+
+
+def _read_long_mode(entry: dict) -> tuple[float, DetectionParams]:
+    """``long_mode_settings``'s dict back to ``(hop_seconds, DetectionParams)``; ValueError/KeyError when invalid."""
+    hop_seconds = float(entry["hop_seconds"])
+    if not hop_seconds > 0:
+        raise ValueError(f"hop_seconds must be positive, got {hop_seconds}")
+    low = entry["threshold_low"]
+    params = DetectionParams(float(entry["threshold"]), None if low is None else float(low),
+                             int(entry["median_filter"]), float(entry["min_duration"]), float(entry["merge_gap"]))
+    return hop_seconds, params.validate()
+
+
 def load_operating_point(checkpoint_path: str | Path, class_names: Sequence[str]) -> dict | None:
     """``<checkpoint dir>/scores/operating_point.json`` when it exists and names a class of this model.
 
+    Keys: ``target_class``, ``class_id``, ``threshold`` (clip level), ``path`` and ``long_mode``:
+    ``(hop_seconds, DetectionParams)`` chosen on recordings (evaluation's ``detection_soundscapes``), or None.
     A pretrained model used as it is (``audioset:yamnet``) has no run folder, hence no operating point.
     """
     if is_zero_shot(checkpoint_path):
@@ -95,7 +116,14 @@ def load_operating_point(checkpoint_path: str | Path, class_names: Sequence[str]
     if target not in class_names or not 0 <= class_id < len(class_names) or class_names[class_id] != target:
         log.warning("ignoring %s: class %r (id %d) is not this model's class", path, target, class_id)
         return None
-    return {"target_class": target, "class_id": class_id, "threshold": threshold, "path": str(path)}
+    long_mode = None
+    if point.get(LONG_MODE_KEY) is not None:
+        try:
+            long_mode = _read_long_mode(point[LONG_MODE_KEY])
+        except (ValueError, KeyError, TypeError) as error:
+            log.warning("ignoring the %r settings of %s: %s", LONG_MODE_KEY, path, error)
+    return {"target_class": target, "class_id": class_id, "threshold": threshold, "path": str(path),
+            LONG_MODE_KEY: long_mode}
 
 
 # ---------------------------------------------------------------------------------------
@@ -464,10 +492,20 @@ def format_clip_table(clips: Sequence[ClipPrediction], class_names: Sequence[str
     return "\n".join(lines)
 
 
+def format_dcase2017(scores: dict) -> str:
+    """``score_events``'s DCASE 2017 task 2 figures on one line: error rate, F1, false alarms per hour."""
+    dcase = scores["dcase2017"]
+    return (f"  DCASE 2017    error rate {dcase['error_rate']:.3f}  F1 {dcase['f1']:.3f}"
+            f"  false alarms {dcase['false_alarms_per_hour']:.1f} per hour  (onset only, {dcase['t_collar'] * 1000:.0f}"
+            f" ms collar; S {dcase['substitutions']}, D {dcase['deletions']}, I {dcase['insertions']},"
+            f" N {dcase['n_reference']})")
+
+
 def format_metrics(scores: dict) -> str:
-    """Event-based, segment-based, overlap and false-alarm lines."""
+    """DCASE 2017, event-based, segment-based, overlap and false-alarm lines."""
     event, segment = scores["event_based"], scores["segment_based"]
     return "\n".join([
+        format_dcase2017(scores),
         f"  event-based   F1 {event['f1']:.3f}  precision {event['precision']:.3f}  recall {event['recall']:.3f}"
         f"  (TP {event['tp']}, FP {event['fp']}, FN {event['fn']}; onset collar {event['t_collar'] * 1000:.0f} ms,"
         f" offset collar max({event['t_collar'] * 1000:.0f} ms, {event['percentage_of_length']:.0%} of length))",

@@ -6,7 +6,7 @@ then tries every combination of ``DETECTION_GRID`` with the same post-processing
 (``inference.detect``) and keeps the settings with the lowest DCASE 2017 task 2 event error
 rate (onset only, 500 ms collar), then the highest F1 with the same matching; the first such
 combination in grid order wins a tie. Evaluation writes the result into
-``operating_point.json`` (``long_mode``), where ``predict.py --long`` finds it.
+``operating_point.json`` (``inference.LONG_MODE_KEY``), where ``predict.py --long`` finds it.
 """
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from audioclf.events import DetectionParams, Event, dcase2017_metrics, read_events_csv, score_events
-from audioclf.inference import Predictor, WindowPredictions, align_reference, collect_inputs, detect
+from audioclf.inference import (Predictor, WindowPredictions, align_reference, collect_inputs, detect,
+                                long_mode_settings)
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def tune_on_recordings(predictor: Predictor, recordings: str | Path, reference_c
     Keys: ``hop_seconds``, ``threshold``, ``threshold_low``, ``median_filter``, ``merge_gap``,
     ``min_duration`` (what ``predict.py --long`` uses), ``selected_by``, ``n_candidates``,
     ``recordings``, ``reference``, ``n_recordings``, ``audio_seconds``, ``n_reference_events`` and
-    ``scores`` (``events.score_events`` of the chosen settings: event-based, ``dcase2017``, ...).
+    ``measured`` (``events.score_events`` of the chosen settings: event-based, ``dcase2017``, ...).
     """
     recordings, reference_csv = Path(recordings), Path(reference_csv)
     if target_class not in predictor.class_names:
@@ -102,9 +103,7 @@ def tune_on_recordings(predictor: Predictor, recordings: str | Path, reference_c
              "merge gap %.1f s, min duration %.1f s: event error rate %.3f, F1 %.3f (DCASE 2017)", len(paths),
              scores["audio_seconds"] / 60, len(aligned), target_class, params.threshold, params.median_filter,
              params.merge_gap, params.min_duration, scores["dcase2017"]["error_rate"], scores["dcase2017"]["f1"])
-    return {"hop_seconds": windows[0].hop_s, "threshold": params.threshold, "threshold_low": params.threshold_low,
-            "median_filter": params.median_filter, "merge_gap": params.merge_gap,
-            "min_duration": params.min_duration, "selected_by": SELECTION_RULE,
+    return {**long_mode_settings(windows[0].hop_s, params), "selected_by": SELECTION_RULE,
             "n_candidates": len(grid.candidates()), "recordings": str(recordings), "reference": str(reference_csv),
             "n_recordings": len(paths), "audio_seconds": scores["audio_seconds"],
-            "n_reference_events": len(aligned), "scores": scores}
+            "n_reference_events": len(aligned), "measured": scores}

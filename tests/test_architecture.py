@@ -104,10 +104,9 @@ def test_predict_takes_its_detection_defaults_from_detection_params():
                and isinstance(node.value, float)]
     assert numbers == []  # no threshold or duration of its own
     args = predict.parse_args(["x.wav", "--checkpoint", "c.pth.tar"])
-    expected = DetectionParams()
-    assert (args.threshold_low, args.median_filter, args.min_duration, args.merge_gap) == (
-        expected.threshold_low, expected.median_filter, expected.min_duration, expected.merge_gap)
-    assert predict.detection_settings(args, ["babycry", "noise"], None)["babycry"] == expected
+    # flags left out are None (not given): the operating point's settings, else DetectionParams' defaults
+    assert (args.threshold, args.threshold_low, args.median_filter, args.min_duration, args.merge_gap) == (None,) * 5
+    assert predict.detection_settings(args, ["babycry", "noise"], None)["babycry"] == DetectionParams()
 
 
 # ---------------------------------------------------------------------------------------

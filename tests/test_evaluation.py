@@ -23,6 +23,8 @@ from audioclf.evaluation import (EvaluationError, classification_report_dict, de
 from audioclf.listfile import ListEntry, read_list, render_list
 from audioclf.training import train
 from dataloaders.dataloader import FEATURE_CONFIG, FeatureDataError, SpectrogramDataset
+from audioclf.tuning import TuningError
+from conftest import write_wav
 from tools.synthetic_features import CLASS_NAMES, make_config, make_feature_dataset
 from utils import BEST_CHECKPOINT_NAME, Params, load_checkpoint
 
@@ -424,3 +426,33 @@ def test_unknown_target_class_lists_the_classes(trained, tmp_path, caplog):
 
     assert evaluation.main(["--config_path", str(trained.config), "--target_class", "cat", "--no_progress"]) == 1
     assert "unknown target class 'cat'" in caplog.text and "dog bark" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------
+# Long-mode settings from recordings (detection_soundscapes); the full path is in test_predict.py
+# ---------------------------------------------------------------------------------------
+
+def test_detection_soundscapes_keys_come_together_and_need_a_target(trained, tmp_path):
+    with pytest.raises(EvaluationError, match='"detection_soundscapes" is set but "detection_reference" is not'):
+        run_evaluation(trained.params(detection_soundscapes=str(tmp_path)), output_dir=tmp_path / "scores")
+    with pytest.raises(EvaluationError, match='"detection_reference" is set but "detection_soundscapes" is not'):
+        run_evaluation(trained.params(detection_reference=str(tmp_path / "a.csv")), output_dir=tmp_path / "scores")
+    with pytest.raises(EvaluationError, match='set "target_class"'):
+        run_evaluation(trained.params(target_class=None, detection_soundscapes=str(tmp_path),
+                                      detection_reference=str(tmp_path / "a.csv")), output_dir=tmp_path / "scores")
+
+
+def test_detection_reference_must_name_the_recordings(trained, tmp_path):
+    recordings = tmp_path / "recordings"
+    write_wav(recordings / "a.wav", duration=2.0)
+    reference = tmp_path / "reference.csv"
+    reference.write_text("file,onset_s,offset_s,class\nelsewhere.wav,0.5,1.0,babycry\n")
+    params = trained.params(detection_soundscapes=str(recordings), detection_reference=str(reference))
+    with pytest.raises(TuningError, match=r"names files that are not under .*recordings: elsewhere\.wav"):
+        run_evaluation(params, output_dir=tmp_path / "scores")
+    reference.write_text("file,onset_s,offset_s,class\na.wav,0.5,1.0,dog_bark\n")
+    with pytest.raises(TuningError, match="has no 'babycry' events"):
+        run_evaluation(params, output_dir=tmp_path / "scores")
+    with pytest.raises(TuningError, match='"detection_soundscapes" folder not found'):
+        run_evaluation(trained.params(detection_soundscapes=str(tmp_path / "nowhere"),
+                                      detection_reference=str(reference)), output_dir=tmp_path / "scores")

@@ -23,12 +23,16 @@ import torch
 
 import predict
 from tools.demo_data import generate_demo_dataset, make_long_recording, write_reference_csv
-from audioclf.events import DetectionParams, Event, score_events
+from audioclf.evaluation import run_evaluation
+from audioclf.events import DetectionParams, Event, read_events_csv, score_events
 from audioclf.frontend import FeatureParams, read_audio
-from audioclf.inference import Predictor, collect_inputs, detect, load_operating_point
+from audioclf.inference import LONG_MODE_KEY, Predictor, align_reference, collect_inputs, detect, load_operating_point
+from audioclf.listfile import LISTS_DIR, list_path
 from audioclf.preprocess import PreprocessOptions, run_preprocessing
 from audioclf.training import train
+from audioclf.tuning import select_detection_params
 from audioclf.windows import cut_windows
+from tools.soundscapes import EVENTS_FILE, build_soundscapes
 from tools.synthetic_features import make_config
 from utils import Params
 
@@ -254,6 +258,55 @@ def test_threshold_defaults_come_from_the_operating_point(trained, tmp_path):
     bad = predict.parse_args(["--checkpoint", str(checkpoint), "--target_class", "cat", "x.wav"])
     with pytest.raises(ValueError, match="babycry, speech, dog_bark"):
         predict.detection_settings(bad, names, point)
+    # long-mode settings that do not validate are ignored (with a warning), the clip threshold still applies
+    (tmp_path / "scores" / "operating_point.json").write_text(json.dumps(
+        {"target_class": "babycry", "class_id": 0, "threshold": 0.83, LONG_MODE_KEY: {
+            "hop_seconds": 0.25, "threshold": 0.9, "threshold_low": None, "median_filter": 4, "merge_gap": 0.0,
+            "min_duration": 0.0}}))
+    point = load_operating_point(checkpoint, names)
+    assert point[LONG_MODE_KEY] is None and point["threshold"] == 0.83
+    assert predict.long_mode_hop(args, point) is None
+
+
+def test_evaluation_tunes_long_mode_on_soundscapes_and_predict_uses_it(trained, tmp_path):
+    """Validation soundscapes -> evaluation picks detection settings -> operating_point.json -> predict's defaults."""
+    soundscapes = tmp_path / "soundscapes"
+    build_soundscapes(trained.audio_dir.parent / "metadata.csv", trained.audio_dir,
+                      list_path(trained.features_dir / LISTS_DIR, "validation"), TARGET, soundscapes, n_mixtures=4,
+                      seed=0, duration_s=8.0)
+    checkpoint = tmp_path / "model_best.pth.tar"
+    shutil.copy(trained.checkpoint, checkpoint)
+    params = Params(trained.checkpoint.parents[1] / "config.json")
+    params.update({"target_class": TARGET, "detection_soundscapes": str(soundscapes),
+                   "detection_reference": str(soundscapes / EVENTS_FILE), "detection_hop_seconds": 0.5})
+    metrics = run_evaluation(params, checkpoint_path=checkpoint, output_dir=tmp_path / "scores")
+    long_mode = metrics["detection"][LONG_MODE_KEY]
+    assert (long_mode["n_recordings"], long_mode["n_reference_events"], long_mode["hop_seconds"]) == (4, 2, 0.5)
+
+    # the settings are the grid's best by the rule on predict's own long-mode windows of those recordings
+    predictor = Predictor.from_checkpoint(checkpoint)
+    paths = collect_inputs([soundscapes])
+    windows = [predictor.predict_long(path, 0.5) for path in paths]
+    reference, _ = align_reference(read_events_csv(soundscapes / EVENTS_FILE), paths)
+    best, scores = select_detection_params(windows, predictor.class_names, TARGET, reference)
+    assert long_mode["measured"]["dcase2017"]["error_rate"] == scores["error_rate"]
+    assert long_mode["measured"]["dcase2017"]["f1"] == scores["f1"]
+    # ... and never worse there than the defaults (which are in the grid)
+    defaults = select_detection_params(windows, predictor.class_names, TARGET, reference, [DetectionParams()])[1]
+    assert (scores["error_rate"], -scores["f1"]) <= (defaults["error_rate"], -defaults["f1"])
+
+    # predict.py --long takes them as its defaults; flags still win
+    point = load_operating_point(checkpoint, predictor.class_names)
+    assert point[LONG_MODE_KEY] == (0.5, best)
+    args = predict.parse_args(["--checkpoint", str(checkpoint), "--long", "x.wav"])
+    assert predict.detection_settings(args, predictor.class_names, point) == {TARGET: best}
+    assert predict.long_mode_hop(args, point) == 0.5
+    flags = predict.parse_args(["--checkpoint", str(checkpoint), "--long", "--median_filter", "7", "--hop_seconds",
+                                "0.25", "x.wav"])
+    assert predict.detection_settings(flags, predictor.class_names, point)[TARGET].median_filter == 7
+    assert predict.long_mode_hop(flags, point) == 0.25
+    report = (tmp_path / "scores" / "report.txt").read_text()
+    assert "long mode (predict.py --long) on 4 recordings" in report and "error rate" in report
 
 
 def test_predict_script_end_to_end(trained, tmp_path):
@@ -268,6 +321,7 @@ def test_predict_script_end_to_end(trained, tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
     assert "true vs detected events" in completed.stdout and "event-based   F1" in completed.stdout
+    assert "DCASE 2017    error rate" in completed.stdout and "onset only, 500 ms collar" in completed.stdout
     n_true = len(trained.true_events)
     assert f"{n_true} of {n_true} true events overlap a detection" in completed.stdout
     with open(out["windows.csv"], newline="") as handle:
