@@ -34,7 +34,7 @@ demo: $(SETUP)
 	$(PY) preprocessingBabyCrying.py --csv_file $(DEMO_DATA)/metadata.csv --data_dir $(DEMO_DATA)/audio \
 		--save_dir $(DEMO_FEATURES) $(DEMO_FEATURE_FLAGS)
 	$(PY) -m tools.soundscapes $(DEMO_SOUNDSCAPE_FLAGS) --list $(DEMO_FEATURES)/filenames/validation.txt \
-		--out $(DEMO_SOUNDSCAPES)/validation --n_mixtures 20 --seed 1
+		--out $(DEMO_SOUNDSCAPES)/validation --n_mixtures 40 --seed 1
 	$(PY) -m tools.soundscapes $(DEMO_SOUNDSCAPE_FLAGS) --list $(DEMO_FEATURES)/filenames/evaluation.txt \
 		--out $(DEMO_SOUNDSCAPES)/evaluation --n_mixtures 60 --seed 2
 	$(PY) train.py --config_path $(DEMO_CONFIG) --no_progress --resume

@@ -720,9 +720,11 @@ def format_comparison(reference: Sequence[Event], estimated: Sequence[Event], t_
 
     A detection is shown next to the reference event it is matched to (DCASE collars); an
     unmatched detection sits next to an unmatched reference event it overlaps, if any (it counts
-    as a miss and a false alarm: its onset or offset is outside the collars).
+    as a miss and a false alarm: its onset or offset is outside the collars), marked when that
+    pair is a hit of DCASE 2017's onset-only matching (``dcase2017_metrics``).
     """
     matches = dict(match_events(reference, estimated, t_collar, percentage_of_length))
+    onset_matches = set(match_events(reference, estimated, DCASE2017_ONSET_COLLAR_S, evaluate_offset=False))
     matched_estimates = set(matches.values())
     rows: list[tuple[float, Event | None, Event | None, str]] = []
     paired_estimates: set[int] = set()
@@ -740,7 +742,10 @@ def format_comparison(reference: Sequence[Event], estimated: Sequence[Event], t_
         if overlapping:
             e = max(overlapping)[1]
             paired_estimates.add(e)
-            rows.append((ref.onset_s, ref, estimated[e], "overlaps, outside collars (miss + FA)"))
+            status = "overlaps, outside collars (miss + FA)"
+            if (r, e) in onset_matches:
+                status += f"; DCASE 2017 hit (onset within {DCASE2017_ONSET_COLLAR_S * 1000:.0f} ms)"
+            rows.append((ref.onset_s, ref, estimated[e], status))
         else:
             rows.append((ref.onset_s, ref, None, "miss"))
     for e, est in enumerate(estimated):

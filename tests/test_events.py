@@ -263,6 +263,10 @@ def test_format_comparison_lists_hits_misses_and_false_alarms():
     assert "1.00 -     3.00" in body[0] and "1.10 -     3.10" in body[0] and body[0].endswith("hit")
     assert "10.00 -    12.00" in body[1] and body[1].endswith("miss")
     assert "30.00 -    31.00" in body[2] and body[2].endswith("false alarm")
+    # onset 0.4 s late: outside the 200 ms collar, inside DCASE 2017's 500 ms one (offsets ignored there)
+    late = format_comparison([ev(1.0, 3.0)], [ev(1.4, 2.0)]).splitlines()[2]
+    assert late.endswith("overlaps, outside collars (miss + FA); DCASE 2017 hit (onset within 500 ms)")
+    assert format_comparison([ev(1.0, 3.0)], [ev(1.6, 3.0)]).splitlines()[2].endswith("(miss + FA)")
 
 
 # ---------------------------------------------------------------------------------------
