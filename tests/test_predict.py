@@ -266,6 +266,10 @@ def test_threshold_defaults_come_from_the_operating_point(trained, tmp_path):
     point = load_operating_point(checkpoint, names)
     assert point[LONG_MODE_KEY] is None and point["threshold"] == 0.83
     assert predict.long_mode_hop(args, point) is None
+    # an exported ONNX model's operating point carries the clip threshold only
+    onnx_point = {"target_class": "babycry", "class_id": 0, "threshold": 0.83}
+    assert predict.detection_settings(args, names, onnx_point)["babycry"].threshold == 0.83
+    assert predict.long_mode_hop(args, onnx_point) is None
 
 
 def test_evaluation_tunes_long_mode_on_soundscapes_and_predict_uses_it(trained, tmp_path):
