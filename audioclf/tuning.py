@@ -3,20 +3,22 @@
 ``tune_on_recordings`` runs the model over every recording exactly as ``predict.py --long``
 does (``Predictor.predict_long``: the same windows, the same batches-to-probabilities helper),
 then tries every combination of ``DETECTION_GRID`` with the same post-processing
-(``inference.detect``) and keeps the settings with the lowest DCASE 2017 task 2 event error
-rate (onset only, 500 ms collar), then the highest F1 with the same matching; the first such
+(``inference.detect``, see ``candidate_events``) and keeps the settings with the lowest DCASE
+2017 task 2 event error rate (onset only, 500 ms collar), then the highest F1 with the same
+matching; the first such
 combination in grid order wins a tie. Evaluation writes the result into
 ``operating_point.json`` (``inference.LONG_MODE_KEY``), where ``predict.py --long`` finds it.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from audioclf.events import DetectionParams, Event, dcase2017_metrics, read_events_csv, score_events
+from audioclf.events import DetectionParams, Event, dcase2017_metrics, merge_events, read_events_csv, score_events
 from audioclf.inference import (Predictor, WindowPredictions, align_reference, collect_inputs, detect,
                                 long_mode_settings)
 
@@ -48,6 +50,25 @@ class TuningError(ValueError):
     """Recordings and references that cannot tune detection; the message names the file or key."""
 
 
+def candidate_events(windows: Sequence[WindowPredictions], class_names: Sequence[str], target_class: str,
+                     candidates: Sequence[DetectionParams]) -> Iterator[tuple[DetectionParams, list[Event]]]:
+    """``(params, detect(windows, ..., {target_class: params}))`` for each candidate, in order.
+
+    ``detect`` runs once per threshold and median filter (without merging or a minimum length);
+    merge gap and minimum duration are then the last two steps of the rules (``events``
+    module docstring) applied to those events, which equals running ``detect`` with them and is
+    far cheaper for a grid (``tests/test_tuning.py`` checks the equality).
+    """
+    runs: dict[tuple, list[Event]] = {}
+    for params in candidates:
+        key = (params.threshold, params.threshold_low, params.median_filter)
+        if key not in runs:
+            unmerged = dataclasses.replace(params, merge_gap=0.0, min_duration=0.0)
+            runs[key] = detect(windows, class_names, {target_class: unmerged})
+        merged = merge_events(runs[key], params.merge_gap)
+        yield params, [event for event in merged if event.duration_s >= params.min_duration]
+
+
 def select_detection_params(windows: Sequence[WindowPredictions], class_names: Sequence[str], target_class: str,
                             reference: Sequence[Event], candidates: Sequence[DetectionParams] | None = None
                             ) -> tuple[DetectionParams, dict]:
@@ -57,8 +78,9 @@ def select_detection_params(windows: Sequence[WindowPredictions], class_names: S
     the earlier candidate.
     """
     best: tuple[tuple[float, float], DetectionParams, dict] | None = None
-    for params in DETECTION_GRID.candidates() if candidates is None else candidates:
-        scores = dcase2017_metrics(reference, detect(windows, class_names, {target_class: params}))
+    candidates = DETECTION_GRID.candidates() if candidates is None else candidates
+    for params, events in candidate_events(windows, class_names, target_class, candidates):
+        scores = dcase2017_metrics(reference, events)
         key = (scores["error_rate"], -scores["f1"])
         if best is None or key < best[0]:
             best = (key, params, scores)

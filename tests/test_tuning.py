@@ -6,7 +6,7 @@ import pytest
 
 from audioclf.events import DetectionParams, Event
 from audioclf.inference import WindowPredictions, detect
-from audioclf.tuning import DETECTION_GRID, DetectionGrid, select_detection_params
+from audioclf.tuning import DETECTION_GRID, DetectionGrid, candidate_events, select_detection_params
 
 CLASSES = ["babycry", "other"]
 HOP_S, WINDOW_S = 0.5, 1.0
@@ -72,3 +72,19 @@ def test_error_rate_first_then_f1_then_candidate_order():
     # identical scores: the first candidate
     same = DetectionParams(threshold=0.55, median_filter=1)
     assert select_detection_params(recordings, CLASSES, "babycry", reference, [same, low])[0] == same
+
+
+def test_candidate_events_equal_detect_for_every_setting_of_the_grid():
+    rng = np.random.default_rng(0)
+    recordings = []
+    for index in range(3):  # random walks in [0, 1]: runs, dips, blips
+        walk = np.abs(np.cumsum(rng.normal(0, 0.2, 60)) % 2.0)
+        recordings.append(windows_of(f"{index}.wav", np.where(walk > 1, 2 - walk, walk).tolist()))
+    n_events = 0
+    for params, events in candidate_events(recordings, CLASSES, "babycry", DETECTION_GRID.candidates()):
+        expected = detect(recordings, CLASSES, {"babycry": params})
+        assert [(e.file, e.onset_s, e.offset_s, e.peak_probability) for e in events] == \
+            [(e.file, e.onset_s, e.offset_s, e.peak_probability) for e in expected], params
+        np.testing.assert_allclose([e.mean_probability for e in events], [e.mean_probability for e in expected])
+        n_events += len(events)
+    assert n_events > 1000  # the sequences give events under most settings
