@@ -217,6 +217,15 @@ def _other_files(folder: Path) -> Counter:
 # Adapters: one per corpus layout
 # ---------------------------------------------------------------------------------------
 
+def _vocabulary(table, id_column: str, name_column: str) -> list[str]:
+    """The corpus's class names in the order of its own integer class IDs (first name per ID)."""
+    names: dict[int, str] = {}
+    for _, row in table:
+        if is_whole_number(row[id_column]):
+            names.setdefault(int(row[id_column]), row[name_column])
+    return [names[class_id] for class_id in sorted(names)]
+
+
 def read_urbansound8k(root: Path, source: str, options: AdapterOptions) -> Corpus:
     """UrbanSound8K: ``metadata/UrbanSound8K.csv`` and ``audio/fold<N>/<slice_file_name>``."""
     root = _locate(root, US8K_META, "UrbanSound8K")
@@ -224,11 +233,7 @@ def read_urbansound8k(root: Path, source: str, options: AdapterOptions) -> Corpu
     corpus = Corpus("urbansound8k", source, root / "audio", [], str(meta))
     table = _read_table(meta, US8K_COLUMNS, corpus,
                         "--root must be the UrbanSound8K folder (metadata/UrbanSound8K.csv, audio/fold1..10/)")
-    names = {}
-    for _, row in table:
-        if is_whole_number(row["classID"]):
-            names.setdefault(int(row["classID"]), row["class"])
-    corpus.vocabulary = [names[class_id] for class_id in sorted(names)]
+    corpus.vocabulary = _vocabulary(table, "classID", "class")
     for line, row in table:
         where = f"{meta}:{line}"
         problem = (_bare_name_problem("slice_file_name", row["slice_file_name"], "audio/fold<N>/")
@@ -249,11 +254,7 @@ def read_esc50(root: Path, source: str, options: AdapterOptions) -> Corpus:
     corpus = Corpus("esc50", source, root / "audio", [], str(meta))
     table = _read_table(meta, ESC50_COLUMNS, corpus,
                         "--root must be the ESC-50 folder (ESC-50-master: meta/esc50.csv, audio/)")
-    names = {}
-    for _, row in table:
-        if is_whole_number(row["target"]):
-            names.setdefault(int(row["target"]), row["category"])
-    corpus.vocabulary = [names[target] for target in sorted(names)]
+    corpus.vocabulary = _vocabulary(table, "target", "category")
     not_esc10 = 0
     for line, row in table:
         where = f"{meta}:{line}"
