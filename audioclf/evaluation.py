@@ -138,10 +138,10 @@ def check_matches_checkpoint(dataset: SpectrogramDataset, checkpoint: dict, chec
     if Path(dataset.info.source).name != FEATURE_CONFIG:
         # No feature config beside the list: its class names come from its own lines and may
         # cover only some classes, so check each line against the checkpoint instead.
-        for number, entry in enumerate(dataset.entries, start=1):
+        for entry in dataset.entries:
             if not (0 <= entry.class_id < len(trained) and trained[entry.class_id] == entry.class_name):
                 raise EvaluationError(
-                    f"{dataset.list_file}:{number}: class {entry.class_id} {entry.class_name!r} is not class "
+                    f"{dataset.list_file}:{entry.line_number}: class {entry.class_id} {entry.class_name!r} is not class "
                     f"{entry.class_id} of the checkpoint {checkpoint_path}, whose {len(trained)} classes are {trained}")
         listed = trained
     if len(trained) != len(listed):

@@ -8,7 +8,7 @@ written bare, exactly as in the original format.
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
@@ -28,11 +28,12 @@ def list_path(lists_dir: str | Path, split: str) -> Path:
 
 @dataclass(frozen=True)
 class ListEntry:
-    """One line of a split list."""
+    """One line of a split list; ``line_number`` is where it was read (1-based; 0: made in code)."""
 
     feature_file: str
     class_id: int
     class_name: str
+    line_number: int = field(default=0, compare=False)  # for error messages; not part of the entry
 
 
 class ListFileError(ValueError):
@@ -55,7 +56,7 @@ def parse_line(line: str, path: str | Path = "<list>", line_number: int = 0) -> 
         raise ListFileError(
             f"{path}:{line_number}: expected '<feature-file.npy> <classID> <class-name>' "
             f"(quote names with spaces), got {line!r}")
-    return ListEntry(fields[0], int(fields[1]), fields[2])
+    return ListEntry(fields[0], int(fields[1]), fields[2], line_number)
 
 
 def read_list(path: str | Path) -> list[ListEntry]:

@@ -96,20 +96,20 @@ class SpectrogramDataset(Dataset):
 
     def _check_labels(self) -> None:
         n_classes = len(self.class_names)
-        for number, entry in enumerate(self.entries, start=1):
+        for entry in self.entries:
             if not 0 <= entry.class_id < n_classes or self.class_names[entry.class_id] != entry.class_name:
                 raise FeatureDataError(
-                    f"{self.list_file}:{number}: label {entry.class_id} ({entry.class_name!r}) is not one of "
+                    f"{self.list_file}:{entry.line_number}: label {entry.class_id} ({entry.class_name!r}) is not one of "
                     f"the {n_classes} training classes {self.class_names}")
 
     def _check_inside_datapath(self) -> None:
         # A list names files relative to datapath; an absolute path or '..' would read elsewhere.
-        for number, entry in enumerate(self.entries, start=1):
+        for entry in self.entries:
             name = entry.feature_file
             if PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() \
                     or PureWindowsPath(name).drive or ".." in PurePosixPath(name.replace("\\", "/")).parts:
                 raise FeatureDataError(
-                    f"{self.list_file}:{number}: feature file {name!r} is not inside the data folder "
+                    f"{self.list_file}:{entry.line_number}: feature file {name!r} is not inside the data folder "
                     f"{self.datapath}; list entries must be relative paths without '..'")
 
     def _check_files_exist(self) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -103,4 +104,18 @@ def test_a_list_entry_outside_the_data_folder_is_refused_naming_the_list_and_lin
     lines[1] = render_list([ListEntry(name, 1, "b")]).strip()
     list_file.write_text("\n".join(lines) + "\n")
     with pytest.raises(FeatureDataError, match=rf"train\.txt:2: feature file .* is not inside the data folder"):
+        SpectrogramDataset(list_file, tmp_path / "data")
+
+
+@pytest.mark.parametrize("check", ["outside", "label"])
+def test_list_errors_name_the_real_line_when_the_list_has_blank_lines(tmp_path, check):
+    """Blank lines are skipped when reading, but an error still names the line a user sees."""
+    list_file = make_whole_clips(tmp_path / "data")
+    lines = list_file.read_text().splitlines()
+    bad = ListEntry("../outside.npy", 1, "b") if check == "outside" else ListEntry("clip1.npy", 1, "cat")
+    lines[1] = render_list([bad]).strip()
+    list_file.write_text("\n\n" + lines[0] + "\n   \n\n" + "\n".join(lines[1:]) + "\n")  # bad entry on line 6
+    expected = (r"feature file '\.\./outside\.npy' is not inside the data folder" if check == "outside"
+                else r"label 1 \('cat'\) is not one of the 2 training classes")
+    with pytest.raises(FeatureDataError, match=re.escape(f"{list_file}:6: ") + expected):
         SpectrogramDataset(list_file, tmp_path / "data")

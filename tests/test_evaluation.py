@@ -380,6 +380,9 @@ def test_list_without_feature_config_is_checked_line_by_line(trained, tmp_path):
     subset.write_text(render_list([ListEntry(entries[0].feature_file, 0, "cat")]))
     with pytest.raises(EvaluationError, match=r"evaluation.txt:1: class 0 'cat' is not class 0 of the checkpoint"):
         run_evaluation(trained.params(evallist=str(subset)), output_dir=tmp_path / "scores")
+    subset.write_text("\n" + render_list([entries[0], ListEntry(entries[1].feature_file, 1, "cat")]))
+    with pytest.raises(EvaluationError, match=r"evaluation.txt:3: class 1 'cat' is not class 1 of the checkpoint"):
+        run_evaluation(trained.params(evallist=str(subset)), output_dir=tmp_path / "scores")  # line 3 of the file
 
 
 def test_empty_evaluation_list(trained, tmp_path):

@@ -68,3 +68,11 @@ def test_malformed_lines_name_file_and_line(tmp_path, line, detail):
 def test_missing_list_file_says_how_to_make_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="preprocessingBabyCrying.py"):
         read_list(tmp_path / "train.txt")
+
+
+def test_entries_remember_their_line_in_the_file(tmp_path):
+    path = tmp_path / "train.txt"
+    path.write_text("\na.npy 0 cry\n\n  \nb.npy 1 laugh\n")
+    assert [entry.line_number for entry in read_list(path)] == [2, 5]
+    # The line number is where an entry was read, not part of what it is.
+    assert read_list(path) == [ListEntry("a.npy", 0, "cry"), ListEntry("b.npy", 1, "laugh")]
