@@ -56,11 +56,15 @@ PAD_MODES = ("repeat", "zeros")
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc",
                               ".au", ".snd", ".w64", ".caf", ".rf64"})
 FRONTENDS = ("default", "yamnet")  # default: torchaudio dB log-mel; yamnet: YAMNet's features
+# YAMNet's params.py lives here, its one place (models/yamnet.py imports it): the log offset, the
+# patches (0.96 s of 10 ms frames every 0.48 s) and the preset below.
 YAMNET_LOG_OFFSET = 0.001  # YAMNet's stabilised log: log(mel + 0.001)
-# The YAMNet preset; n_frames = 96 is one YAMNet patch (0.96 s). Every other value is what the
-# AudioSet weights were trained with (YAMNet's params.py), so a pretrained yamnet checks them.
+YAMNET_PATCH_FRAMES = 96  # one YAMNet example, 0.96 s
+YAMNET_PATCH_HOP_FRAMES = 48  # patches overlap by half: 0.48 s
+# The YAMNet preset; n_frames is one YAMNet patch. Every other value is what the AudioSet weights
+# were trained with, so a pretrained yamnet checks them.
 YAMNET_PRESET = dict(frontend="yamnet", sample_rate=16000, window_ms=25.0, hop_ms=10.0, n_fft=512, n_mels=64,
-                     n_frames=96, f_min=125.0, f_max=7500.0)
+                     n_frames=YAMNET_PATCH_FRAMES, f_min=125.0, f_max=7500.0)
 PRESETS = {"default": {}, "yamnet": YAMNET_PRESET}
 # Parameters a preset leaves to the user: clip length, how short clips are filled, whole clips.
 FREE_PARAMETERS = ("n_frames", "pad_mode", "max_seconds")

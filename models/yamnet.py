@@ -24,13 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# YAMNet's params.py (patches, STFT, mel bands) is spelt once, beside the front end it defines.
+from audioclf.frontend import YAMNET_PATCH_FRAMES as PATCH_FRAMES  # 0.96 s of 10 ms frames: one example
+from audioclf.frontend import YAMNET_PATCH_HOP_FRAMES as PATCH_HOP_FRAMES  # patches overlap by half
+from audioclf.frontend import YAMNET_PRESET, FeatureParams, YamnetLogMel
+
 from .layers import SameConv2d
 from .registry import register_model
 from .weights import ConvertedWeights
 
-PATCH_FRAMES = 96  # 0.96 s of 10 ms frames: one YAMNet example
-PATCH_HOP_FRAMES = 48  # patches overlap by half
-N_BANDS = 64
+N_BANDS = YAMNET_PRESET["n_mels"]
 N_AUDIOSET_CLASSES = 521
 EMBEDDING_SIZE = 1024
 BATCHNORM_EPSILON = 1e-4  # YAMNet's params.py (Keras' default would be 1e-3)
@@ -133,12 +136,12 @@ class YAMNet(nn.Module):
         return pool_patch_logits(logits, self.multi_label)
 
 
-def yamnet_padded_length(n_samples: int, sample_rate: int = 16000) -> int:
+def yamnet_padded_length(n_samples: int, sample_rate: int = YAMNET_PRESET["sample_rate"]) -> int:
     """Samples YAMNet pads a waveform to (its ``features.pad_waveform``): one whole patch at least,
     then a whole number of patch hops, so every sample lies in a complete patch."""
-    hop = 10 * sample_rate // 1000  # the 10 ms STFT hop
-    first_patch = (PATCH_FRAMES - 1) * hop + 25 * sample_rate // 1000  # 0.975 s: 96 frames of 25 ms
-    patch_hop = PATCH_HOP_FRAMES * hop
+    params = FeatureParams.preset("yamnet", sample_rate=sample_rate)
+    first_patch = params.samples_for(PATCH_FRAMES)  # 0.975 s: 96 frames of 25 ms, every 10 ms
+    patch_hop = PATCH_HOP_FRAMES * params.hop_length
     extra = max(n_samples, first_patch) - first_patch
     return first_patch + math.ceil(extra / patch_hop) * patch_hop
 
@@ -151,8 +154,6 @@ def yamnet_frames(model: YAMNet, waveform: Tensor) -> tuple[Tensor, Tensor, Tens
     ``model`` must hold the original head (``get_model("yamnet", 521, pretrained=True,
     head_from_pretrained=range(521))``) for the scores to be AudioSet's.
     """
-    from audioclf.frontend import FeatureParams, YamnetLogMel  # the front end the weights were trained on
-
     logmel = YamnetLogMel(FeatureParams.preset("yamnet")).to(waveform.device)
     padded = F.pad(waveform, (0, yamnet_padded_length(waveform.shape[-1]) - waveform.shape[-1]))
     log_mel = logmel(padded)  # (64, frames)

@@ -91,6 +91,29 @@ def test_collars_and_segment_length_are_defined_once():
                 assert not isinstance(node.value, ast.Constant), f"{path}: literal {node.arg}"
 
 
+def numeric_constants(tree: ast.Module) -> list[float]:
+    """Number literals of a module (booleans left out)."""
+    return [node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)
+            and isinstance(node.value, (int, float)) and not isinstance(node.value, bool)]
+
+
+def test_yamnets_numbers_are_defined_once():
+    """YAMNet's params.py (patches, STFT, mel bands) is spelt in audioclf/frontend.py only; the port imports it."""
+    sources = library_sources()
+    yamnet_numbers = {96, 48, 0.96, 0.48, 0.975, 15600, 16000, 25, 10, 160, 400, 125, 7500, 0.001}
+    port = sorted(set(numeric_constants(sources[REPO / "models/yamnet.py"])) & yamnet_numbers)
+    assert port == [], f"models/yamnet.py spells YAMNet's {port}; import them from audioclf.frontend"
+    frontend = sources[REPO / "audioclf/frontend.py"]
+    assert numeric_constants(frontend).count(96) == 1 and numeric_constants(frontend).count(48) == 1
+    preset = next(node.value for node in ast.walk(frontend) if isinstance(node, ast.Assign)
+                  and getattr(node.targets[0], "id", "") == "YAMNET_PRESET")
+    n_frames = next(keyword.value for keyword in preset.keywords if keyword.arg == "n_frames")
+    assert isinstance(n_frames, ast.Name) and n_frames.id == "YAMNET_PATCH_FRAMES"
+    patch_frames = [f"{path.relative_to(REPO)}" for path, tree in sources.items()
+                    if path.relative_to(REPO).parts[0] != "tools" and 96 in numeric_constants(tree)]
+    assert patch_frames == ["audioclf/frontend.py"], f"a YAMNet patch (96 frames) is spelt in {patch_frames}"
+
+
 def test_predict_takes_its_detection_defaults_from_detection_params():
     tree = ast.parse((REPO / "predict.py").read_text())
     flags = {"--threshold", "--threshold_low", "--median_filter", "--min_duration", "--merge_gap"}
