@@ -12,7 +12,7 @@ endif
 DEMO_DATA := data/demo
 DEMO_FEATURES := features/demo
 DEMO_CONFIG := configs/demo.json
-DEMO_FEATURE_FLAGS := --n_mels 64 --n_frames 100
+DEMO_FEATURE_FLAGS := --config_path $(DEMO_CONFIG)
 # DCASE 2017 task 2-style soundscapes: validation ones tune detection (configs/demo.json names them;
 # predict.py then takes the settings from scores/operating_point.json), evaluation ones (30 min) measure it.
 DEMO_SOUNDSCAPES := $(DEMO_DATA)/soundscapes

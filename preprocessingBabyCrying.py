@@ -5,8 +5,12 @@ Example::
     python preprocessingBabyCrying.py --csv_file data/demo/metadata.csv \
         --data_dir data/demo/audio --save_dir features/demo
 
-Re-running reuses finished clips (``--overwrite`` recomputes); interrupting never leaves a
-truncated file. See the README for the feature formula and the output layout.
+    python preprocessingBabyCrying.py --csv_file data/esc50.csv --data_dir ESC-50/audio \
+        --save_dir features/esc50 --config_path configs/esc50.json --val_fold 4 --eval_fold 5
+
+With ``--config_path`` the feature flags come from the config's ``features`` block (the recipe's
+preprocessing, which training checks the features against). Re-running reuses finished clips
+(``--overwrite`` recomputes); interrupting never leaves a truncated file. See the README for the feature formula and the output layout.
 """
 from __future__ import annotations
 
@@ -16,7 +20,10 @@ import os
 import sys
 from pathlib import Path
 
-from audioclf.frontend import DEFAULT_MAX_SECONDS, FRONTENDS, FeatureParams
+from audioclf.config import ConfigError, Params
+from audioclf.feature_flags import (FEATURE_FLAGS, FIELDS, FeatureFlagConflict, add_feature_arguments,
+                                    feature_params_from_flags, given_feature_flags, merge_feature_flags)
+from audioclf.frontend import DEFAULT_MAX_SECONDS, FeatureParams
 from audioclf.metadata import AUTO_GROUPS, GROUP_COLUMN, NO_GROUPS, MetadataError
 from audioclf.preprocess import PreprocessError, PreprocessOptions, run_preprocessing
 from audioclf.runtime import setup_logging
@@ -24,37 +31,20 @@ from audioclf.runtime import setup_logging
 log = logging.getLogger("preprocess")
 
 
-# flag -> FeatureParams field
-FEATURE_FLAGS = {"samplerate": "sample_rate", "window_size": "window_ms", "hop_size": "hop_ms", "n_fft": "n_fft",
-                 "n_mels": "n_mels", "n_frames": "n_frames", "pad_mode": "pad_mode"}
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line flags (the contract's names and defaults)."""
-    defaults = FeatureParams()
+    """Command-line flags (the contract's names and defaults), the feature flags resolved.
+
+    Every feature flag comes back filled: as given, else from ``--config_path``'s ``features``
+    block, else the ``--frontend`` preset's value.
+    """
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--csv_file", required=True, type=Path, help="metadata CSV (slice_file_name, classID, class)")
     parser.add_argument("--data_dir", required=True, type=Path, help="folder the CSV's slice_file_name is relative to")
     parser.add_argument("--save_dir", default=Path("features"), type=Path, help="output folder (default: features)")
-    parser.add_argument("--frontend", choices=FRONTENDS, default="default",
-                        help="feature preset: 'yamnet' gives YAMNet's features (16 kHz, 25/10 ms, FFT 512, 64 mels "
-                             "125-7500 Hz, ln(magnitude mel + 0.001), 96 frames) for a pretrained yamnet; the flags "
-                             "below default to the preset's values")
-    # None: the preset's value (the defaults shown are the default front end's).
-    parser.add_argument("--samplerate", type=int, default=None,
-                        help=f"target sample rate in Hz ({defaults.sample_rate})")
-    parser.add_argument("--window_size", type=float, default=None, help=f"STFT window in ms ({defaults.window_ms})")
-    parser.add_argument("--hop_size", type=float, default=None, help=f"STFT hop in ms ({defaults.hop_ms})")
-    parser.add_argument("--n_fft", type=int, default=None, help=f"FFT size in samples ({defaults.n_fft})")
-    parser.add_argument("--n_mels", type=int, default=None, help=f"number of mel bands ({defaults.n_mels})")
-    parser.add_argument("--n_frames", type=int, default=None, help=f"frames kept per clip ({defaults.n_frames})")
-    parser.add_argument("--pad_mode", choices=("repeat", "zeros"), default=None,
-                        help="how clips shorter than n_frames are filled (default: repeat the clip)")
-    parser.add_argument("--whole_clips", action="store_true",
-                        help="keep each clip whole (up to --max_seconds) as a variable-length (n_mels, T) feature, "
-                             "T >= n_frames; training draws random crops of it (default: the first n_frames)")
-    parser.add_argument("--max_seconds", type=float, default=DEFAULT_MAX_SECONDS,
-                        help="with --whole_clips: the longest audio kept per clip, in seconds")
+    parser.add_argument("--config_path", default=None, type=Path,
+                        help="a recipe config: its \"features\" block gives the feature flags (a flag also given "
+                             "here must have the block's value); paths stay flags")
+    add_feature_arguments(parser)
     parser.add_argument("--seed", type=int, default=42, help="seed of the stratified split")
     parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1, help="worker processes")
     parser.add_argument("--overwrite", action="store_true", help="recompute features that already exist")
@@ -77,17 +67,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--write_lists", action="store_true",
                         help="with --num_shards: (only) write the lists once every shard has finished")
     args = parser.parse_args(argv)
-    preset = FeatureParams.preset(args.frontend)
-    for flag, field in FEATURE_FLAGS.items():  # a feature flag not given takes the preset's value
-        if getattr(args, flag) is None:
-            setattr(args, flag, getattr(preset, field))
+    flags = given_feature_flags(args)
+    if args.config_path is not None:
+        try:
+            flags = merge_feature_flags(config_features(args), flags, str(args.config_path))
+        except (ConfigError, FileNotFoundError, FeatureFlagConflict) as error:
+            parser.error(str(error))
+    params = feature_params_from_flags(flags)
+    for flag, field in FIELDS.items():  # a feature flag not given takes the block's or the preset's value
+        setattr(args, flag, getattr(params, field))
+    args.frontend = params.frontend
+    args.whole_clips = params.whole_clips
+    args.max_seconds = flags.get("max_seconds", DEFAULT_MAX_SECONDS)
     return args
 
 
+def config_features(args: argparse.Namespace) -> dict:
+    """The ``features`` block of ``--config_path`` (validated with the whole config); a warning when
+    ``--save_dir`` is not the config's ``datapath``."""
+    params = Params(args.config_path)
+    if not params.features:
+        raise ConfigError(str(args.config_path), ['no "features" block: add one (the feature flags without dashes, '
+                                                  'e.g. "features": {"n_mels": 64}) or drop --config_path'])
+    if args.save_dir.resolve() != Path(params.datapath).resolve():
+        log.warning("--save_dir %s is not the datapath of %s (%s): train.py with that config will not read these "
+                    "features", args.save_dir, args.config_path, params.datapath)
+    return params.features
+
+
 def feature_params_from_args(args: argparse.Namespace) -> FeatureParams:
-    """The ``--frontend`` preset with the feature flags on top (``parse_args`` filled the ones not given)."""
-    return FeatureParams.preset(args.frontend, **{field: getattr(args, flag) for flag, field in FEATURE_FLAGS.items()},
-                                max_seconds=args.max_seconds if args.whole_clips else None)
+    """The feature parameters of resolved flags (``parse_args`` filled every feature flag)."""
+    return feature_params_from_flags({flag: getattr(args, flag) for flag in FEATURE_FLAGS})
 
 
 def options_from_args(args: argparse.Namespace) -> PreprocessOptions:

@@ -11,12 +11,13 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import json5
 
+from audioclf.feature_flags import block_problems
 from audioclf.files import atomic_write_json
 
 __all__ = ["REQUIRED", "ConfigError", "ConfigKey", "CONFIG_SCHEMA", "Params", "config_reference_markdown"]
@@ -69,6 +70,8 @@ class ConfigKey:
     positive: bool = False  # number must be > 0
     is_path: bool = False  # relative paths are made absolute against the cwd at load time
     items: type | None = None  # the type of a list's elements
+    # Checks the contents of a value of the right type: (normalised value, problems).
+    check: Callable[[Any], tuple[Any, list[str]]] | None = None
 
     @property
     def required(self) -> bool:
@@ -94,6 +97,13 @@ CONFIG_SCHEMA: dict[str, ConfigKey] = {
         (str,), None, "TensorBoard log folder; null means `<checkpoint_dir>/runs`.", is_path=True
     ),
     "dataset_name": ConfigKey((str,), "", "Free-form dataset name recorded with the run."),
+    "features": ConfigKey(
+        (dict,), {}, "The preprocessing this recipe expects: `preprocessingBabyCrying.py`'s feature flags by their "
+        "names without dashes, e.g. `{\"frontend\": \"yamnet\", \"whole_clips\": true, \"max_seconds\": 5}` "
+        "(flags left out take the preset's value). `preprocessingBabyCrying.py --config_path` makes the features "
+        "from it; training and evaluation refuse features in `datapath` made otherwise; `{}` checks nothing.",
+        check=block_problems,
+    ),
     # Model.
     "model": ConfigKey((str,), help="Backbone name in the model registry."),
     "pretrained": ConfigKey((bool,), False, "Start from pretrained weights (with a new head, unless `head_classes`)."),
@@ -456,6 +466,11 @@ class Params:
             if problem:
                 problems.append(problem)
                 continue
+            if CONFIG_SCHEMA[key].check is not None:
+                value, more = CONFIG_SCHEMA[key].check(value)
+                if more:
+                    problems.extend(more)
+                    continue
             if CONFIG_SCHEMA[key].is_path and isinstance(value, str):
                 value = _absolute(value)
             checked[key] = value

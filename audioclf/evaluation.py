@@ -90,6 +90,7 @@ from audioclf.inference import LONG_MODE_KEY, Predictor
 from audioclf.listfile import FEATURE_CONFIG
 from audioclf.frontend import FeatureParams
 from audioclf.runtime import amp_dtype_for, resolve_device
+from audioclf.transfer import check_features
 from audioclf.tuning import tune_on_recordings
 from audioclf.windows import default_hop, iter_window_outputs, pool_windows
 from dataloaders.crops import window_loader
@@ -616,6 +617,7 @@ def run_evaluation(params: Params, checkpoint_path: str | Path | None = None, ta
 
     check_detection_keys(params, class_id)
     evaluation_set = load_list(params.evallist, params.datapath, "evallist")
+    check_features(params, evaluation_set.info.feature_params, evaluation_set.info.source)
     check_matches_checkpoint(evaluation_set, checkpoint, checkpoint_path)
     validation_set = None
     if class_id is not None:

@@ -27,7 +27,7 @@ from audioclf.augment import BackgroundMixer, SpecAugment, mixup, random_frequen
 from audioclf.checkpoint import (CONFIG_FILE, checkpoint_state, latest_checkpoint, list_checkpoints, load_checkpoint,
                                  save_checkpoint, unwrap)
 from audioclf.classifier import AudioClassifier, constructor_args
-from audioclf.transfer import (check_pretrained_features, head_rows, parameter_groups, resolve_normalization,
+from audioclf.transfer import (check_features, head_rows, parameter_groups, resolve_normalization,
                                trainable_summary)
 from audioclf.config import Params
 from audioclf.frontend import FeatureParams, log_scale_for
@@ -187,7 +187,7 @@ def build_model(params: Params, train_set: SpectrogramDataset, window: int | Non
     ``"normalization": "none"`` then).
     """
     check_input_size(params.model, train_set.n_mels, window or train_set.n_frames)
-    check_pretrained_features(params, train_set.info.feature_params, train_set.info.source)
+    check_features(params, train_set.info.feature_params, train_set.info.source)
     normalization = resolve_normalization(params)
     if normalization != params.normalization:
         params.update({"normalization": normalization})  # the saved config says what was done

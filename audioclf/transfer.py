@@ -2,7 +2,8 @@
 
 - **Front end.** A backbone pretrained on a fixed front end (YAMNet: ``frontend="yamnet"`` in its
   registry entry) only works on those features; training it on others is an error that says
-  which preprocessing flags make the right ones (``check_pretrained_features``).
+  which preprocessing flags make the right ones (``check_features``, which also checks the
+  features against the config's ``features`` block).
 - **Normalisation.** Such a backbone saw raw log-mels, so dataset normalisation would shift its
   inputs: ``normalization`` is forced to ``none``, and asking for another one is an error.
 - **Head.** ``head_classes`` maps dataset classes to pretrained classes whose classifier rows
@@ -21,7 +22,8 @@ from torch import nn
 
 from audioclf.classifier import AudioClassifier
 from audioclf.config import Params
-from audioclf.frontend import FREE_PARAMETERS, FeatureParams
+from audioclf.feature_flags import feature_params_from_flags, preprocessing_command
+from audioclf.frontend import FeatureParams
 from models import get_model_entry
 
 log = logging.getLogger(__name__)
@@ -31,27 +33,44 @@ class TransferError(ValueError):
     """A config or feature set that does not fit the pretrained model; the message says what to change."""
 
 
-def preprocessing_flags(frontend: str) -> str:
-    """The preprocessing command line that makes features for preset ``frontend``."""
-    free = " ".join(f"[--{name} ...]" for name in FREE_PARAMETERS)
-    return (f"python preprocessingBabyCrying.py --csv_file CSV --data_dir DIR --save_dir DIR "
-            f"--frontend {frontend} {free}")
+def check_features(params: Params, feature_params: dict | None, source: str) -> None:
+    """TransferError when the features in ``source`` are not the ones the config expects: those of its
+    ``features`` block, and those of a pretrained model's front end.
 
-
-def check_pretrained_features(params: Params, feature_params: dict | None, source: str) -> None:
-    """TransferError when a pretrained model's front end differs from the features in ``source``."""
+    The one place training and evaluation check the features against the config; the message names
+    every parameter that differs and the preprocessing command that makes the right features.
+    """
+    if params.features:
+        expected = feature_params_from_flags(params.features)
+        rerun = preprocessing_command(params.datapath, config_path=params.source)
+        if feature_params is None:
+            raise TransferError(
+                f'the "features" block of {params.source} cannot be checked: {source} has no feature parameters; '
+                f"preprocess with:\n  {rerun}")
+        found = FeatureParams.from_dict(feature_params)
+        differing = [f"{name} {getattr(found, name)!r} (config: {getattr(expected, name)!r})"
+                     for name in found.differences(expected)]
+        if differing:
+            raise TransferError(
+                f'the features of {source} differ from the "features" block of {params.source}: '
+                f"{', '.join(differing)}. Re-run preprocessing with the config:\n  {rerun}")
     frontend = get_model_entry(params.model).frontend
     if not params.pretrained or frontend is None:
         return
+    if params.features:  # the block's features are on disk: the block itself is what to change
+        command = (f'set "frontend": "{frontend}" in the "features" block of {params.source}, then run\n  '
+                   f"{preprocessing_command(params.datapath, config_path=params.source)}")
+    else:
+        command = f"preprocess with:\n  {preprocessing_command(params.datapath, frontend=frontend)}"
     if feature_params is None:
         raise TransferError(
             f'pretrained "{params.model}" needs features made with its "{frontend}" front end, but {source} has no '
-            f"feature parameters to check; preprocess with:\n  {preprocessing_flags(frontend)}")
+            f"feature parameters to check; {command}")
     differences = FeatureParams.from_dict(feature_params).preset_differences(frontend)
     if differences:
         raise TransferError(
             f'pretrained "{params.model}" was trained on the "{frontend}" front end, but the features of {source} '
-            f"differ: {', '.join(differences)}. Preprocess with:\n  {preprocessing_flags(frontend)}\n"
+            f"differ: {', '.join(differences)}. To match, {command}\n"
             'or set "pretrained": false to train it from scratch on these features.')
 
 

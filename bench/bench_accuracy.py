@@ -9,8 +9,13 @@ Two protocols:
            fold the evaluation list is that fold; the other folds train, less a seeded tenth
            of them for validation, so the evaluation speaker is never heard in training.
 Prints accuracy, macro-F1 and wall time per run and per protocol, and writes them as JSON.
-Training settings come from ``--config`` (default configs/fsdd.json); feature settings from
-the flags below (defaults suit 8 kHz speech: 1 s windows of 40 mels).
+Training settings come from ``--config`` (default configs/fsdd.json: 8 kHz speech, 1 s windows
+of 40 mels), feature settings from its ``features`` block; feature flags given here override the
+block's (a ``--frontend`` other than the block's replaces the whole block). So a recipe runs end
+to end on any CSV with a ``fold`` column, e.g. ESC-50's five folds::
+
+    python -m bench.bench_accuracy --config configs/esc50.json --csv_file data/esc50.csv \
+        --data_dir ESC-50/audio --protocol speaker --heldout 1 2 3 4 5
 
 ``--baseline`` fits the floor instead of the CNN, on the same features and lists: 40 MFCCs per
 frame (DCT-II of the log-mels), their mean and std over the clip (80 numbers), standardised,
@@ -36,7 +41,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from audioclf.evaluation import run_evaluation
-from audioclf.frontend import FRONTENDS, FeatureParams
+from audioclf.feature_flags import add_feature_arguments, feature_params_from_flags, given_feature_flags
 from audioclf.listfile import FEATURE_CONFIG, LISTS_DIR, SPLITS, list_path
 from audioclf.preprocess import PreprocessOptions, run_preprocessing
 from audioclf.training import train
@@ -60,14 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--heldout", nargs="+", default=["1", "2"], help="folds held out in the speaker protocol")
     parser.add_argument("--validate_on_next_fold", action="store_true",
                         help="speaker protocol: validate on the next fold (default: a tenth of the training folds)")
-    parser.add_argument("--frontend", choices=FRONTENDS, default="default",
-                        help="feature preset; 'yamnet' (for a pretrained yamnet) ignores the three flags below "
-                             "and uses YAMNet's 16 kHz, FFT 512, 64 mels")
-    parser.add_argument("--samplerate", type=int, default=8000)
-    parser.add_argument("--n_fft", type=int, default=512)
-    parser.add_argument("--n_mels", type=int, default=40)
-    parser.add_argument("--n_frames", type=int, default=None,
-                        help="frames per clip (default: 100, or 96 = one patch for --frontend yamnet)")
+    add_feature_arguments(parser)  # preprocessing's feature flags; not given: the config's "features" block
     parser.add_argument("--epochs", type=int, default=None, help="override the config's epochs")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=JSON",
                         help='override config keys, e.g. --set model_args={"width":16} mixup_alpha=0.2')
@@ -88,20 +86,25 @@ def config_overrides(args: argparse.Namespace) -> dict:
     return overrides
 
 
-def feature_params(args: argparse.Namespace) -> FeatureParams:
-    """The flags' front end: the default one with --samplerate/--n_fft/--n_mels, or the yamnet preset."""
-    if args.frontend == "yamnet":
-        return FeatureParams.preset("yamnet", **({"n_frames": args.n_frames} if args.n_frames else {}))
-    return FeatureParams(sample_rate=args.samplerate, n_fft=args.n_fft, n_mels=args.n_mels,
-                         n_frames=args.n_frames or 100)
+def feature_flags(args: argparse.Namespace) -> dict:
+    """The run's feature flags: the config's ``features`` block with the flags given here on top.
+
+    A ``--frontend`` other than the block's replaces the block (its values belong to the other front end).
+    """
+    block, given = Params(args.config).features, given_feature_flags(args)
+    if given.get("frontend", block.get("frontend", "default")) != block.get("frontend", "default"):
+        log.info("--frontend %s: the features block of %s (%s) is not used", given["frontend"], args.config, block)
+        block = {}
+    return {**block, **given}
 
 
 def run_once(name: str, args: argparse.Namespace, work_dir: Path, validation_folds: list[str],
              evaluation_folds: list[str]) -> dict:
     """Preprocess (cached per feature setting), train and evaluate one split; metrics + seconds."""
     started = time.perf_counter()
-    params = feature_params(args)
-    features = work_dir / f"features_{args.frontend}"  # one feature folder per front end; runs write own lists
+    flags = feature_flags(args)
+    params = feature_params_from_flags(flags)
+    features = work_dir / f"features_{params.frontend}"  # one feature folder per front end; runs write own lists
     lists = work_dir / name / "lists"
     run_preprocessing(PreprocessOptions(
         csv_file=args.csv_file, data_dir=args.data_dir, save_dir=features, params=params,
@@ -114,19 +117,20 @@ def run_once(name: str, args: argparse.Namespace, work_dir: Path, validation_fol
     if args.baseline:
         report = baseline_report(lists, features)
         return {"run": name, "validation_folds": validation_folds, "evaluation_folds": evaluation_folds,
-                "model": "baseline: MFCC-40 mean+std, logistic regression", **report,
+                "features": flags, "model": "baseline: MFCC-40 mean+std, logistic regression", **report,
                 "preprocess_s": round(preprocess_seconds, 1), "seconds": round(time.perf_counter() - started, 1)}
     config = Params(args.config).to_dict()
     config.update(datapath=str(features), trainlist=str(list_path(lists, "train")),
                   vallist=str(list_path(lists, "validation")), evallist=str(list_path(lists, "evaluation")),
                   checkpoint_dir=str(work_dir / name / "checkpoints"),
-                  summaries_dir=str(work_dir / name / "runs"))
+                  summaries_dir=str(work_dir / name / "runs"), features=flags,
+                  detection_soundscapes=None, detection_reference=None)  # the bench scores clips only
     config.update(config_overrides(args))
     params_config = Params.from_dict(config, source=f"{args.config} ({name})")
     train(params_config, show_progress=False)
     report = run_evaluation(params_config)
     return {"run": name, "validation_folds": validation_folds, "evaluation_folds": evaluation_folds,
-            "accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
+            "features": flags, "accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
             "preprocess_s": round(preprocess_seconds, 1), "seconds": round(time.perf_counter() - started, 1)}
 
 

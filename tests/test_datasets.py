@@ -594,9 +594,14 @@ def test_readme_corpus_recipes_parse_and_chain(tmp_path, monkeypatch):
             if argv[1:3] == ["-m", "tools.datasets"]:
                 csv_out = parse_args(argv[3:]).out
             elif argv[1] in scripts:
+                if argv[1] == "preprocessingBabyCrying.py":  # its --config_path: the recipe (or the sed's copy)
+                    at = argv.index("--config_path") + 1
+                    argv[at] = str(made_configs.get(argv[at]) or REPO / argv[at])
                 args = scripts[argv[1]](argv[2:])
                 if argv[1] == "preprocessingBabyCrying.py":
                     assert args.csv_file == csv_out, recipe
+                    # the recipe's features block gave the flags: YAMNet's front end, whole clips
+                    assert (args.frontend, args.whole_clips) == ("yamnet", True), recipe
                     save_dir = args.save_dir
                 elif argv[1] in ("train.py", "evaluation.py"):
                     path = made_configs.get(args.config_path) or REPO / args.config_path
