@@ -6,13 +6,15 @@ at 0.66 of its in-memory speed). The cache holds the same numbers in one flat ar
 shuffled batch is one copy per clip from memory (``gather``), and a clip of any length is a
 view (``clip``). Files, beside the list::
 
-    <list folder>/cache/<list stem>.<dtype>.<key>.frames.npy   (sum of n_mels x T_i,) float32 or float16;
-                                                               clip i is frames[offsets[i]:offsets[i + 1]]
-                                                               viewed as (n_mels, T_i)
-    <list folder>/cache/<list stem>.<dtype>.<key>.index.json   n_mels, T_i per clip, the list it was built from
-    <list folder>/cache/<list stem>.<dtype>.<key>.lock         held while one process builds
+    <list folder>/cache/<name>.<dtype>.<key>.frames.npy   (sum of n_mels x T_i,) float32 or float16;
+                                                          clip i is frames[offsets[i]:offsets[i + 1]]
+                                                          viewed as (n_mels, T_i)
+    <list folder>/cache/<name>.<dtype>.<key>.index.json   n_mels, T_i per clip, the list it was built from
+    <list folder>/cache/<name>.<dtype>.<key>.lock         held while one process builds
 
-``<key>`` is a hash of the list's bytes and every feature file's path, size and modification
+``<name>`` is the list's stem and a short hash of its resolved path (``train-1a2b3c4d``), so lists
+that share a stem (``train.txt`` and ``train.lst`` in one folder, or a folder reached through
+another path) have caches of their own and never remove each other's. ``<key>`` is a hash of the list's bytes and every feature file's path, size and modification
 time (and the dtype and format version), so an edited list or a recomputed feature gives a new
 key and the cache is rebuilt; caches of older keys for the same list and dtype are removed.
 Both files are written under temporary names and renamed, the index last: a reader sees a whole
@@ -50,6 +52,7 @@ log = logging.getLogger(__name__)
 CACHE_DIRNAME = "cache"
 CACHE_FORMAT_VERSION = 1
 CACHE_DTYPES = ("float32", "float16")
+LIST_HASH_LENGTH = 8  # hex digits of the resolved list path in a cache's name
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class CacheFiles:
     index: Path
     lock: Path
     stale_glob: str  # matches this list's caches of every key (same dtype), for clean-up
+    legacy_glob: str = ""  # caches named by the stem alone (before the path hash), removed at build
 
 
 def fingerprint(list_file: Path, paths: Sequence[Path], dtype: str) -> str:
@@ -75,16 +79,23 @@ def fingerprint(list_file: Path, paths: Sequence[Path], dtype: str) -> str:
     return digest.hexdigest()
 
 
+def cache_name(list_file: str | Path) -> str:
+    """``<list stem>-<hash of its resolved path>``: one name per list file, whatever its stem."""
+    list_file = Path(list_file)
+    path_hash = hashlib.sha256(str(list_file.resolve()).encode()).hexdigest()[:LIST_HASH_LENGTH]
+    return f"{list_file.stem}-{path_hash}"
+
+
 def cache_files(list_file: str | Path, paths: Sequence[Path], dtype: str = "float32") -> CacheFiles:
     """The cache file names for ``list_file`` over ``paths`` (fingerprinted now)."""
     if dtype not in CACHE_DTYPES:
         raise ValueError(f"feature cache dtype must be one of {CACHE_DTYPES}, got {dtype!r}")
     list_file = Path(list_file)
     key = fingerprint(list_file, paths, dtype)[:20]
-    stem = f"{list_file.stem}.{dtype}"
+    stem = f"{cache_name(list_file)}.{dtype}"
     folder = list_file.parent / CACHE_DIRNAME
     return CacheFiles(folder / f"{stem}.{key}.frames.npy", folder / f"{stem}.{key}.index.json",
-                      folder / f"{stem}.{key}.lock", f"{stem}.*")
+                      folder / f"{stem}.{key}.lock", f"{stem}.*", f"{list_file.stem}.{dtype}.*")
 
 
 class FeatureCache:
@@ -193,9 +204,11 @@ def build_cache(files: CacheFiles, list_file: Path, paths: Sequence[Path], dtype
     atomic_write_json(files.index, {"version": CACHE_FORMAT_VERSION, "list_file": str(list_file), "dtype": dtype,
                                     "n_mels": n_mels, "n_frames": n_frames.tolist()})
     keep = {files.frames, files.index, files.lock}
-    for old in files.frames.parent.glob(files.stale_glob):
+    folder = files.frames.parent
+    legacy = folder.glob(files.legacy_glob) if files.legacy_glob else []
+    for old in [*folder.glob(files.stale_glob), *legacy]:
         if old not in keep:
-            old.unlink(missing_ok=True)  # an older fingerprint of this list: stale
+            old.unlink(missing_ok=True)  # an older fingerprint of this list (or its old name): stale
 
 
 def _open_or_build_locked(files: CacheFiles, list_file: Path, paths: Sequence[Path], dtype: str) -> FeatureCache:

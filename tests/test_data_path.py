@@ -28,7 +28,7 @@ def final_weights(root, features, **overrides) -> dict[str, torch.Tensor]:
 
 def test_training_reads_the_cache_and_prefetching_changes_no_weight(tmp_path, features):
     threaded = final_weights(tmp_path / "a", features, prefetch_batches=2, spec_augment=True, mixup_alpha=0.2)
-    caches = sorted(path.name.split(".")[0] for path in (features / "filenames" / "cache").glob("*.frames.npy"))
+    caches = sorted(path.name.split(".")[0].rsplit("-", 1)[0] for path in (features / "filenames" / "cache").glob("*.frames.npy"))
     assert caches == ["train", "validation"]  # beside the lists (evaluation.py reads its list directly)
     inline = final_weights(tmp_path / "b", features, prefetch_batches=0, spec_augment=True, mixup_alpha=0.2)
     assert threaded.keys() == inline.keys()
@@ -42,7 +42,7 @@ def test_float16_cache_trains_and_batches_reach_the_model_as_float32(tmp_path, f
     assert isinstance(data.train_loader, CachedBatchLoader) and inputs.dtype == torch.float16
     weights = final_weights(tmp_path, features, feature_cache_dtype="float16")
     assert all(torch.isfinite(value).all() for value in weights.values() if value.is_floating_point())
-    assert list((features / "filenames" / "cache").glob("train.float16.*.frames.npy"))
+    assert list((features / "filenames" / "cache").glob("train-*.float16.*.frames.npy"))
 
 
 def test_feature_cache_false_reads_the_files_and_writes_no_cache(tmp_path, features):

@@ -14,8 +14,8 @@ from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler
 
 from audioclf.listfile import ListEntry, render_list
 from dataloaders.dataloader import FeatureDataError, SpectrogramDataset
-from dataloaders.feature_cache import (BufferPool, CachedBatchLoader, FeatureCache, cache_files, gather_batch,
-                                     open_or_build)
+from dataloaders.feature_cache import (BufferPool, CachedBatchLoader, FeatureCache, cache_files, cache_name,
+                                     gather_batch, open_or_build)
 from tools.synthetic_features import make_feature_dataset
 
 
@@ -35,7 +35,8 @@ def test_built_next_to_the_list_and_equal_to_the_npy_files(train_set):
     assert cache.built and len(cache) == 12 and cache.fixed_n_frames == 6 and cache.dtype == torch.float32
     names = cache_folder_names(train_set)
     key = cache.files.frames.name.split(".")[2]
-    assert names == [f"train.float32.{key}.{suffix}" for suffix in ("frames.npy", "index.json", "lock")]
+    assert names == [f"{cache_name(train_set.list_file)}.float32.{key}.{suffix}"
+                     for suffix in ("frames.npy", "index.json", "lock")]
     for i in range(len(train_set)):
         np.testing.assert_array_equal(cache.clip(i), train_set.load(i))
     batch = cache.gather([5, 0, 11])  # (3, 8, 6)
@@ -68,6 +69,55 @@ def test_rebuilt_when_a_feature_file_or_the_list_changes(train_set):
     third = open_or_build(train_set.list_file, train_set.paths[:5])
     assert third.built and len(third) == 5
     assert len([name for name in cache_folder_names(train_set) if name.endswith(".frames.npy")]) == 1
+
+
+def test_lists_that_share_a_stem_keep_caches_of_their_own(train_set):
+    """train.txt and train.lst in one folder (one datapath): each cache holds its own list's clips, and
+    building one leaves the other in place (it used to remove it as a stale cache of 'train')."""
+    other_list = train_set.list_file.with_suffix(".lst")
+    other_list.write_text(render_list(train_set.entries[6:] + train_set.entries[:2]))
+    other_set = SpectrogramDataset(other_list, train_set.datapath)
+    assert cache_name(other_list).startswith("train-") and cache_name(other_list) != cache_name(train_set.list_file)
+    first = open_or_build(train_set.list_file, train_set.paths)
+    second = open_or_build(other_list, other_set.paths)
+    assert first.built and second.built and first.files.frames != second.files.frames
+    assert first.files.frames.is_file() and first.files.index.is_file()
+    again = open_or_build(train_set.list_file, train_set.paths)
+    assert not again.built and again.files == first.files  # found, not rebuilt
+    for dataset, cache in ((train_set, again), (other_set, open_or_build(other_list, other_set.paths))):
+        assert len(cache) == len(dataset)
+        for i in range(len(dataset)):
+            np.testing.assert_array_equal(cache.clip(i), dataset.load(i))
+
+
+def test_lists_of_one_stem_in_two_folders_get_the_right_data(tmp_path):
+    """a/train.txt and b/train.txt over one datapath: different clips, each cache its own."""
+    features = make_feature_dataset(tmp_path / "features", per_class=(4, 1, 1), n_mels=8, n_frames=6)
+    entries = SpectrogramDataset(features / "filenames/train.txt", features).entries
+    datasets = []
+    for folder, chosen in (("a", entries[:4]), ("b", entries[4:])):
+        list_file = tmp_path / folder / "train.txt"
+        list_file.parent.mkdir()
+        list_file.write_text(render_list(chosen))
+        (list_file.parent / "feature_config.json").write_text((features / "filenames/feature_config.json").read_text())
+        datasets.append(SpectrogramDataset(list_file, features))
+    assert [open_or_build(dataset.list_file, dataset.paths).built for dataset in datasets] == [True, True]
+    caches = [open_or_build(dataset.list_file, dataset.paths) for dataset in datasets]
+    assert [cache.built for cache in caches] == [False, False]  # both still there
+    for dataset, cache in zip(datasets, caches):
+        np.testing.assert_array_equal(cache.gather(range(len(dataset))).numpy(),
+                                      np.stack([dataset.load(i) for i in range(len(dataset))]))
+
+
+def test_a_cache_named_by_the_stem_alone_is_removed_when_the_new_one_is_built(train_set):
+    """Caches written before names carried the list's path hash do not linger as orphans."""
+    folder = train_set.list_file.parent / "cache"
+    folder.mkdir()
+    for suffix in ("frames.npy", "index.json", "lock"):
+        (folder / f"train.float32.0123456789abcdef0123.{suffix}").write_bytes(b"old")
+    cache = open_or_build(train_set.list_file, train_set.paths)
+    assert cache_folder_names(train_set) == sorted(path.name for path in
+                                                   (cache.files.frames, cache.files.index, cache.files.lock))
 
 
 def test_clips_of_different_lengths_are_views_and_cannot_be_gathered_whole(tmp_path):

@@ -143,7 +143,7 @@ def test_crops_from_the_feature_cache_equal_crops_from_the_files(prepared, tmp_p
     cached.mkdir(), files.mkdir()
     train(Params(make_config(cached, prepared.features, feature_cache=True, **common)), show_progress=False)
     train(Params(make_config(files, prepared.features, feature_cache=False, **common)), show_progress=False)
-    assert list((prepared.features / "filenames" / "cache").glob("train.float32.*.frames.npy"))
+    assert list((prepared.features / "filenames" / "cache").glob("train-*.float32.*.frames.npy"))
     a = load_checkpoint(cached / "checkpoints" / "checkpoint_epoch0002.pth.tar")
     b = load_checkpoint(files / "checkpoints" / "checkpoint_epoch0002.pth.tar")
     for name, tensor in a["model"].items():
