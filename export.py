@@ -16,7 +16,7 @@ from pathlib import Path
 
 from audioclf.checkpoint import CheckpointError, check_required_keys, load_checkpoint
 from audioclf.export import OnnxExportError, export_onnx
-from audioclf.inference import load_operating_point
+from audioclf.inference import LONG_MODE_KEY, exported_operating_point, load_operating_point
 from audioclf.runtime import setup_logging
 from audioclf.zeroshot import ZERO_SHOT_PREFIX, is_zero_shot, zero_shot_checkpoint
 from models import PretrainedWeightsUnavailable
@@ -45,15 +45,16 @@ def main(argv: list[str] | None = None) -> int:
         else:
             checkpoint = check_required_keys(load_checkpoint(args.checkpoint), args.checkpoint)
         point = load_operating_point(args.checkpoint, list(checkpoint["class_names"]))
-        operating_point = {key: point[key] for key in ("target_class", "class_id", "threshold")} if point else None
+        operating_point = exported_operating_point(point) if point else None
         metadata = export_onnx(checkpoint, args.onnx, operating_point, check=not args.no_check)
     except (FileNotFoundError, CheckpointError, OnnxExportError, PretrainedWeightsUnavailable, ValueError) as error:
         log.error("%s", error)
         return 1
-    log.info("wrote %s: %s, waveform (batch, %d) at %d Hz -> probabilities of %s%s", args.onnx,
+    log.info("wrote %s: %s, waveform (batch, %d) at %d Hz -> probabilities of %s%s%s", args.onnx,
              metadata.model_name, metadata.window_samples, metadata.sample_rate, ", ".join(metadata.class_names),
              f"; operating point {operating_point['target_class']} >= {operating_point['threshold']:.3f}"
-             if operating_point else "")
+             if operating_point else "",
+             " and its long-mode settings" if operating_point and LONG_MODE_KEY in operating_point else "")
     return 0
 
 

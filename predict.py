@@ -43,7 +43,8 @@ from audioclf.checkpoint import OPERATING_POINT_FILE, SCORES_DIRNAME, Checkpoint
 from audioclf.events import (DetectionParams, Event, LOW_THRESHOLD_RATIO, format_comparison, format_events_table,
                              read_events_csv, score_events, write_events_csv)
 from audioclf.inference import (LONG_FACTOR, LONG_MODE_KEY, Predictor, align_reference, collect_inputs, detect,
-                                format_clip_table, format_metrics, load_operating_point, write_clip_csv,
+                                format_clip_table, format_metrics, load_operating_point, parse_operating_point,
+                                write_clip_csv,
                                 write_clip_json, write_events_json, write_windows_csv)
 from audioclf.runtime import resolve_device
 from audioclf.zeroshot import ZERO_SHOT_PREFIX, is_zero_shot
@@ -177,7 +178,7 @@ def detection_settings(args: argparse.Namespace, class_names: list[str], operati
     for name in targets:
         base = DetectionParams()
         if operating_point is not None and operating_point["target_class"] == name:
-            long_mode = operating_point.get(LONG_MODE_KEY)  # an ONNX model's operating point has none
+            long_mode = operating_point.get(LONG_MODE_KEY)  # None: no settings chosen on recordings
             base = (long_mode[1] if long_mode is not None
                     else dataclasses.replace(base, threshold=operating_point["threshold"]))
         flags = {"threshold": args.threshold, "threshold_low": args.threshold_low,
@@ -212,7 +213,9 @@ def stream(args: argparse.Namespace) -> int:
             from audioclf.export import OnnxClassifier  # onnxruntime only when asked for
 
             classifier = OnnxClassifier(args.onnx, threads=args.threads)
-            operating_point = classifier.metadata.operating_point
+            exported = classifier.metadata.operating_point  # operating_point.json's keys, as export.py stored them
+            operating_point = (parse_operating_point(exported, classifier.class_names, args.onnx)
+                               if exported is not None else None)
         else:
             classifier = Predictor.from_checkpoint(args.checkpoint, resolve_device(args.device))
             operating_point = load_operating_point(args.checkpoint, classifier.class_names)

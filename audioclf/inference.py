@@ -109,21 +109,41 @@ def load_operating_point(checkpoint_path: str | Path, class_names: Sequence[str]
         return None
     try:
         point = json.loads(path.read_text())
-        target, class_id, threshold = point["target_class"], int(point["class_id"]), float(point["threshold"])
-    except (ValueError, KeyError, TypeError) as error:
+    except ValueError as error:
         log.warning("ignoring %s: %s", path, error)
         return None
+    return parse_operating_point(point, class_names, path)
+
+
+def parse_operating_point(point: dict, class_names: Sequence[str], source: str | Path) -> dict | None:
+    """An operating point as ``operating_point.json`` (or an exported model's metadata) holds it ->
+    ``load_operating_point``'s dict; None, with a warning naming ``source``, when unusable."""
+    try:
+        target, class_id, threshold = point["target_class"], int(point["class_id"]), float(point["threshold"])
+    except (ValueError, KeyError, TypeError) as error:
+        log.warning("ignoring %s: %s", source, error)
+        return None
     if target not in class_names or not 0 <= class_id < len(class_names) or class_names[class_id] != target:
-        log.warning("ignoring %s: class %r (id %d) is not this model's class", path, target, class_id)
+        log.warning("ignoring %s: class %r (id %d) is not this model's class", source, target, class_id)
         return None
     long_mode = None
     if point.get(LONG_MODE_KEY) is not None:
         try:
             long_mode = _read_long_mode(point[LONG_MODE_KEY])
         except (ValueError, KeyError, TypeError) as error:
-            log.warning("ignoring the %r settings of %s: %s", LONG_MODE_KEY, path, error)
-    return {"target_class": target, "class_id": class_id, "threshold": threshold, "path": str(path),
+            log.warning("ignoring the %r settings of %s: %s", LONG_MODE_KEY, source, error)
+    return {"target_class": target, "class_id": class_id, "threshold": threshold, "path": str(source),
             LONG_MODE_KEY: long_mode}
+
+
+def exported_operating_point(point: dict) -> dict:
+    """What an exported model carries of ``load_operating_point``'s dict: the clip threshold and, when
+    chosen on recordings, the long-mode settings (``operating_point.json``'s keys, read back by
+    ``parse_operating_point``)."""
+    exported = {key: point[key] for key in ("target_class", "class_id", "threshold")}
+    if point.get(LONG_MODE_KEY) is not None:
+        exported[LONG_MODE_KEY] = long_mode_settings(*point[LONG_MODE_KEY])
+    return exported
 
 
 # ---------------------------------------------------------------------------------------

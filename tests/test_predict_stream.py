@@ -6,6 +6,7 @@ detection threshold is set from its own probabilities on the recording so that i
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -177,3 +178,40 @@ def test_onnx_stream_gives_the_pytorch_events(setup, tmp_path, capsys):
     assert [r["event"] for r in onnx] == [r["event"] for r in pytorch]
     assert max(abs(a["time_s"] - b["time_s"]) for a, b in zip(onnx, pytorch)) <= HOP_SECONDS + 1e-6
     assert max(abs(a["probability"] - b["probability"]) for a, b in zip(onnx, pytorch)) <= 0.01
+
+
+def test_onnx_export_carries_the_long_mode_settings_and_predict_uses_them(setup, tmp_path, capsys, caplog):
+    """A run folder whose operating_point.json has long-mode settings: export.py puts them in the ONNX
+    metadata, and predict.py --onnx --stream uses them (hop included) when no flag is given."""
+    import export as export_script
+    from audioclf.export import OnnxClassifier
+
+    run = tmp_path / "run"
+    (run / "scores").mkdir(parents=True)
+    checkpoint = run / "model_best.pth.tar"
+    checkpoint.write_bytes(setup.checkpoint.read_bytes())
+    long_mode = {"hop_seconds": 0.125, "threshold": setup.threshold, "threshold_low": setup.threshold_low,
+                 "median_filter": RULES.median_filter, "merge_gap": RULES.merge_gap, "min_duration": RULES.min_duration}
+    (run / "scores" / "operating_point.json").write_text(json.dumps(
+        {"target_class": TARGET, "class_id": CLASS_NAMES.index(TARGET), "threshold": 0.999,
+         "long_mode": {**long_mode, "selected_by": "lowest error rate", "n_candidates": 4}}))
+    onnx_path = tmp_path / "model.onnx"
+    caplog.set_level(logging.INFO)
+    assert export_script.main(["--checkpoint", str(checkpoint), "--onnx", str(onnx_path)]) == 0
+    assert "and its long-mode settings" in caplog.text
+    assert OnnxClassifier(onnx_path).metadata.operating_point == {
+        "target_class": TARGET, "class_id": CLASS_NAMES.index(TARGET), "threshold": 0.999, "long_mode": long_mode}
+
+    raw = tmp_path / "three_minutes.raw"
+    raw.write_bytes(setup.pcm[:16000 * 2 * 180])
+    stream = ["--onnx", str(onnx_path), "--threads", "1", "--stream", str(raw), "--rate", "16000"]
+    caplog.clear()
+    assert predict.main(stream) == 0
+    defaults = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert "every 0.12 s" in caplog.text  # the hop of the operating point, not half a window (0.25 s)
+    explicit_flags = ["--target_class", TARGET, "--hop_seconds", "0.125", "--threshold", repr(setup.threshold),
+                      "--threshold_low", repr(setup.threshold_low), "--median_filter", str(RULES.median_filter),
+                      "--min_duration", str(RULES.min_duration), "--merge_gap", str(RULES.merge_gap)]
+    assert predict.main([*stream, *explicit_flags]) == 0
+    explicit = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(explicit) >= 2 and defaults == explicit  # the clip threshold (0.999) alone would find nothing
