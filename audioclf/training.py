@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler, WeightedRandomSampler
 from tqdm import tqdm
 
-from audioclf.acceleration import enable_cudnn_autotune, maybe_compile
+from audioclf.acceleration import enable_cudnn_autotune, maybe_compile, training_step
 from audioclf.augment import BackgroundMixer, SpecAugment, mixup, random_frequency_warp, random_time_shift
 from audioclf.checkpoint import (CONFIG_FILE, checkpoint_state, latest_checkpoint, list_checkpoints, load_checkpoint,
                                  save_checkpoint, unwrap)
@@ -309,17 +309,23 @@ def train_one_epoch(model: nn.Module, loader: Loader, criterion: nn.Module, opti
         partner, lam = None, 1.0
         if options.mixup_alpha > 0:
             inputs, targets, partner, lam = mixup(inputs, targets, options.mixup_alpha)
-        with autocast(options.device, options.amp_dtype):
-            logits = model(inputs, options.spec_augment)
-            loss = criterion(logits, targets)
-            if partner is not None:
-                loss = lam * loss + (1.0 - lam) * criterion(logits, partner)
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            raise NonFiniteLossError(f"loss became {loss_value} in epoch {epoch}; lower 'lr', enable "
-                                     "'grad_clip', or check the features for NaN/inf")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+
+        def forward_backward() -> tuple[torch.Tensor, float]:
+            with autocast(options.device, options.amp_dtype):
+                logits = model(inputs, options.spec_augment)
+                loss = criterion(logits, targets)
+                if partner is not None:
+                    loss = lam * loss + (1.0 - lam) * criterion(logits, partner)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise NonFiniteLossError(f"loss became {loss_value} in epoch {epoch}; lower 'lr', enable "
+                                         "'grad_clip', or check the features for NaN/inf")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            return logits, loss_value
+
+        # torch.compile compiles the backward pass at the first backward(): the fallback covers both
+        logits, loss_value = training_step(model, forward_backward, reraise=(NonFiniteLossError,))
         if options.grad_clip > 0:
             scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)

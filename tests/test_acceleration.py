@@ -95,3 +95,74 @@ def test_the_wrapper_answers_for_the_module_such_as_its_output_activation():
     assert model.linear is net.linear
     with pytest.raises(AttributeError):
         model.no_such_attribute
+
+
+def backward_broken_backend():
+    """A back end whose forward compiles but whose backward compiler fails (at the first backward())."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    def broken(graph_module, example_inputs):
+        raise RuntimeError("cannot compile the backward graph")
+
+    return aot_autograd(fw_compiler=lambda graph_module, example_inputs: graph_module.forward, bw_compiler=broken)
+
+
+def dropout_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Dropout(0.5), nn.Flatten(),
+                         nn.Linear(32, 3))
+
+
+def one_step(model: nn.Module, inputs: torch.Tensor) -> float:
+    """Forward, loss and backward of one batch; the loss."""
+    for parameter in model.parameters():
+        parameter.grad = None
+    loss = model(inputs).square().mean()
+    loss.backward()
+    return loss.item()
+
+
+def test_a_compiler_failure_in_the_first_backward_falls_back_and_redoes_the_step_eagerly(caplog):
+    inputs = torch.randn(4, 1, 6, 6)
+    eager = dropout_net().train()
+    torch.manual_seed(1)
+    eager_losses = [one_step(eager, inputs) for _ in range(2)]
+    net = dropout_net().train()
+    model = CompiledModule(net, backend=backward_broken_backend()).train()
+    torch.manual_seed(1)
+    with caplog.at_level(logging.WARNING, logger="audioclf.acceleration"):
+        losses = [model.training_step(lambda: one_step(model, inputs)) for _ in range(2)]
+    warnings = [record.getMessage() for record in caplog.records if record.name == "audioclf.acceleration"]
+    assert len(warnings) == 1 and "could not compile Sequential at its first training step" in warnings[0]
+    assert "cannot compile the backward graph" in warnings[0] and model.compiled is None
+    # the step was run again from the same random numbers (dropout) and batch-norm statistics
+    assert losses == eager_losses
+    for (name, got), expected in zip(net.named_parameters(), eager.parameters()):
+        assert torch.equal(got.grad, expected.grad), name
+    for (name, got), expected in zip(net.named_buffers(), eager.buffers()):
+        assert torch.equal(got, expected), name
+
+
+def test_errors_the_caller_names_and_errors_after_a_compiled_step_are_raised():
+    class Refused(Exception):
+        pass
+
+    model = CompiledModule(small_net(), backend="eager").train()
+    inputs = torch.randn(2, 1, 6, 6)
+
+    def refused():
+        raise Refused("loss is nan")
+
+    with pytest.raises(Refused):
+        model.training_step(refused, reraise=(Refused,))
+    assert model.compiled is not None  # no fallback for the caller's own error
+    model.training_step(lambda: model(inputs).sum().backward())
+    assert model.step_proven
+
+    def failing_backward():
+        model(inputs).sum().backward()
+        raise RuntimeError("a genuine error after steps that ran compiled")
+
+    with pytest.raises(RuntimeError, match="genuine error"):
+        model.training_step(failing_backward)
+    assert model.compiled is not None

@@ -84,3 +84,24 @@ def test_compile_that_fails_warns_and_trains_eagerly(tmp_path, features, monkeyp
     assert len(warnings) == 1 and "could not compile AudioClassifier" in warnings[0]
     assert "inductor cannot run here" in warnings[0]
     assert not any(key.startswith(("module.", "_orig_mod.")) for key in weights)  # the plain model is saved
+
+
+def test_compile_that_fails_in_the_first_backward_trains_exactly_like_eager(tmp_path, features, monkeypatch, caplog):
+    """The backward graph is compiled at the first backward(); its failure falls back too, and the
+    step is redone from the same state, so the weights equal a run without compile."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    def broken(graph_module, example_inputs):
+        raise RuntimeError("cannot compile the backward graph here")
+
+    eager = final_weights(tmp_path / "eager", features, spec_augment=True)
+    real_compile = torch.compile
+    backend = aot_autograd(fw_compiler=lambda graph_module, example_inputs: graph_module.forward, bw_compiler=broken)
+    monkeypatch.setattr(torch, "compile", lambda module, **options: real_compile(module, backend=backend))
+    with caplog.at_level(logging.WARNING, logger="audioclf.acceleration"):
+        weights = final_weights(tmp_path / "compiled", features, spec_augment=True, compile=True)
+    warnings = [record.getMessage() for record in caplog.records if record.name == "audioclf.acceleration"]
+    assert len(warnings) == 1 and "could not compile AudioClassifier at its first training step" in warnings[0]
+    assert "cannot compile the backward graph here" in warnings[0]
+    assert weights.keys() == eager.keys()
+    assert all(torch.equal(weights[key], eager[key]) for key in eager)
