@@ -89,6 +89,15 @@ def _train_sampler(params: Params, dataset: SpectrogramDataset, info: DistInfo):
     return RandomSampler(dataset)
 
 
+def loader_generator(params: Params) -> torch.Generator:
+    """A DataLoader's own generator. Each new DataLoader iterator draws its workers' base seed from
+    it; from the global generator instead, that draw would shift every random number after it,
+    and with persistent workers a resumed run makes one iterator more than an uninterrupted run
+    (at the epoch it resumes), so it would not end with the same weights. Items are deterministic
+    (crops are seeded per clip and epoch), so the workers' seeds themselves change nothing."""
+    return torch.Generator().manual_seed(params.seed)
+
+
 def make_loader(dataset: SpectrogramDataset, batches: BatchSampler, params: Params, info: DistInfo,
                 pin_memory: bool) -> Loader:
     """Batches gathered from the list's feature cache (``feature_cache``), else a DataLoader over the files."""
@@ -96,7 +105,7 @@ def make_loader(dataset: SpectrogramDataset, batches: BatchSampler, params: Para
     if cache is not None:
         return CachedBatchLoader(cache, dataset.labels, batches, pin_memory, params.prefetch_batches)
     return DataLoader(dataset, batch_sampler=batches, num_workers=params.num_workers, pin_memory=pin_memory,
-                      persistent_workers=params.num_workers > 0)
+                      persistent_workers=params.num_workers > 0, generator=loader_generator(params))
 
 
 def clip_source(dataset: SpectrogramDataset, params: Params, info: DistInfo) -> SpectrogramDataset | CachedClips:
@@ -129,7 +138,8 @@ def build_data(params: Params, info: DistInfo, device: torch.device) -> Data:
         pad_mode, silence = padding_for(train_set.info.feature_params)
         train_loader = DataLoader(RandomCrops(clips, window, params.seed, pad_mode, silence),
                                   batch_sampler=BatchSampler(sampler, params.batch_size, drop_last),
-                                  num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
+                                  num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
+                                  generator=loader_generator(params))
     else:  # whole fixed-length features: the epoch only matters to the sampler it wraps
         train_loader = make_loader(train_set, BatchSampler(sampler.sampler, params.batch_size, drop_last), params,
                                    info, pin_memory)
@@ -138,7 +148,7 @@ def build_data(params: Params, info: DistInfo, device: torch.device) -> Data:
         clips = clip_source(val_set, params, info)
         workers = params.num_workers if clips is val_set else 0
         val_loader = window_loader(clips, window, hop, params.eval_batch_size, sampler=val_shard,
-                                   num_workers=workers, pin_memory=pin_memory)
+                                   num_workers=workers, pin_memory=pin_memory, generator=loader_generator(params))
     else:  # one window per clip
         val_loader = make_loader(val_set, BatchSampler(val_shard, params.eval_batch_size, drop_last=False), params,
                                  info, pin_memory)
