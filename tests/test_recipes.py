@@ -221,3 +221,30 @@ def test_the_esc50_recipe_runs_five_fold_cross_validation_on_a_generated_csv(tmp
         trained = json.loads((tmp_path / "work" / run["run"] / "checkpoints" / "config.json").read_text())
         assert (trained["model"], trained["pretrained"], trained["features"]) == ("yamnet", True, block)
     assert speaker["accuracy"] == pytest.approx(sum(run["accuracy"] for run in speaker["runs"]) / 5)
+
+
+def test_the_readme_recipe_commands_parse_and_agree_with_the_recipe(tmp_path, monkeypatch):
+    """The "Recipes" section's commands: preprocessing writes the recipe's datapath with its block; the bench reads it."""
+    import re
+
+    import train
+    from bench import bench_accuracy
+
+    monkeypatch.chdir(tmp_path)
+    section = (REPO / "README.md").read_text().split("## Recipes: one file each", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```bash\n(.*?)```", section, re.S)
+    commands = [shlex.split(line) for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+    assert [command[1] if command[1] != "-m" else command[2] for command in commands] == [
+        "tools.datasets", "preprocessingBabyCrying.py", "train.py", "evaluation.py", "bench.bench_accuracy"]
+    _, preprocess, training, evaluating, bench = commands
+    recipe = REPO / preprocess[preprocess.index("--config_path") + 1]
+    args = preprocessingBabyCrying.parse_args([str(recipe) if arg.startswith("configs/") else arg
+                                               for arg in preprocess[2:]])
+    assert preprocessingBabyCrying.feature_params_from_args(args) == feature_params_from_flags(Params(recipe).features)
+    assert Path(Params(recipe).datapath) == tmp_path / args.save_dir
+    for command in (training, evaluating):
+        assert REPO / train.parse_args(command[2:]).config_path == recipe
+    bench_args = bench_accuracy.parse_args(bench[3:])
+    assert (REPO / bench_args.config, bench_args.protocol, bench_args.heldout) == \
+        (recipe, "speaker", ["1", "2", "3", "4", "5"])
+    assert bench_args.csv_file == Path(args.csv_file) and bench_args.data_dir == Path(args.data_dir)
