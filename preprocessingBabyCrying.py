@@ -1,4 +1,4 @@
-"""Compute one log-mel ``.npy`` per clip of a metadata CSV and write the split lists.
+r"""Compute one log-mel ``.npy`` per clip of a metadata CSV and write the split lists.
 
 Example::
 
@@ -10,7 +10,8 @@ Example::
 
 With ``--config_path`` the feature flags come from the config's ``features`` block (the recipe's
 preprocessing, which training checks the features against). Re-running reuses finished clips
-(``--overwrite`` recomputes); interrupting never leaves a truncated file. See the README for the feature formula and the output layout.
+(``--overwrite`` recomputes); interrupting never leaves a truncated file. See the README for
+the feature formula and the output layout.
 """
 from __future__ import annotations
 

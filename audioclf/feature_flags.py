@@ -35,7 +35,8 @@ def add_feature_arguments(parser: argparse.ArgumentParser) -> argparse._Argument
     defaults = FeatureParams()
     group = parser.add_argument_group(
         "features", "feature flags (a config's \"features\" block holds the same names without dashes); "
-        "a flag not given takes the --frontend preset's value, shown in parentheses for the default front end")
+        "a flag not given takes the config's block value, else the --frontend preset's (in parentheses: the "
+        "default front end's)")
     group.add_argument("--frontend", choices=FRONTENDS, default=None,
                        help="feature preset (default: default): 'yamnet' gives YAMNet's features (16 kHz, 25/10 ms, "
                             "FFT 512, 64 mels 125-7500 Hz, ln(magnitude mel + 0.001), 96 frames) for a pretrained "

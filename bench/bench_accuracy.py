@@ -1,4 +1,4 @@
-"""Accuracy of the whole pipeline (preprocessing -> train -> evaluation) on a real data set.
+r"""Accuracy of the whole pipeline (preprocessing -> train -> evaluation) on a real data set.
 
     python -m bench.bench_accuracy                      # ../shared/data/fsdd10 when present
     python -m bench.bench_accuracy --csv_file X.csv --data_dir wav/ --protocol speaker --heldout 1 2
