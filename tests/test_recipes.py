@@ -248,3 +248,17 @@ def test_the_readme_recipe_commands_parse_and_agree_with_the_recipe(tmp_path, mo
     assert (REPO / bench_args.config, bench_args.protocol, bench_args.heldout) == \
         (recipe, "speaker", ["1", "2", "3", "4", "5"])
     assert bench_args.csv_file == Path(args.csv_file) and bench_args.data_dir == Path(args.data_dir)
+
+
+def test_bench_feature_flags_default_to_the_block_and_explicit_ones_override_it():
+    from bench import bench_accuracy
+
+    def flags(*argv: str) -> dict:
+        return bench_accuracy.feature_flags(bench_accuracy.parse_args(["--config", str(REPO / "configs/fsdd.json"),
+                                                                       *argv]))
+    block = {"samplerate": 8000, "n_fft": 512, "n_mels": 40, "n_frames": 100}
+    assert flags() == block
+    assert flags("--n_mels", "16", "--whole_clips") == {**block, "n_mels": 16, "whole_clips": True}
+    # another front end: the block's values belong to the default one, so none of them is kept
+    assert flags("--frontend", "yamnet") == {"frontend": "yamnet"}
+    assert flags("--frontend", "default", "--n_frames", "50") == {**block, "frontend": "default", "n_frames": 50}
