@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--save_dir", default=Path("features"), type=Path, help="output folder (default: features)")
     parser.add_argument("--config_path", default=None, type=Path,
                         help="a recipe config: its \"features\" block gives the feature flags (a flag also given "
-                             "here must have the block's value); paths stay flags")
+                             "here must have the block's value, or the preset's for one the block leaves out); paths stay flags")
     add_feature_arguments(parser)
     parser.add_argument("--seed", type=int, default=42, help="seed of the stratified split")
     parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1, help="worker processes")

@@ -133,14 +133,24 @@ def feature_params_from_flags(flags: Mapping[str, Any]) -> FeatureParams:
                                 max_seconds=max_seconds if flags.get("whole_clips") else None)
 
 
-def merge_feature_flags(block: Mapping[str, Any], given: Mapping[str, Any], source: str) -> dict[str, Any]:
-    """The block with the given flags added; FeatureFlagConflict when a given flag differs from the block.
+def _flag_value(params: FeatureParams, name: str) -> Any:
+    """The value flag ``name`` has in ``params``."""
+    return getattr(params, FIELDS.get(name, name))
 
-    A flag may repeat the block's value. A different one is refused rather than preferred: training
-    and evaluation check the features against the block, so they would refuse such features anyway.
+
+def merge_feature_flags(block: Mapping[str, Any], given: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """The block with the given flags added; FeatureFlagConflict when a given flag changes the block's features.
+
+    A flag may repeat the block's value, or for a flag the block leaves out, the value the block
+    leaves it at (its preset's). Another one is refused rather than preferred: training and
+    evaluation check every feature parameter against the block, so they would refuse such features.
     """
+    expected = feature_params_from_flags(block)
     conflicts = [f"--{name} {given[name]} (the block has {json.dumps(block[name])})"
                  for name in given if name in block and given[name] != block[name]]
+    conflicts += [f"--{name} {given[name]} (the block leaves it at {_flag_value(expected, name)!r})"
+                  for name in given if name not in block
+                  and feature_params_from_flags({**block, name: given[name]}) != expected]
     if conflicts:
         raise FeatureFlagConflict(
             f"{', '.join(conflicts)}: these flags differ from the \"features\" block of {source}, which train.py "

@@ -107,8 +107,9 @@ def test_preprocessing_takes_its_features_from_the_block(dataset_factory, tmp_pa
 
 def test_a_flag_repeating_the_blocks_value_is_fine_and_one_contradicting_it_is_an_error(tmp_path, capsys):
     config = write_config(tmp_path / "recipe.json", features=SMALL_BLOCK)
-    args = preprocessingBabyCrying.parse_args(BASE + ["--config_path", str(config), "--n_mels", "16", "--hop_size", "20"])
-    assert (args.n_mels, args.hop_size, args.n_frames, args.whole_clips, args.max_seconds) == (16, 20.0, 20, True, 1.0)
+    # n_mels repeats the block; hop_size repeats the preset's value, which the block leaves it at
+    args = preprocessingBabyCrying.parse_args(BASE + ["--config_path", str(config), "--n_mels", "16", "--hop_size", "10"])
+    assert (args.n_mels, args.hop_size, args.n_frames, args.whole_clips, args.max_seconds) == (16, 10.0, 20, True, 1.0)
     with pytest.raises(SystemExit) as exit_info:
         preprocessingBabyCrying.parse_args(BASE + ["--config_path", str(config), "--n_mels", "32",
                                                    "--max_seconds", "2"])
@@ -116,6 +117,20 @@ def test_a_flag_repeating_the_blocks_value_is_fine_and_one_contradicting_it_is_a
     message = capsys.readouterr().err
     assert "--n_mels 32 (the block has 16), --max_seconds 2.0 (the block has 1.0)" in message
     assert f'differ from the "features" block of {config}' in message
+
+
+@pytest.mark.parametrize("flags, conflict", [
+    (["--hop_size", "20"], "--hop_size 20.0 (the block leaves it at 10.0)"),
+    (["--frontend", "yamnet"], "--frontend yamnet (the block leaves it at 'default')"),
+])
+def test_a_flag_the_block_leaves_out_may_not_change_the_blocks_features(tmp_path, capsys, flags, conflict):
+    """Training checks every feature parameter against the block, so preprocessing refuses to make others."""
+    config = write_config(tmp_path / "recipe.json", features=SMALL_BLOCK)
+    with pytest.raises(SystemExit) as exit_info:
+        preprocessingBabyCrying.parse_args(BASE + ["--config_path", str(config), *flags])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert conflict in message and f'differ from the "features" block of {config}' in message
 
 
 def test_a_config_without_a_block_or_with_a_bad_one_is_refused_by_preprocessing(tmp_path, capsys):
