@@ -172,6 +172,18 @@ def test_bad_inputs_are_named(clips, tmp_path):
         build(clips, tmp_path / "x", n_mixtures=0)
 
 
+@pytest.mark.parametrize("name, text, line", [
+    ("bad.txt", "\ncry/cry_0.npy 0 babycry\n\n  \nmissing/clip.npy 1 other\n", 5),
+    ("bad.csv", "slice_file_name\n\ncry/cry_0.wav\n\nmissing/clip.wav\n", 5),
+])
+def test_list_errors_name_the_real_line_when_the_list_has_blank_lines(clips, tmp_path, name, text, line):
+    """Blank lines are skipped when reading, but the error names the line a user sees in the file."""
+    bad_list = tmp_path / "lists" / name
+    bad_list.write_text(text)
+    with pytest.raises(SoundscapeError, match=rf"{name.replace('.', '[.]')}:{line}: 'missing/clip\.(npy|wav)' is not"):
+        build(clips, tmp_path / "x", list_file=bad_list)
+
+
 def test_a_csv_list_and_the_feature_config_rate(clips, tmp_path):
     csv_list = tmp_path / "lists" / "some.csv"
     write_metadata(csv_list, [row for row in clips["rows"] if row["slice_file_name"] != "cry/cry_0.wav"])

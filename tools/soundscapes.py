@@ -141,10 +141,10 @@ def listed_clips(csv_file: str | Path, list_file: str | Path) -> list[Clip]:
             if "slice_file_name" not in (reader.fieldnames or []):
                 raise SoundscapeError(f"--list {list_file}: a CSV list needs a 'slice_file_name' column "
                                       f"(columns: {', '.join(reader.fieldnames or [])})")
-            named = [(line, row["slice_file_name"].strip()) for line, row in enumerate(reader, start=2)]
+            named = [(reader.line_num, row["slice_file_name"].strip()) for row in reader]  # the row's line
         lookup = by_name
     else:
-        named = [(line, entry.feature_file) for line, entry in enumerate(read_list(list_file), start=1)]
+        named = [(entry.line_number, entry.feature_file) for entry in read_list(list_file)]
         lookup = by_feature
     selected = []
     for line, name in named:
