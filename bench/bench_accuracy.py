@@ -40,8 +40,10 @@ from sklearn.metrics import accuracy_score, f1_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from audioclf.config import ConfigError
 from audioclf.evaluation import run_evaluation
-from audioclf.feature_flags import add_feature_arguments, feature_params_from_flags, given_feature_flags
+from audioclf.feature_flags import (add_feature_arguments, block_problems, feature_params_from_flags,
+                                    given_feature_flags)
 from audioclf.listfile import FEATURE_CONFIG, LISTS_DIR, SPLITS, list_path
 from audioclf.preprocess import PreprocessOptions, run_preprocessing
 from audioclf.training import train
@@ -75,7 +77,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="fit the floor (MFCC-40 mean+std, logistic regression) instead of training the CNN")
     parser.add_argument("--verbose", action="store_true", help="log every training epoch")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:  # refused now, not after preprocessing when a run's config is built from them
+        _, problems = block_problems(feature_flags(args))
+    except (ConfigError, FileNotFoundError) as error:
+        parser.error(str(error))
+    if problems:
+        parser.error(f'the feature flags (the "features" block of {args.config} with the flags given here): '
+                     + "; ".join(problems))
+    return args
 
 
 def config_overrides(args: argparse.Namespace) -> dict:

@@ -259,7 +259,9 @@ def test_the_readme_recipe_commands_parse_and_agree_with_the_recipe(tmp_path, mo
     assert Path(Params(recipe).datapath) == tmp_path / args.save_dir
     for command in (training, evaluating):
         assert REPO / train.parse_args(command[2:]).config_path == recipe
-    bench_args = bench_accuracy.parse_args(bench[3:])
+    # the bench reads its config when parsing (to check the feature flags): the README's path, in the repository
+    bench_args = bench_accuracy.parse_args([str(REPO / arg) if arg.startswith("configs/") else arg
+                                            for arg in bench[3:]])
     assert (REPO / bench_args.config, bench_args.protocol, bench_args.heldout) == \
         (recipe, "speaker", ["1", "2", "3", "4", "5"])
     assert bench_args.csv_file == Path(args.csv_file) and bench_args.data_dir == Path(args.data_dir)
@@ -277,3 +279,18 @@ def test_bench_feature_flags_default_to_the_block_and_explicit_ones_override_it(
     # another front end: the block's values belong to the default one, so none of them is kept
     assert flags("--frontend", "yamnet") == {"frontend": "yamnet"}
     assert flags("--frontend", "default", "--n_frames", "50") == {**block, "frontend": "default", "n_frames": 50}
+
+
+@pytest.mark.parametrize("argv, problem", [
+    (["--max_seconds", "3"], '"features.max_seconds" only applies to whole clips'),
+    (["--n_mels", "600"], "n_mels=600 exceeds the 257 FFT bins of n_fft=512"),
+])
+def test_bench_feature_flags_that_do_not_define_features_are_refused_before_any_run(argv, problem, capsys):
+    """Refused at parse time (not after preprocessing, in the per-run config), naming the flags' source."""
+    from bench import bench_accuracy
+
+    with pytest.raises(SystemExit) as exit_info:
+        bench_accuracy.parse_args(["--config", str(REPO / "configs/fsdd.json"), *argv])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert problem in message and "configs/fsdd.json" in message and "with the flags given here" in message
