@@ -166,7 +166,9 @@ class FeatureParams:
         """Raise ValueError naming every inconsistent parameter; return self when valid."""
         problems = []
         for name in ("sample_rate", "window_ms", "hop_ms", "n_fft", "n_mels", "n_frames"):
-            if not getattr(self, name) > 0:
+            if not math.isfinite(getattr(self, name)):  # inf or nan would overflow in the sample counts
+                problems.append(f"{name} must be a positive finite number, got {getattr(self, name)}")
+            elif not getattr(self, name) > 0:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
         if not problems:
             if self.win_length < 1 or self.hop_length < 1:
@@ -190,7 +192,9 @@ class FeatureParams:
             problems.append(f"pad_mode must be one of {PAD_MODES}, got {self.pad_mode!r}")
         if self.frontend not in FRONTENDS:
             problems.append(f"frontend must be one of {FRONTENDS}, got {self.frontend!r}")
-        if self.max_seconds is not None and not self.max_seconds > 0:
+        if self.max_seconds is not None and not math.isfinite(self.max_seconds):
+            problems.append(f"max_seconds must be a positive finite number, got {self.max_seconds}")
+        elif self.max_seconds is not None and not self.max_seconds > 0:
             problems.append(f"max_seconds must be positive, got {self.max_seconds}")
         if problems:
             raise ValueError("invalid feature parameters:\n  " + "\n  ".join(problems))

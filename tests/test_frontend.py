@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import struct
 from pathlib import Path
 
@@ -288,6 +289,16 @@ def test_streamed_wav_with_placeholder_data_size_is_accepted(tmp_path):
 # ---------------------------------------------------------------------------------------
 # Parameter validation
 # ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["window_ms", "hop_ms", "max_seconds"])
+@pytest.mark.parametrize("value", [math.inf, math.nan])
+def test_infinite_or_nan_durations_raise_value_error_naming_the_parameter(name, value):
+    """An infinite duration (JSON5's Infinity in a features block, or --max_seconds inf) would
+    otherwise overflow deep in the frame arithmetic."""
+    params = FeatureParams(**{name: value})
+    with pytest.raises(ValueError, match=f"{name} must be a positive finite number, got {value}"):
+        params.validate()
+
 
 @pytest.mark.parametrize("name", ["sample_rate", "window_ms", "hop_ms", "n_fft", "n_mels", "n_frames"])
 @pytest.mark.parametrize("value", [0, -1])

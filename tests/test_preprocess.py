@@ -226,6 +226,7 @@ def test_unusable_files_are_skipped_with_their_reason_and_the_run_goes_on(datase
     (["--hop_size", "0"], "hop_ms must be positive, got 0.0"),
     (["--window_size", "-25"], "window_ms must be positive, got -25.0"),
     (["--samplerate", "0"], "sample_rate must be positive, got 0"),
+    (["--whole_clips", "--max_seconds", "inf"], "max_seconds must be a positive finite number, got inf"),
 ])
 def test_invalid_feature_parameters_fail_before_any_work(dataset_factory, caplog, flags, named):
     dataset = dataset_factory(clips_per_class=2)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shlex
 from pathlib import Path
 
@@ -63,6 +64,8 @@ def test_an_unknown_flag_names_the_key_the_file_and_every_valid_name(tmp_path):
     ({"max_seconds": 5}, '"features.max_seconds" only applies to whole clips'),
     ({"n_fft": 256, "n_mels": 200}, "n_mels=200 exceeds the 129 FFT bins of n_fft=256"),
     ({"n_frames": 0}, "n_frames must be positive, got 0"),
+    ({"window_size": math.inf}, "window_ms must be a positive finite number, got inf"),  # JSON5's Infinity
+    ({"whole_clips": True, "max_seconds": math.inf}, "max_seconds must be a positive finite number, got inf"),
 ])
 def test_wrong_types_and_inconsistent_features_are_errors_naming_the_key(block, problem):
     with pytest.raises(ConfigError) as error:
