@@ -18,12 +18,14 @@ from typing import Any
 from audioclf.frontend import DEFAULT_MAX_SECONDS, FREE_PARAMETERS, FRONTENDS, PAD_MODES, FeatureParams
 
 __all__ = ["FEATURE_FLAGS", "FIELDS", "FeatureFlagConflict", "add_feature_arguments", "block_problems",
-           "feature_params_from_flags", "given_feature_flags", "merge_feature_flags", "preprocessing_command"]
+           "feature_params_from_flags", "flag_name", "given_feature_flags", "merge_feature_flags",
+           "preprocessing_command"]
 
 # flag -> FeatureParams field, for the flags that set one field each (frontend, whole_clips and
 # max_seconds choose the preset and the clip length).
 FIELDS = {"samplerate": "sample_rate", "window_size": "window_ms", "hop_size": "hop_ms", "n_fft": "n_fft",
           "n_mels": "n_mels", "n_frames": "n_frames", "pad_mode": "pad_mode"}
+_FLAG_OF_FIELD = {field: flag for flag, field in FIELDS.items()}
 
 
 class FeatureFlagConflict(ValueError):
@@ -131,6 +133,12 @@ def feature_params_from_flags(flags: Mapping[str, Any]) -> FeatureParams:
     return FeatureParams.preset(flags.get("frontend") or "default",
                                 **{field: flags[flag] for flag, field in FIELDS.items() if flags.get(flag) is not None},
                                 max_seconds=max_seconds if flags.get("whole_clips") else None)
+
+
+def flag_name(field: str) -> str:
+    """The feature flag (a block's key) that sets ``FeatureParams`` field ``field``; the field's own
+    name where no flag does (``f_min``, ``f_max``: the preset's)."""
+    return _FLAG_OF_FIELD.get(field, field)
 
 
 def _flag_value(params: FeatureParams, name: str) -> Any:

@@ -22,7 +22,7 @@ from torch import nn
 
 from audioclf.classifier import AudioClassifier
 from audioclf.config import Params
-from audioclf.feature_flags import feature_params_from_flags, preprocessing_command
+from audioclf.feature_flags import feature_params_from_flags, flag_name, preprocessing_command
 from audioclf.frontend import FeatureParams
 from models import get_model_entry
 
@@ -48,7 +48,7 @@ def check_features(params: Params, feature_params: dict | None, source: str) -> 
                 f'the "features" block of {params.source} cannot be checked: {source} has no feature parameters; '
                 f"preprocess with:\n  {rerun}")
         found = FeatureParams.from_dict(feature_params)
-        differing = [f"{name} {getattr(found, name)!r} (config: {getattr(expected, name)!r})"
+        differing = [f"{flag_name(name)} {getattr(found, name)!r} (config: {getattr(expected, name)!r})"
                      for name in found.differences(expected)]
         if differing:
             raise TransferError(

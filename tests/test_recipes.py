@@ -182,7 +182,7 @@ def test_training_refuses_features_made_otherwise_naming_each_parameter_and_the_
         train(Params(config), show_progress=False)
     message = str(error.value)
     assert f'the features of {features / "filenames" / "feature_config.json"} differ from the "features" block ' \
-           f"of {config}: sample_rate 16000 (config: 8000), n_fft 512 (config: 256)." in message
+           f"of {config}: samplerate 16000 (config: 8000), n_fft 512 (config: 256)." in message  # the block's names
     assert (f"python preprocessingBabyCrying.py --csv_file CSV --data_dir DIR --save_dir {features} "
             f"--config_path {config} --overwrite") in message
     assert not (tmp_path / "checkpoints").exists()  # refused before the run started
