@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import sys
 from pathlib import Path
@@ -42,6 +41,7 @@ import torch
 from audioclf.checkpoint import OPERATING_POINT_FILE, SCORES_DIRNAME, CheckpointError
 from audioclf.events import (DetectionParams, Event, LOW_THRESHOLD_RATIO, format_comparison, format_events_table,
                              read_events_csv, score_events, write_events_csv)
+from audioclf.files import atomic_write_json
 from audioclf.inference import (LONG_FACTOR, LONG_MODE_KEY, Predictor, align_reference, collect_inputs, detect,
                                 format_clip_table, format_metrics, load_operating_point, parse_operating_point,
                                 write_clip_csv,
@@ -314,8 +314,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\ntrue vs detected events:\n" + format_comparison(aligned, events))
             print(format_metrics(scores))
             if args.metrics_json:
-                args.metrics_json.parent.mkdir(parents=True, exist_ok=True)
-                args.metrics_json.write_text(json.dumps(scores, indent=2))
+                atomic_write_json(args.metrics_json, scores)
     elif args.reference:
         log.warning("--reference is scored in long mode only; no file was analysed in long mode")
 

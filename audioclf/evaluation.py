@@ -85,7 +85,7 @@ from audioclf.checkpoint import (BEST_CHECKPOINT_NAME, CONFUSION_MATRIX_FILE, DE
                                  SCORE_FILE, check_required_keys, checkpoint_windows, load_checkpoint,
                                  model_from_checkpoint, scores_dir)
 from audioclf.config import Params
-from audioclf.files import atomic_write_json, atomic_write_text
+from audioclf.files import atomic_write, atomic_write_json, atomic_write_text
 from audioclf.inference import LONG_MODE_KEY, Predictor
 from audioclf.listfile import FEATURE_CONFIG
 from audioclf.frontend import FeatureParams
@@ -578,7 +578,7 @@ def write_report(output_dir: str | Path, files: Sequence[str], probabilities: np
         atomic_write_json(paths["operating_point"], detection)
     images = {name: render_figure(figure) for name, figure in figures.items()}
     for name, pixels in images.items():
-        paths[f"{name}_png"].write_bytes(png_bytes(pixels))
+        atomic_write(paths[f"{name}_png"], lambda file, pixels=pixels: file.write(png_bytes(pixels)))
     # A detection file left by an earlier run would describe another model (predict.py reads
     # operating_point.json as its default threshold), so whatever this run did not write goes.
     for stale in DETECTION_FILES:

@@ -34,6 +34,7 @@ frame ranges of it (``audioclf.windows``), so a clip scores the same in each. It
 """
 from __future__ import annotations
 
+import io
 import math
 import struct
 from dataclasses import asdict, dataclass, fields
@@ -425,19 +426,18 @@ def audio_info(path: str | Path) -> sf._SoundFileInfo:
 # Writing audio
 # ---------------------------------------------------------------------------------------
 
-def _zero_peak_timestamp(path: Path) -> None:
+def _zero_peak_timestamp(data: bytearray) -> bytearray:
     """Zero the wall-clock timestamp libsndfile writes into a float WAV's PEAK chunk (reproducible bytes)."""
-    data = bytearray(path.read_bytes())
     offset = 12  # after b"RIFF" <size> b"WAVE"
     while offset + 8 <= len(data):
         chunk_id, chunk_size = bytes(data[offset:offset + 4]), int.from_bytes(data[offset + 4:offset + 8], "little")
         if chunk_id == b"PEAK" and chunk_size >= 8:
             data[offset + 12:offset + 16] = bytes(4)  # layout: version (uint32), timestamp (uint32), peaks
-            path.write_bytes(bytes(data))
-            return
+            break
         if chunk_id == b"data":
-            return
+            break
         offset += 8 + chunk_size + (chunk_size % 2)
+    return data
 
 
 def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int, subtype: str = "PCM_16") -> Path:
@@ -447,9 +447,11 @@ def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int, subtype: 
     samples always give the same bytes: the timestamp of a float WAV's PEAK chunk is zeroed.
     """
     def write(file) -> None:
-        sf.write(file, audio, sample_rate, subtype=subtype, format="WAV")
+        buffer = io.BytesIO()
+        sf.write(buffer, audio, sample_rate, subtype=subtype, format="WAV")
+        file.write(_zero_peak_timestamp(bytearray(buffer.getbuffer())))
 
-    return atomic_write(path, write, check=_zero_peak_timestamp, durable=False)
+    return atomic_write(path, write, durable=False)
 
 
 def to_mono(audio: np.ndarray) -> np.ndarray:

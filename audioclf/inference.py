@@ -14,6 +14,7 @@ classifies them in batches; memory is bounded by one block plus one batch of win
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -31,6 +32,7 @@ from audioclf.checkpoint import (CheckpointError, check_required_keys, checkpoin
                                  model_from_checkpoint, operating_point_path)
 from audioclf.zeroshot import is_zero_shot, zero_shot_checkpoint
 from audioclf.events import DetectionParams, Event, detect_events, window_bounds
+from audioclf.files import atomic_write_json, atomic_write_text
 from audioclf.frontend import (AUDIO_EXTENSIONS, AudioReadError, FeatureExtractor, FeatureParams, LogMelStream,
                                audio_info, iter_audio_blocks, log_scale_for)
 from audioclf.listfile import FEATURE_CONFIG
@@ -455,49 +457,39 @@ def top_k(probabilities: np.ndarray, class_names: Sequence[str], k: int) -> list
 
 def write_clip_csv(clips: Sequence[ClipPrediction], class_names: Sequence[str], k: int, path: str | Path) -> Path:
     """Columns ``file, class_1, probability_1, ..., class_k, probability_k``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     k = min(k, len(class_names))
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["file"] + [f"{name}_{rank}" for rank in range(1, k + 1) for name in ("class", "probability")])
-        for clip in clips:
-            writer.writerow([clip.file] + [value for name, p in top_k(clip.probabilities, class_names, k)
-                                           for value in (name, f"{p:.6f}")])
-    return path
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["file"] + [f"{name}_{rank}" for rank in range(1, k + 1) for name in ("class", "probability")])
+    for clip in clips:
+        writer.writerow([clip.file] + [value for name, p in top_k(clip.probabilities, class_names, k)
+                                       for value in (name, f"{p:.6f}")])
+    return atomic_write_text(path, buffer.getvalue())
 
 
 def write_clip_json(clips: Sequence[ClipPrediction], class_names: Sequence[str], k: int, path: str | Path) -> Path:
     """A list of ``{file, top_k: [{class, probability}], probabilities: {class: p}}``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     rows = [{"file": clip.file,
              "top_k": [{"class": name, "probability": p} for name, p in top_k(clip.probabilities, class_names, k)],
              "probabilities": {name: float(p) for name, p in zip(class_names, clip.probabilities)}}
             for clip in clips]
-    path.write_text(json.dumps(rows, indent=2))
-    return path
+    return atomic_write_json(path, rows)
 
 
 def write_windows_csv(windows: Sequence[WindowPredictions], class_names: Sequence[str], path: str | Path) -> Path:
     """Columns ``file, start_s, end_s, <one probability column per class>``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["file", "start_s", "end_s", *class_names])
-        for prediction in windows:
-            for start, end, row in zip(*prediction.bounds, prediction.probabilities):
-                writer.writerow([prediction.file, f"{start:.3f}", f"{end:.3f}", *(f"{p:.6f}" for p in row)])
-    return path
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["file", "start_s", "end_s", *class_names])
+    for prediction in windows:
+        for start, end, row in zip(*prediction.bounds, prediction.probabilities):
+            writer.writerow([prediction.file, f"{start:.3f}", f"{end:.3f}", *(f"{p:.6f}" for p in row)])
+    return atomic_write_text(path, buffer.getvalue())
 
 
 def write_events_json(events: Sequence[Event], path: str | Path) -> Path:
     """A list of event dicts (the CSV's columns)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps([event.to_dict() for event in events], indent=2))
-    return path
+    return atomic_write_json(path, [event.to_dict() for event in events])
 
 
 def format_clip_table(clips: Sequence[ClipPrediction], class_names: Sequence[str], k: int) -> str:

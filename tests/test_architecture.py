@@ -114,6 +114,36 @@ def test_yamnets_numbers_are_defined_once():
     assert patch_frames == ["audioclf/frontend.py"], f"a YAMNet patch (96 frames) is spelt in {patch_frames}"
 
 
+def plain_writes(tree: ast.Module) -> list[int]:
+    """Lines that write a file in place: ``write_text``/``write_bytes``, ``open(..., "w"/"a"/"x")``."""
+    lines = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+        modes = [arg.value for arg in node.args[1:2] if isinstance(arg, ast.Constant)]
+        modes += [keyword.value.value for keyword in node.keywords
+                  if keyword.arg == "mode" and isinstance(keyword.value, ast.Constant)]
+        if isinstance(node.func, ast.Attribute) and node.args and isinstance(node.args[0], ast.Constant):
+            modes.append(node.args[0].value)  # path.open("w")
+        if name in ("write_text", "write_bytes") or (
+                name == "open" and any(isinstance(mode, str) and set(mode) & set("wax") for mode in modes)):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_the_pipeline_writes_its_files_atomically():
+    """Every file the library and the scripts write goes through audioclf.files (temp file + rename),
+    so an interrupted run never leaves a half-written result. Tools and benches make throwaway data."""
+    allowed = {"audioclf/files.py",  # the atomic writers themselves
+               "models/weights.py",  # downloads into a temp file it renames when complete
+               "dataloaders/feature_cache.py"}  # opens the build lock file ("a"), writes nothing in it
+    found = {f"{path.relative_to(REPO)}:{line}" for path, tree in library_sources().items()
+             if path.relative_to(REPO).parts[0] not in ("tools", "bench") and str(path.relative_to(REPO)) not in allowed
+             for line in plain_writes(tree)}
+    assert not found, f"files written in place (use audioclf.files' atomic writers): {sorted(found)}"
+
+
 def test_predict_takes_its_detection_defaults_from_detection_params():
     tree = ast.parse((REPO / "predict.py").read_text())
     flags = {"--threshold", "--threshold_low", "--median_filter", "--min_duration", "--merge_gap"}
