@@ -617,7 +617,11 @@ def run_evaluation(params: Params, checkpoint_path: str | Path | None = None, ta
 
     check_detection_keys(params, class_id)
     evaluation_set = load_list(params.evallist, params.datapath, "evallist")
-    check_features(params, evaluation_set.info.feature_params, evaluation_set.info.source)
+    feature_params, feature_source = evaluation_set.info.feature_params, evaluation_set.info.source
+    if feature_params is None:  # a hand-made list: its features are the checkpoint's (check_matches_checkpoint)
+        feature_params = checkpoint.get("feature_params")
+        feature_source = f"{checkpoint_path} (the list {params.evallist} has no {FEATURE_CONFIG} beside it)"
+    check_features(params, feature_params, feature_source)
     check_matches_checkpoint(evaluation_set, checkpoint, checkpoint_path)
     validation_set = None
     if class_id is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from audioclf.evaluation import (EvaluationError, classification_report_dict, de
                                  threshold_metrics)
 from audioclf.listfile import ListEntry, read_list, render_list
 from audioclf.training import train
+from audioclf.transfer import TransferError
 from dataloaders.dataloader import FEATURE_CONFIG, FeatureDataError, SpectrogramDataset
 from audioclf.tuning import TuningError
 from conftest import write_wav
@@ -383,6 +385,22 @@ def test_list_without_feature_config_is_checked_line_by_line(trained, tmp_path):
     subset.write_text("\n" + render_list([entries[0], ListEntry(entries[1].feature_file, 1, "cat")]))
     with pytest.raises(EvaluationError, match=r"evaluation.txt:3: class 1 'cat' is not class 1 of the checkpoint"):
         run_evaluation(trained.params(evallist=str(subset)), output_dir=tmp_path / "scores")  # line 3 of the file
+
+
+def test_a_list_without_feature_config_is_checked_against_the_block_by_the_checkpoints_features(trained, tmp_path):
+    """A recipe config (a "features" block) on a hand-made list with no feature_config.json beside it:
+    the features the checkpoint was trained on (checked against the block then) stand for the list's."""
+    entries = read_list(trained.features / "filenames" / "evaluation.txt")
+    subset = tmp_path / "subset" / "evaluation.txt"
+    subset.parent.mkdir()
+    subset.write_text(render_list(entries))
+    block = {"n_fft": 512, "n_mels": 32, "n_frames": 40}  # make_feature_dataset's features
+    metrics = run_evaluation(trained.params(evallist=str(subset), features=block), output_dir=tmp_path / "scores")
+    assert metrics["n_clips"] == len(entries)
+    with pytest.raises(TransferError, match=rf"the features of {re.escape(str(trained.checkpoint))} .*differ from "
+                                            r"the \"features\" block of .*: n_frames 40 \(config: 50\)"):
+        run_evaluation(trained.params(evallist=str(subset), features={**block, "n_frames": 50}),
+                       output_dir=tmp_path / "scores")
 
 
 def test_empty_evaluation_list(trained, tmp_path):
