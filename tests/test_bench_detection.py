@@ -1,0 +1,73 @@
+"""Plumbing of bench/bench_detection.py on a tiny generated demo (the real bench trains the demo recipe)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from audioclf.events import read_events_csv
+from bench import bench_detection
+
+
+@pytest.fixture(scope="module")
+def bench_results(tmp_path_factory):
+    """Two variants (clip threshold; settings tuned on soundscapes), tiny data, features, model and soundscapes."""
+    work = tmp_path_factory.mktemp("bench_detection")
+    results_path = work / "results.json"
+    assert bench_detection.main([
+        "--variants", "fixed", "tuned", "--seeds", "3", "--clips_per_class", "20", "--n_mixtures", "2", "4",
+        "--duration", "10",
+        "--epochs", "1", "--features", "n_mels=16", "n_frames=32", "samplerate=8000", "n_fft=256",
+        "--set", 'model_args={"width": 4}', "batch_size=16", "--num_workers", "1",
+        "--work_dir", str(work), "--json", str(results_path)]) == 0
+    return work, json.loads(results_path.read_text())
+
+
+def test_every_variant_and_seed_is_scored_on_the_evaluation_soundscapes(bench_results):
+    work, results = bench_results
+    assert [(run["variant"], run["seed"]) for run in results["runs"]] == [
+        ("fixed", 3), ("tuned", 3)]
+    reference = read_events_csv(work / "soundscapes" / "evaluation" / "events.csv")
+    assert len(reference) == 2  # 4 mixtures, half with an event
+    for run in results["runs"]:
+        assert run["n_reference"] == 2 and len(run["events"]) == 2
+        assert {event["ebr_db"] for event in run["events"]} <= {-6.0, 0.0, 6.0}
+        assert all(event["clip"].startswith("babycry/") for event in run["events"])
+        found = sum(event["found"] for event in run["events"])
+        # DCASE 2017 counts: ER = (D + I) / N with D the events not found
+        assert run["deletions"] == 2 - found
+        assert run["error_rate"] == pytest.approx((run["deletions"] + run["insertions"]) / 2)
+        # the oracle picks from the tuning grid on these very soundscapes: never worse than the tuned settings
+        if run["variant"] == "tuned":
+            assert run["oracle"]["error_rate"] <= run["error_rate"]
+
+
+def test_tuned_variants_take_their_settings_from_the_validation_soundscapes(bench_results):
+    work, results = bench_results
+    fixed, tuned = results["runs"]
+    assert fixed["tuned_on_validation"] is None  # the clip threshold, median filter 3 (predict's defaults)
+    assert fixed["settings"]["babycry"]["median_filter"] == 3
+    assert tuned["tuned_on_validation"]["n_reference"] == 1  # 2 validation mixtures, one event
+    point = json.loads((work / "runs" / "tuned_seed3" / "checkpoints" / "scores" / "operating_point.json").read_text())
+    assert tuned["settings"]["babycry"] == {key: point["long_mode"][key] for key in tuned["settings"]["babycry"]}
+
+
+def test_summaries_give_mean_and_spread_over_seeds(bench_results):
+    _, results = bench_results
+    assert [summary["seeds"] for summary in results["summaries"]] == [[3], [3]]
+    run = results["runs"][0]
+    other = {**run, "seed": 4, "error_rate": run["error_rate"] + 0.5,
+             "recall_by_ebr": {ebr: 1.0 for ebr in run["recall_by_ebr"]}}
+    summary = bench_detection.summarise(bench_detection.VARIANTS[0], [run, other])
+    assert summary["error_rate"] == {"mean": run["error_rate"] + 0.25, "min": run["error_rate"],
+                                     "max": run["error_rate"] + 0.5}
+    assert summary["recall_by_ebr"] == {ebr: (value + 1.0) / 2 for ebr, value in run["recall_by_ebr"].items()}
+    table = bench_detection.format_results(results["summaries"] + [summary])
+    assert table.splitlines()[0].split()[:3] == ["variant", "ER", "F1"]
+    assert [line.split()[0] for line in table.splitlines()[2:]] == ["fixed", "tuned", "fixed"]
+    assert f"({run['error_rate']:.3f}..{run['error_rate'] + 0.5:.3f})" in table.splitlines()[-1]
+
+
+def test_malformed_overrides_name_the_flag():
+    with pytest.raises(SystemExit, match="--set 'epochs': expected KEY=JSON"):
+        bench_detection.key_values(["epochs"], "--set")
