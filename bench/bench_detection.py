@@ -36,7 +36,7 @@ import numpy as np
 
 from audioclf.evaluation import run_evaluation
 from audioclf.events import DCASE2017_ONSET_COLLAR_S, Event, match_events, read_events_csv, score_events
-from audioclf.frontend import FeatureParams
+from audioclf.feature_flags import block_problems, feature_params_from_flags
 from audioclf.inference import (Predictor, WindowPredictions, align_reference, collect_inputs, detect,
                                 load_operating_point)
 from audioclf.listfile import LISTS_DIR, list_path, read_list
@@ -57,7 +57,7 @@ log = logging.getLogger("bench_detection")
 SOUNDSCAPES = {"validation": (40, 1), "evaluation": (60, 2)}  # split -> (mixtures, seed)
 DEMO_CLIPS_PER_CLASS = 80
 DEMO_SEED = 0
-# Feature settings by name (preprocessing flags without dashes, as a config's features block).
+# Feature settings by name: a config's features block (preprocessing flags without dashes).
 FEATURES = {
     "fixed": {"n_mels": 64, "n_frames": 100},
     "whole": {"n_mels": 64, "n_frames": 100, "whole_clips": True, "max_seconds": 10.0},
@@ -136,16 +136,6 @@ def key_values(items: Sequence[str], flag: str) -> dict:
     return values
 
 
-def feature_params(setting: dict) -> FeatureParams:
-    """A features block (preprocessing flag names) as ``FeatureParams``."""
-    setting = dict(setting)
-    whole = setting.pop("whole_clips", False)
-    max_seconds = setting.pop("max_seconds", 10.0)
-    renamed = {"samplerate": "sample_rate", "window_size": "window_ms", "hop_size": "hop_ms"}
-    params = {renamed.get(key, key): value for key, value in setting.items()}
-    return FeatureParams(**params, max_seconds=max_seconds if whole else None)
-
-
 @dataclass
 class Bench:
     """The shared inputs of every run: demo data, features per setting, soundscapes."""
@@ -166,13 +156,20 @@ class Bench:
     def feature_dir(self, name: str) -> Path:
         """Features of setting ``name`` (preprocessed on first use; preprocessing reuses finished clips)."""
         if name not in self.features:
-            setting = {**FEATURES[name], **key_values(self.args.features, "--features")}
             save_dir = self.work_dir / "features" / name
             run_preprocessing(PreprocessOptions(csv_file=self.csv_file, data_dir=self.audio_dir, save_dir=save_dir,
-                                                params=feature_params(setting), num_workers=self.args.num_workers))
+                                                params=feature_params_from_flags(self.feature_block(name)),
+                                                num_workers=self.args.num_workers))
             self.features[name] = save_dir
             self.check_same_split(save_dir)
         return self.features[name]
+
+    def feature_block(self, name: str) -> dict:
+        """The ``features`` block of setting ``name`` with ``--features`` on top (checked as a config's block)."""
+        block, problems = block_problems({**FEATURES[name], **key_values(self.args.features, "--features")})
+        if problems:
+            raise SystemExit("; ".join(problems))
+        return block
 
     def check_same_split(self, save_dir: Path) -> None:
         """Every feature setting must split the clips alike, or the soundscapes would hold training clips."""
@@ -203,7 +200,7 @@ def run_config(bench: Bench, variant: Variant, seed: int, features: Path) -> Par
     run_dir = bench.work_dir / "runs" / f"{variant.name}_seed{seed}"
     lists = features / LISTS_DIR
     config.update(variant.config)
-    config.update(datapath=str(features), trainlist=str(list_path(lists, "train")),
+    config.update(features=bench.feature_block(variant.features), datapath=str(features), trainlist=str(list_path(lists, "train")),
                   vallist=str(list_path(lists, "validation")), evallist=str(list_path(lists, "evaluation")),
                   checkpoint_dir=str(run_dir / "checkpoints"), summaries_dir=str(run_dir / "tensorboard"),
                   seed=seed, target_class=TARGET_CLASS, resume=False)
