@@ -90,7 +90,7 @@ def test_every_shipped_block_equals_the_same_flags_on_the_command_line(tmp_path,
     for name in ("esc50", "babycry"):
         assert blocks[name] == FeatureParams.preset("yamnet", max_seconds=5.0)
     assert blocks["fsdd"] == FeatureParams(sample_rate=8000, n_fft=512, n_mels=40, n_frames=100)  # the README's flags
-    assert blocks["demo"] == FeatureParams(n_mels=64, n_frames=100)
+    assert blocks["demo"] == FeatureParams(n_mels=64, n_frames=100, max_seconds=10.0)  # whole clips (issue 11)
 
 
 # ---- preprocessingBabyCrying.py --config_path ------------------------------------------
