@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from audioclf.checkpoint import BEST_CHECKPOINT_NAME
 from audioclf.evaluation import run_evaluation
 from audioclf.events import DCASE2017_ONSET_COLLAR_S, Event, match_events, read_events_csv, score_events
 from audioclf.feature_flags import block_problems, feature_params_from_flags
@@ -289,7 +290,7 @@ def run_once(bench: Bench, variant: Variant, seed: int) -> dict:
     params = run_config(bench, variant, seed, features)
     started = time.perf_counter()
     run_file = Path(params.checkpoint_dir) / RUN_CONFIG
-    best = Path(params.checkpoint_dir) / "model_best.pth.tar"
+    best = Path(params.checkpoint_dir) / BEST_CHECKPOINT_NAME
     if bench.args.reuse and best.is_file() and run_file.is_file() and json.loads(run_file.read_text()) == \
             json.loads(json.dumps(params.to_dict())):
         history = json.loads(run_file.with_name(RUN_HISTORY).read_text())
@@ -303,7 +304,7 @@ def run_once(bench: Bench, variant: Variant, seed: int) -> dict:
     trained = time.perf_counter()
     report = run_evaluation(params)
     evaluated = time.perf_counter()
-    scores, per_event = detect_on_soundscapes(Path(params.checkpoint_dir) / "model_best.pth.tar", evaluation)
+    scores, per_event = detect_on_soundscapes(Path(params.checkpoint_dir) / BEST_CHECKPOINT_NAME, evaluation)
     dcase = scores["dcase2017"]
     result = {
         "variant": variant.name, "seed": seed, "error_rate": dcase["error_rate"], "f1": dcase["f1"],
