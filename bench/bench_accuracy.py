@@ -25,6 +25,7 @@ evaluation list.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import shutil
@@ -44,6 +45,7 @@ from audioclf.config import ConfigError
 from audioclf.evaluation import run_evaluation
 from audioclf.feature_flags import (add_feature_arguments, block_problems, feature_params_from_flags,
                                     given_feature_flags)
+from audioclf.frontend import FeatureParams
 from audioclf.listfile import FEATURE_CONFIG, LISTS_DIR, SPLITS, list_path
 from audioclf.preprocess import PreprocessOptions, run_preprocessing
 from audioclf.training import train
@@ -108,13 +110,20 @@ def feature_flags(args: argparse.Namespace) -> dict:
     return {**block, **given}
 
 
+def feature_folder_name(params: FeatureParams) -> str:
+    """``features_<front end>_<hash of every parameter>``: one folder per feature setting, so a reused
+    ``--work_dir`` with other feature flags makes new features instead of refusing to mix them."""
+    digest = hashlib.sha256(json.dumps(params.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    return f"features_{params.frontend}_{digest}"
+
+
 def run_once(name: str, args: argparse.Namespace, work_dir: Path, validation_folds: list[str],
              evaluation_folds: list[str]) -> dict:
     """Preprocess (cached per feature setting), train and evaluate one split; metrics + seconds."""
     started = time.perf_counter()
     flags = feature_flags(args)
     params = feature_params_from_flags(flags)
-    features = work_dir / f"features_{params.frontend}"  # one feature folder per front end; runs write own lists
+    features = work_dir / feature_folder_name(params)  # runs of one feature setting share it; each writes its lists
     lists = work_dir / name / "lists"
     run_preprocessing(PreprocessOptions(
         csv_file=args.csv_file, data_dir=args.data_dir, save_dir=features, params=params,

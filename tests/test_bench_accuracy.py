@@ -91,3 +91,24 @@ def test_yamnet_linear_probe_runs_on_its_own_front_end(tmp_path, demo_data, yamn
     assert 0.0 <= random["accuracy"] <= 1.0
     config = json.loads((tmp_path / "work" / "random" / "lists" / "feature_config.json").read_text())
     assert config["feature_params"]["frontend"] == "yamnet" and config["feature_params"]["n_frames"] == 96
+
+
+def test_a_reused_work_dir_keeps_one_feature_folder_per_feature_setting(tmp_path, demo_data):
+    """--work_dir reused with other feature flags: new features of their own, not an error saying to pass
+    --overwrite (a flag the bench does not have); the same flags again reuse their folder."""
+    csv_file, audio = demo_data
+
+    def run(n_mels: str) -> None:
+        assert bench_accuracy.main([
+            "--csv_file", str(csv_file), "--data_dir", str(audio), "--baseline", "--protocol", "random",
+            "--samplerate", "8000", "--n_fft", "256", "--n_mels", n_mels, "--n_frames", "32", "--num_workers", "1",
+            "--work_dir", str(tmp_path / "work")]) == 0
+
+    run("16")
+    run("20")
+    run("16")
+    folders = sorted(tmp_path.joinpath("work").glob("features_*"))
+    assert len(folders) == 2
+    n_mels = sorted(json.loads((folder / "filenames" / "feature_config.json").read_text())["feature_params"]["n_mels"]
+                    for folder in folders)
+    assert n_mels == [16, 20]
