@@ -49,6 +49,7 @@ from audioclf.frontend import FeatureParams
 from audioclf.listfile import FEATURE_CONFIG, LISTS_DIR, SPLITS, list_path
 from audioclf.preprocess import PreprocessOptions, run_preprocessing
 from audioclf.training import train
+from bench.common import key_values
 from dataloaders.dataloader import SpectrogramDataset
 from utils import Params, setup_logging
 
@@ -92,7 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def config_overrides(args: argparse.Namespace) -> dict:
     """``--epochs`` and ``--set KEY=JSON`` as a dict."""
-    overrides = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.set)}
+    overrides = key_values(args.set, "--set")
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
     return overrides

@@ -45,7 +45,7 @@ from audioclf.listfile import LISTS_DIR, list_path, read_list
 from audioclf.preprocess import PreprocessOptions, run_preprocessing
 from audioclf.training import train
 from audioclf.tuning import select_detection_params
-from bench.common import format_table, machine_info, write_json
+from bench.common import format_table, key_values, machine_info, write_json
 from tools.demo_data import TARGET_CLASS, generate_demo_dataset
 from tools.soundscapes import EVENTS_FILE, MIXTURE_SECONDS, PARTS_FILE, build_soundscapes
 from utils import Params, setup_logging
@@ -125,20 +125,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(evaluation, tuning and detection still run)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     return parser.parse_args(argv)
-
-
-def key_values(items: Sequence[str], flag: str) -> dict:
-    """``KEY=JSON`` items as a dict; a clear error for a malformed one."""
-    values = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        try:
-            if not sep:
-                raise ValueError("no '='")
-            values[key] = json.loads(value)
-        except ValueError as error:
-            raise SystemExit(f"{flag} {item!r}: expected KEY=JSON ({error})") from None
-    return values
 
 
 @dataclass

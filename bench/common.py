@@ -42,6 +42,20 @@ class ClipSet:
     audio_seconds: float
 
 
+def key_values(items: Sequence[str], flag: str) -> dict:
+    """``KEY=JSON`` items as a dict; a clear error for a malformed one."""
+    values = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError("no '='")
+            values[key] = json.loads(value)
+        except ValueError as error:
+            raise SystemExit(f"{flag} {item!r}: expected KEY=JSON ({error})") from None
+    return values
+
+
 def write_synthetic_clips(out_dir: Path, name: str, n_clips: int, sample_rate: int, channels: int,
                           seconds: tuple[float, float], subtype: str = "PCM_16", seed: int = 0) -> ClipSet:
     """Write ``n_clips`` noise+tone WAVs (durations uniform in ``seconds``) and a 2-class CSV."""

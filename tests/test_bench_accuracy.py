@@ -112,3 +112,13 @@ def test_a_reused_work_dir_keeps_one_feature_folder_per_feature_setting(tmp_path
     n_mels = sorted(json.loads((folder / "filenames" / "feature_config.json").read_text())["feature_params"]["n_mels"]
                     for folder in folders)
     assert n_mels == [16, 20]
+
+
+def test_malformed_set_items_name_the_flag_and_the_form():
+    """The --set KEY=JSON of bench_accuracy reads like bench_detection's (one parser, bench.common)."""
+    for item in ("epochs", "epochs=ten"):
+        args = bench_accuracy.parse_args(["--set", item])
+        with pytest.raises(SystemExit, match=f"--set '{item}': expected KEY=JSON"):
+            bench_accuracy.config_overrides(args)
+    assert bench_accuracy.config_overrides(bench_accuracy.parse_args(["--set", "epochs=2", "--epochs", "3"])) == \
+        {"epochs": 3}
