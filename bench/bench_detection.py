@@ -39,6 +39,7 @@ from audioclf.checkpoint import BEST_CHECKPOINT_NAME
 from audioclf.evaluation import run_evaluation
 from audioclf.events import DCASE2017_ONSET_COLLAR_S, Event, match_events, read_events_csv, score_events
 from audioclf.feature_flags import block_problems, feature_params_from_flags
+from audioclf.files import atomic_write_json
 from audioclf.inference import (Predictor, WindowPredictions, align_reference, collect_inputs, detect,
                                 load_operating_point)
 from audioclf.listfile import LISTS_DIR, list_path, read_list
@@ -285,8 +286,8 @@ def run_once(bench: Bench, variant: Variant, seed: int) -> dict:
         shutil.rmtree(Path(params.checkpoint_dir).parent, ignore_errors=True)  # the bench owns its run folders
         history = train(params, show_progress=False)
         history = {"best_epoch": history["best_epoch"], "train_s": round(time.perf_counter() - started, 1)}
-        run_file.with_name(RUN_HISTORY).write_text(json.dumps(history))
-        run_file.write_text(json.dumps(params.to_dict(), indent=2))
+        atomic_write_json(run_file.with_name(RUN_HISTORY), history)
+        atomic_write_json(run_file, params.to_dict())
     trained = time.perf_counter()
     report = run_evaluation(params)
     evaluated = time.perf_counter()

@@ -9,17 +9,22 @@ from audioclf.events import read_events_csv
 from bench import bench_detection
 
 
-@pytest.fixture(scope="module")
-def bench_results(tmp_path_factory):
-    """Two variants (clip threshold; settings tuned on soundscapes), tiny data, features, model and soundscapes."""
-    work = tmp_path_factory.mktemp("bench_detection")
-    results_path = work / "results.json"
-    assert bench_detection.main([
-        "--variants", "fixed", "tuned", "--seeds", "3", "--clips_per_class", "20", "--n_mixtures", "2", "4",
+def tiny_args(work, *variants: str) -> list[str]:
+    """The bench's flags for tiny data, features, model and soundscapes."""
+    return [
+        "--variants", *variants, "--seeds", "3", "--clips_per_class", "20", "--n_mixtures", "2", "4",
         "--duration", "10",
         "--epochs", "1", "--features", "n_mels=16", "n_frames=32", "samplerate=8000", "n_fft=256",
         "--set", 'model_args={"width": 4}', "batch_size=16", "--num_workers", "1",
-        "--work_dir", str(work), "--json", str(results_path)]) == 0
+        "--work_dir", str(work)]
+
+
+@pytest.fixture(scope="module")
+def bench_results(tmp_path_factory):
+    """Two variants (clip threshold; settings tuned on soundscapes), tiny everything."""
+    work = tmp_path_factory.mktemp("bench_detection")
+    results_path = work / "results.json"
+    assert bench_detection.main(tiny_args(work, "fixed", "tuned") + ["--json", str(results_path)]) == 0
     return work, json.loads(results_path.read_text())
 
 
@@ -66,6 +71,21 @@ def test_summaries_give_mean_and_spread_over_seeds(bench_results):
     assert table.splitlines()[0].split()[:3] == ["variant", "ER", "F1"]
     assert [line.split()[0] for line in table.splitlines()[2:]] == ["fixed", "tuned", "fixed"]
     assert f"({run['error_rate']:.3f}..{run['error_rate'] + 0.5:.3f})" in table.splitlines()[-1]
+
+
+def test_reuse_skips_training_only_for_the_same_config(bench_results, caplog):
+    work, results = bench_results
+    checkpoint = work / "runs" / "fixed_seed3" / "checkpoints" / "model_best.pth.tar"
+    trained_at = checkpoint.stat().st_mtime_ns
+    again = work / "again.json"
+    assert bench_detection.main(tiny_args(work, "fixed") + ["--reuse", "--json", str(again)]) == 0
+    assert checkpoint.stat().st_mtime_ns == trained_at and "reusing" in caplog.text
+    rerun = json.loads(again.read_text())["runs"][0]
+    assert rerun["error_rate"] == results["runs"][0]["error_rate"]
+    assert rerun["events"] == results["runs"][0]["events"]
+    # another config (here one more epoch; a later flag wins) trains again
+    assert bench_detection.main(tiny_args(work, "fixed") + ["--reuse", "--epochs", "2"]) == 0
+    assert checkpoint.stat().st_mtime_ns != trained_at
 
 
 def test_malformed_overrides_name_the_flag():
