@@ -25,7 +25,6 @@ evaluation list.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import shutil
@@ -49,7 +48,7 @@ from audioclf.frontend import FeatureParams
 from audioclf.listfile import FEATURE_CONFIG, LISTS_DIR, SPLITS, list_path
 from audioclf.preprocess import PreprocessOptions, run_preprocessing
 from audioclf.training import train
-from bench.common import key_values
+from bench.common import feature_folder_name, key_values
 from dataloaders.dataloader import SpectrogramDataset
 from utils import Params, setup_logging
 
@@ -109,13 +108,6 @@ def feature_flags(args: argparse.Namespace) -> dict:
         log.info("--frontend %s: the features block of %s (%s) is not used", given["frontend"], args.config, block)
         block = {}
     return {**block, **given}
-
-
-def feature_folder_name(params: FeatureParams) -> str:
-    """``features_<front end>_<hash of every parameter>``: one folder per feature setting, so a reused
-    ``--work_dir`` with other feature flags makes new features instead of refusing to mix them."""
-    digest = hashlib.sha256(json.dumps(params.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
-    return f"features_{params.frontend}_{digest}"
 
 
 def run_once(name: str, args: argparse.Namespace, work_dir: Path, validation_folds: list[str],

@@ -46,7 +46,7 @@ from audioclf.listfile import LISTS_DIR, list_path, read_list
 from audioclf.preprocess import PreprocessOptions, run_preprocessing
 from audioclf.training import train
 from audioclf.tuning import select_detection_params
-from bench.common import format_table, key_values, machine_info, write_json
+from bench.common import feature_folder_name, format_table, key_values, machine_info, write_json
 from tools.demo_data import TARGET_CLASS, generate_demo_dataset
 from tools.soundscapes import EVENTS_FILE, MIXTURE_SECONDS, PARTS_FILE, build_soundscapes
 from utils import Params, setup_logging
@@ -148,9 +148,10 @@ class Bench:
     def feature_dir(self, name: str) -> Path:
         """Features of setting ``name`` (preprocessed on first use; preprocessing reuses finished clips)."""
         if name not in self.features:
-            save_dir = self.work_dir / "features" / name
+            params = feature_params_from_flags(self.feature_block(name))
+            save_dir = self.work_dir / feature_folder_name(params)  # a kept --work_dir: one folder per setting
             run_preprocessing(PreprocessOptions(csv_file=self.csv_file, data_dir=self.audio_dir, save_dir=save_dir,
-                                                params=feature_params_from_flags(self.feature_block(name)),
+                                                params=params,
                                                 num_workers=self.args.num_workers))
             self.features[name] = save_dir
             self.check_same_split(save_dir)

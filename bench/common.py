@@ -5,6 +5,7 @@ Nothing here is measured itself; it prepares inputs and reports results.
 from __future__ import annotations
 
 import csv
+import hashlib
 import itertools
 import json
 import os
@@ -265,3 +266,10 @@ def write_json(path: Path, results: dict) -> None:
     """Write ``results`` as indented JSON (parent folders created)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+
+def feature_folder_name(params: FeatureParams) -> str:
+    """``features_<front end>_<hash of every parameter>``: one folder per feature setting, so a reused
+    ``--work_dir`` with other feature flags makes new features instead of refusing to mix them."""
+    digest = hashlib.sha256(json.dumps(params.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    return f"features_{params.frontend}_{digest}"

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from audioclf.events import read_events_csv
+from audioclf.listfile import FEATURE_CONFIG, LISTS_DIR
 from bench import bench_detection
 
 
@@ -91,3 +92,17 @@ def test_reuse_skips_training_only_for_the_same_config(bench_results, caplog):
 def test_malformed_overrides_name_the_flag():
     with pytest.raises(SystemExit, match="--set 'epochs': expected KEY=JSON"):
         bench_detection.key_values(["epochs"], "--set")
+
+
+def test_a_kept_work_dir_makes_one_feature_folder_per_feature_setting(bench_results):
+    work, _ = bench_results
+    folders = {}
+    for n_mels in ("16", "12"):  # the fixture's setting, then another one in the same --work_dir
+        args = bench_detection.parse_args(tiny_args(work, "fixed") + ["--features", f"n_mels={n_mels}"])
+        bench = bench_detection.Bench(args, work)
+        bench.prepare_data()
+        folders[n_mels] = bench.feature_dir("fixed")
+    assert folders["16"] != folders["12"]
+    for n_mels, folder in folders.items():
+        recorded = json.loads((folder / LISTS_DIR / FEATURE_CONFIG).read_text())
+        assert recorded["feature_params"]["n_mels"] == int(n_mels)
