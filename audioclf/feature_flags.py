@@ -15,7 +15,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from audioclf.frontend import DEFAULT_MAX_SECONDS, FREE_PARAMETERS, FRONTENDS, PAD_MODES, FeatureParams
+from audioclf.frontend import (DEFAULT_MAX_SECONDS, FREE_PARAMETERS, FRONTENDS, PAD_MODES, YAMNET_LOG_OFFSET,
+                               YAMNET_PRESET, FeatureParams)
 
 __all__ = ["FEATURE_FLAGS", "FIELDS", "FeatureFlagConflict", "add_feature_arguments", "block_problems",
            "feature_params_from_flags", "flag_name", "given_feature_flags", "merge_feature_flags",
@@ -32,6 +33,14 @@ class FeatureFlagConflict(ValueError):
     """A feature flag given on the command line with another value than the config's ``features`` block."""
 
 
+def _yamnet_summary() -> str:
+    """YAMNet's preset in words, from ``YAMNET_PRESET`` (e.g. "16 kHz, 25/10 ms, FFT 512, ...")."""
+    p = YAMNET_PRESET
+    return (f"{p['sample_rate'] / 1000:g} kHz, {p['window_ms']:g}/{p['hop_ms']:g} ms, FFT {p['n_fft']}, "
+            f"{p['n_mels']} mels {p['f_min']:g}-{p['f_max']:g} Hz, ln(magnitude mel + {YAMNET_LOG_OFFSET:g}), "
+            f"{p['n_frames']} frames")
+
+
 def add_feature_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """Add the feature flags to ``parser``; every default is None (not given: the preset's value)."""
     defaults = FeatureParams()
@@ -40,9 +49,8 @@ def add_feature_arguments(parser: argparse.ArgumentParser) -> argparse._Argument
         "a flag not given takes the config's block value, else the --frontend preset's (in parentheses: the "
         "default front end's)")
     group.add_argument("--frontend", choices=FRONTENDS, default=None,
-                       help="feature preset (default: default): 'yamnet' gives YAMNet's features (16 kHz, 25/10 ms, "
-                            "FFT 512, 64 mels 125-7500 Hz, ln(magnitude mel + 0.001), 96 frames) for a pretrained "
-                            "yamnet; the flags below default to the preset's values")
+                       help=f"feature preset (default: default): 'yamnet' gives YAMNet's features ({_yamnet_summary()}) "
+                            "for a pretrained yamnet; the flags below default to the preset's values")
     group.add_argument("--samplerate", type=int, default=None, help=f"target sample rate in Hz ({defaults.sample_rate})")
     group.add_argument("--window_size", type=float, default=None, help=f"STFT window in ms ({defaults.window_ms:g})")
     group.add_argument("--hop_size", type=float, default=None, help=f"STFT hop in ms ({defaults.hop_ms:g})")
