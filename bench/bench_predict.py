@@ -40,7 +40,7 @@ import torch
 
 from audioclf.frontend import FeatureParams, write_audio
 from audioclf.inference import Predictor
-from bench.common import ModelSpec, format_table, machine_info, untrained_checkpoint, write_json
+from bench.common import ModelSpec, finish, format_table, machine_info, untrained_checkpoint
 from tools.demo_data import make_long_recording
 
 log = logging.getLogger("bench.predict")
@@ -152,11 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                             {"threads": threads, "batch_size": batch, "channels_last": layout, **r})
             torch.set_num_threads(args.threads)
             print("\nresnet18 sweep:\n" + format_table(HEADERS, sweep_rows))
-    results["load_average_end"] = os.getloadavg()
-    print(f"load average at the end {os.getloadavg()[0]:.1f}")
-    if args.json:
-        write_json(args.json, results)
-    return 0
+    return finish(results, args.json)
 
 
 if __name__ == "__main__":

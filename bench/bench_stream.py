@@ -47,7 +47,7 @@ from audioclf.export import OnnxClassifier, export_onnx
 from audioclf.frontend import FeatureParams
 from audioclf.inference import Predictor
 from audioclf.streaming import latency_bound_s
-from bench.common import ModelSpec, format_table, machine_info, untrained_checkpoint, write_json
+from bench.common import ModelSpec, finish, format_table, machine_info, untrained_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 CORE_GOAL = 0.05  # one live stream with audiocnn: <= 5 % of one core
@@ -248,11 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                             "total (wall)"], latency_rows))
     print("\nmilliseconds per window, one thread (front end + model):")
     print(format_table(["model", "batch", "PyTorch", "ONNX Runtime", "PyTorch / ONNX"], speed_rows))
-    results["load_average_end"] = os.getloadavg()
-    print(f"load average at the end {os.getloadavg()[0]:.1f}")
-    if args.json:
-        write_json(args.json, results)
-    return 0
+    return finish(results, args.json)
 
 
 if __name__ == "__main__":

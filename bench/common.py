@@ -268,6 +268,15 @@ def write_json(path: Path, results: dict) -> None:
     path.write_text(json.dumps(results, indent=2, default=str) + "\n")
 
 
+def finish(results: dict, json_path: Path | None) -> int:
+    """End a bench: record and print the load average, write ``results`` to ``json_path`` if given; exit status 0."""
+    results["load_average_end"] = os.getloadavg()
+    print(f"load average at the end {results['load_average_end'][0]:.1f}")
+    if json_path:
+        write_json(json_path, results)
+    return 0
+
+
 def feature_folder_name(params: FeatureParams) -> str:
     """``features_<front end>_<hash of every parameter>``: one folder per feature setting, so a reused
     ``--work_dir`` with other feature flags makes new features instead of refusing to mix them."""
