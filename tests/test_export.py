@@ -29,12 +29,7 @@ CLASS_NAMES = ["babycry", "speech", "noise"]
 YAMNET_PARAMS = FeatureParams.preset("yamnet", n_frames=144, pad_mode="zeros")  # 1.44 s: two 96-frame patches
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models, one thread
 
 
 def random_checkpoint(model_name: str, model_args: dict, params: FeatureParams = PARAMS, seed: int = 0,
