@@ -21,19 +21,22 @@ to end on any CSV with a ``fold`` column, e.g. ESC-50's five folds::
 frame (DCT-II of the log-mels), their mean and std over the clip (80 numbers), standardised,
 then multinomial logistic regression trained on the training list and scored on the
 evaluation list.
+
+Bad input (a missing CSV or data folder, a CSV without a ``fold`` column for the speaker protocol,
+a ``--heldout`` fold the CSV lacks, a config that is missing or invalid) is refused before any work
+with one line naming the file, column or key, and exit status 2.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import scipy.fft
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
@@ -46,16 +49,42 @@ from audioclf.feature_flags import (add_feature_arguments, block_problems, featu
                                     given_feature_flags)
 from audioclf.frontend import FeatureParams
 from audioclf.listfile import FEATURE_CONFIG, LISTS_DIR, SPLITS, list_path
+from audioclf.metadata import MetadataError, read_metadata
 from audioclf.preprocess import PreprocessOptions, run_preprocessing
 from audioclf.training import train
-from bench.common import feature_folder_name, key_values
+from bench.common import feature_folder_name, key_values, write_json
 from dataloaders.dataloader import SpectrogramDataset
 from utils import Params, setup_logging
 
 REPO = Path(__file__).resolve().parents[1]
 FSDD = REPO.parent / "shared" / "data" / "fsdd10"
 N_MFCC = 40
+USAGE_ERROR = 2  # exit status of a refused input, as argparse's for a bad flag
 log = logging.getLogger("bench_accuracy")
+
+
+class BenchInputError(ValueError):
+    """Input the bench cannot run on (a file, a column, a fold); the message says what to pass instead."""
+
+
+def refuse(message: str) -> int:
+    """Print ``message`` as one error line on stderr; the usage-error exit status."""
+    print(f"bench_accuracy: error: {message}", file=sys.stderr)
+    return USAGE_ERROR
+
+
+def config_problem(config: Path) -> str | None:
+    """Why ``--config`` cannot be used (missing, unreadable, invalid), in one line; None when it loads."""
+    try:
+        Params(config)
+    except FileNotFoundError:
+        recipes = ", ".join(sorted(path.name for path in (REPO / "configs").glob("*.json")))
+        return f"--config {config}: no such file; pass a training config, e.g. one of configs/ ({recipes})"
+    except ConfigError as error:
+        return f"--config {config}: " + "; ".join(error.problems) + " (fix the config or pass another --config)"
+    except OSError as error:
+        return f"--config {config}: cannot read it ({error.strerror}); pass a training config file"
+    return None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -80,10 +109,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--verbose", action="store_true", help="log every training epoch")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
-    try:  # refused now, not after preprocessing when a run's config is built from them
-        _, problems = block_problems(feature_flags(args))
-    except (ConfigError, FileNotFoundError) as error:
-        parser.error(str(error))
+    problem = config_problem(args.config)
+    if problem:
+        raise SystemExit(refuse(problem))
+    # refused now, not after preprocessing when a run's config is built from them
+    _, problems = block_problems(feature_flags(args))
     if problems:
         parser.error(f'the feature flags (the "features" block of {args.config} with the flags given here): '
                      + "; ".join(problems))
@@ -168,13 +198,40 @@ def baseline_report(lists: Path, features: Path) -> dict:
             "macro_f1": float(f1_score(truth, predicted, average="macro"))}
 
 
-def speaker_runs(args: argparse.Namespace) -> list[tuple[str, list[str], list[str]]]:
-    """(name, validation folds, evaluation folds) per held-out fold.
+def csv_folds(args: argparse.Namespace) -> list[str]:
+    """The CSV's folds in order (``"2"`` before ``"10"``), checking the inputs first; empty when the
+    speaker protocol is not run. BenchInputError for a missing CSV or data folder, an invalid CSV, no
+    ``fold`` column for the speaker protocol or a ``--heldout`` fold that is not in it."""
+    if not args.csv_file.is_file():
+        raise BenchInputError(f"--csv_file {args.csv_file}: no such file; pass the metadata CSV of your clips "
+                              "(slice_file_name, classID, class[, fold]) with --csv_file and their folder with "
+                              "--data_dir")
+    if not args.data_dir.is_dir():
+        raise BenchInputError(f"--data_dir {args.data_dir}: no such folder; pass the folder the clips of "
+                              f"{args.csv_file} are in")
+    try:
+        clips, _, _ = read_metadata(args.csv_file)
+    except MetadataError as error:
+        raise BenchInputError(str(error)) from None
+    if args.protocol == "random":
+        return []
+    if clips and clips[0].fold is None:
+        raise BenchInputError(f"{args.csv_file} has no 'fold' column, which --protocol {args.protocol} holds out "
+                              "(e.g. one speaker per fold); add one, or pass --protocol random")
+    folds = sorted({clip.fold for clip in clips}, key=lambda fold: (len(fold), fold))
+    unknown = [fold for fold in args.heldout if fold not in folds]
+    if unknown:
+        raise BenchInputError(f"--heldout {' '.join(unknown)}: no such fold in the 'fold' column of {args.csv_file} "
+                              f"(its folds: {' '.join(folds)}); hold out some of those")
+    return folds
+
+
+def speaker_runs(args: argparse.Namespace, folds: list[str]) -> list[tuple[str, list[str], list[str]]]:
+    """(name, validation folds, evaluation folds) per held-out fold, ``folds`` the CSV's (``csv_folds``).
 
     Validation is a seeded tenth of the other folds (``--val_fold`` left empty), so every other
     speaker trains; ``--validate_on_next_fold`` validates on the next fold instead.
     """
-    folds = sorted(pd.read_csv(args.csv_file, dtype=str)["fold"].str.strip().unique(), key=lambda f: (len(f), f))
     runs = []
     for held_out in args.heldout:
         validation = [folds[(folds.index(held_out) + 1) % len(folds)]] if args.validate_on_next_fold else []
@@ -191,16 +248,15 @@ def summarise(protocol: str, runs: list[dict]) -> dict:
 
 
 def run_bench(args: argparse.Namespace) -> list[dict]:
-    """Every requested protocol; returns their summaries."""
-    if not args.csv_file.is_file():
-        raise SystemExit(f"no data: {args.csv_file} not found (pass --csv_file and --data_dir)")
+    """Every requested protocol; returns their summaries. BenchInputError (before any work) for bad input."""
+    folds = csv_folds(args)
     work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="bench_accuracy_"))
     results = []
     if args.protocol in ("random", "both"):
         results.append(summarise("random", [run_once("random", args, work_dir, [], [])]))
     if args.protocol in ("speaker", "both"):
         results.append(summarise("speaker", [run_once(name, args, work_dir, validation, evaluation)
-                                             for name, validation, evaluation in speaker_runs(args)]))
+                                             for name, validation, evaluation in speaker_runs(args, folds)]))
     return results
 
 
@@ -220,12 +276,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.verbose:
         logging.getLogger("audioclf.training").setLevel(logging.INFO)
-    results = run_bench(args)
+    try:
+        results = run_bench(args)
+    except BenchInputError as error:
+        return refuse(str(error))
     if args.baseline:
         print("\nfloor: MFCC-40 mean+std + logistic regression on the same features and lists (no CNN trained)")
     print_results(results)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        write_json(args.json, results)
     return 0
 
 

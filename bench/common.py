@@ -23,6 +23,7 @@ import soundfile as sf
 import torch
 
 from audioclf.classifier import AudioClassifier, constructor_args
+from audioclf.files import atomic_write_text
 from audioclf.frontend import FeatureParams, write_audio
 from audioclf.metadata import refusal_reason
 from tools.demo_data import CLASS_NAMES
@@ -262,10 +263,10 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-def write_json(path: Path, results: dict) -> None:
-    """Write ``results`` as indented JSON (parent folders created)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+def write_json(path: Path, results: dict | list) -> None:
+    """Write ``results`` as indented JSON, atomically (parent folders created): an interrupted bench
+    leaves the previous file or none, never half a JSON."""
+    atomic_write_text(path, json.dumps(results, indent=2, default=str) + "\n")
 
 
 def finish(results: dict, json_path: Path | None) -> int:

@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
 import scipy.fft
 
 from bench import bench_accuracy
+from bench.common import write_json
 from dataloaders.dataloader import SpectrogramDataset
 from tools.demo_data import generate_demo_dataset
 from tools.synthetic_features import make_feature_dataset
+from utils import Params
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +125,65 @@ def test_malformed_set_items_name_the_flag_and_the_form():
             bench_accuracy.config_overrides(args)
     assert bench_accuracy.config_overrides(bench_accuracy.parse_args(["--set", "epochs=2", "--epochs", "3"])) == \
         {"epochs": 3}
+
+
+def exit_status(argv: list[str]) -> int:
+    """bench_accuracy's exit status for ``argv``, whether main returns it or parse_args exits with it."""
+    try:
+        return bench_accuracy.main(argv)
+    except SystemExit as exit:
+        return exit.code
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing_csv", "--csv_file {tmp}/missing.csv: no such file; pass the metadata CSV of your clips"),
+    ("missing_data_dir", "--data_dir {tmp}/no_audio: no such folder; pass the folder the clips of {csv} are in"),
+    ("no_fold_column", "{tmp}/no_fold.csv has no 'fold' column, which --protocol speaker holds out (e.g. one "
+                       "speaker per fold); add one, or pass --protocol random"),
+    ("unknown_heldout", "--heldout 11 x: no such fold in the 'fold' column of {csv} (its folds: 1 2 3 4 5 6 7 8 9 "
+                        "10); hold out some of those"),
+    ("missing_config", "--config {tmp}/missing.json: no such file; pass a training config, e.g. one of configs/ ("),
+    ("invalid_config", '--config {tmp}/bad.json: unknown key "epoch" (did you mean "epochs"?)'),
+], ids=lambda value: value if "_" in value and " " not in value else "")
+def test_bad_input_is_one_line_naming_the_file_and_what_to_pass_with_exit_status_2(tmp_path, capsys, demo_data,
+                                                                                    case, expected):
+    csv_file, audio = demo_data
+    base = ["--csv_file", str(csv_file), "--data_dir", str(audio), "--baseline", "--num_workers", "1",
+            "--samplerate", "8000", "--n_fft", "256", "--n_mels", "16", "--work_dir", str(tmp_path / "work")]
+    no_fold = tmp_path / "no_fold.csv"
+    no_fold.write_text("\n".join(",".join(cells[:4] + cells[5:]) for cells in
+                                 (line.split(",") for line in csv_file.read_text().splitlines())) + "\n")
+    config = Params(bench_accuracy.REPO / "configs" / "fsdd.json").to_dict()
+    config["epoch"] = config.pop("epochs")
+    (tmp_path / "bad.json").write_text(json.dumps(config))
+    flags = {"missing_csv": ["--csv_file", str(tmp_path / "missing.csv")],
+             "missing_data_dir": ["--data_dir", str(tmp_path / "no_audio")],
+             "no_fold_column": ["--csv_file", str(no_fold), "--protocol", "speaker"],
+             "unknown_heldout": ["--protocol", "both", "--heldout", "1", "11", "x"],
+             "missing_config": ["--config", str(tmp_path / "missing.json")],
+             "invalid_config": ["--config", str(tmp_path / "bad.json")]}[case]
+
+    assert exit_status(base + flags) == 2
+
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [captured.err.strip()]  # one line, no traceback
+    assert captured.err.startswith("bench_accuracy: error: ")
+    assert expected.format(tmp=tmp_path, csv=csv_file) in captured.err
+    assert not (tmp_path / "work").exists()  # refused before any preprocessing
+
+
+def test_write_json_interrupted_leaves_the_previous_results_whole(tmp_path, monkeypatch):
+    """bench.common.write_json (every bench's --json) writes a temp file and renames it: an interrupt
+    leaves the previous JSON, not half of the new one, and no temp file."""
+    path = tmp_path / "results" / "results.json"
+    write_json(path, {"run": 1})
+    assert json.loads(path.read_text()) == {"run": 1}
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_json(path, {"run": 2, "accuracy": [0.5] * 10000})
+    assert json.loads(path.read_text()) == {"run": 1}
+    assert [file.name for file in path.parent.iterdir()] == ["results.json"]
