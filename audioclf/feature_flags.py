@@ -15,18 +15,16 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from audioclf.frontend import (DEFAULT_MAX_SECONDS, FREE_PARAMETERS, FRONTENDS, PAD_MODES, YAMNET_LOG_OFFSET,
-                               YAMNET_PRESET, FeatureParams)
+from audioclf.frontend import (DEFAULT_MAX_SECONDS, FLAG_OF_FIELD, FREE_PARAMETERS, FRONTENDS, PAD_MODES,
+                               YAMNET_LOG_OFFSET, YAMNET_PRESET, FeatureParams)
 
 __all__ = ["FEATURE_FLAGS", "FIELDS", "FeatureFlagConflict", "add_feature_arguments", "block_problems",
            "feature_params_from_flags", "flag_name", "given_feature_flags", "merge_feature_flags",
            "preprocessing_command"]
 
 # flag -> FeatureParams field, for the flags that set one field each (frontend, whole_clips and
-# max_seconds choose the preset and the clip length).
-FIELDS = {"samplerate": "sample_rate", "window_size": "window_ms", "hop_size": "hop_ms", "n_fft": "n_fft",
-          "n_mels": "n_mels", "n_frames": "n_frames", "pad_mode": "pad_mode"}
-_FLAG_OF_FIELD = {field: flag for flag, field in FIELDS.items()}
+# max_seconds choose the preset and the clip length); the frontend module holds the names, for its messages.
+FIELDS = {flag: field for field, flag in FLAG_OF_FIELD.items()}
 
 
 class FeatureFlagConflict(ValueError):
@@ -146,7 +144,7 @@ def feature_params_from_flags(flags: Mapping[str, Any]) -> FeatureParams:
 def flag_name(field: str) -> str:
     """The feature flag (a block's key) that sets ``FeatureParams`` field ``field``; the field's own
     name where no flag does (``f_min``, ``f_max``: the preset's)."""
-    return _FLAG_OF_FIELD.get(field, field)
+    return FLAG_OF_FIELD.get(field, field)
 
 
 def _flag_value(params: FeatureParams, name: str) -> Any:

@@ -71,6 +71,17 @@ PRESETS = {"default": {}, "yamnet": YAMNET_PRESET}
 FREE_PARAMETERS = ("n_frames", "pad_mode", "max_seconds")
 _OMITTED_AT_DEFAULT = {"frontend": "default", "max_seconds": None}  # fields newer than the first feature format
 DEFAULT_MAX_SECONDS = 10.0  # whole clips: longer ones keep their first 10 s (ESC-50 5 s, UrbanSound8K 4 s fit)
+# The preprocessing flag (audioclf.feature_flags defines them) that sets each field on its own, so
+# messages name what a user typed: --window_size and --hop_size are the milliseconds of window_ms
+# and hop_ms. frontend and max_seconds are flags of their own name; f_min and f_max have none (the
+# preset's).
+FLAG_OF_FIELD = {"sample_rate": "samplerate", "window_ms": "window_size", "hop_ms": "hop_size", "n_fft": "n_fft",
+                 "n_mels": "n_mels", "n_frames": "n_frames", "pad_mode": "pad_mode"}
+
+
+def _flag(field: str) -> str:
+    """``--window_size`` for ``window_ms``: the command-line flag of a field, for messages."""
+    return "--" + FLAG_OF_FIELD.get(field, field)
 
 
 class AudioReadError(Exception):
@@ -165,38 +176,44 @@ class FeatureParams:
 
     def validate(self) -> "FeatureParams":
         """Raise ValueError naming every inconsistent parameter; return self when valid."""
+        # The messages name the preprocessing flags (FLAG_OF_FIELD), the fields' names are internal.
         problems = []
         for name in ("sample_rate", "window_ms", "hop_ms", "n_fft", "n_mels", "n_frames"):
             if not math.isfinite(getattr(self, name)):  # inf or nan would overflow in the sample counts
-                problems.append(f"{name} must be a positive finite number, got {getattr(self, name)}")
+                problems.append(f"{_flag(name)} must be a positive finite number, got {getattr(self, name)}")
             elif not getattr(self, name) > 0:
-                problems.append(f"{name} must be positive, got {getattr(self, name)}")
+                problems.append(f"{_flag(name)} must be positive, got {getattr(self, name)}")
         if not problems:
+            window = f"--window_size {self.window_ms:g} ms"
+            rate = f"--samplerate {self.sample_rate} Hz"
             if self.win_length < 1 or self.hop_length < 1:
                 problems.append(
-                    f"window_ms={self.window_ms} / hop_ms={self.hop_ms} give "
-                    f"{self.win_length} / {self.hop_length} samples at {self.sample_rate} Hz; "
-                    "both must be at least 1 sample")
+                    f"{window} / --hop_size {self.hop_ms:g} ms give {self.win_length} / {self.hop_length} "
+                    f"samples at {rate}; both must be at least 1 sample (the sizes are milliseconds, "
+                    "e.g. --window_size 25 --hop_size 10)")
             elif self.n_fft < self.win_length:
                 problems.append(
-                    f"n_fft={self.n_fft} is smaller than the window ({self.window_ms} ms = "
-                    f"{self.win_length} samples at {self.sample_rate} Hz); use n_fft >= "
-                    f"{self.win_length}")
+                    f"--n_fft {self.n_fft} is smaller than the window ({window} = {self.win_length} samples "
+                    f"at {rate}); use --n_fft {self.win_length} or more, or a shorter --window_size")
             nyquist = self.sample_rate / 2
-            if self.f_max is not None and not self.f_min < self.f_max <= nyquist:
-                problems.append(f"f_max={self.f_max} must lie in (f_min, {nyquist}]")
+            if self.f_max is not None and self.f_max > nyquist:
+                problems.append(
+                    f"the {self.frontend} front end's mel bands reach f_max {self.f_max:g} Hz, above half of "
+                    f"{rate}; use --samplerate {math.ceil(2 * self.f_max)} or more")
+            elif self.f_max is not None and not self.f_min < self.f_max:
+                problems.append(f"f_max {self.f_max:g} Hz must lie above f_min {self.f_min:g} Hz")
             if self.n_mels > self.n_fft // 2 + 1:
                 problems.append(
-                    f"n_mels={self.n_mels} exceeds the {self.n_fft // 2 + 1} FFT bins of "
-                    f"n_fft={self.n_fft}; lower n_mels or raise n_fft")
+                    f"--n_mels {self.n_mels} exceeds the {self.n_fft // 2 + 1} FFT bins of --n_fft "
+                    f"{self.n_fft}; lower --n_mels or raise --n_fft")
         if self.pad_mode not in PAD_MODES:
-            problems.append(f"pad_mode must be one of {PAD_MODES}, got {self.pad_mode!r}")
+            problems.append(f"--pad_mode must be one of {', '.join(PAD_MODES)}, got {self.pad_mode!r}")
         if self.frontend not in FRONTENDS:
-            problems.append(f"frontend must be one of {FRONTENDS}, got {self.frontend!r}")
+            problems.append(f"--frontend must be one of {', '.join(FRONTENDS)}, got {self.frontend!r}")
         if self.max_seconds is not None and not math.isfinite(self.max_seconds):
-            problems.append(f"max_seconds must be a positive finite number, got {self.max_seconds}")
+            problems.append(f"--max_seconds must be a positive finite number, got {self.max_seconds}")
         elif self.max_seconds is not None and not self.max_seconds > 0:
-            problems.append(f"max_seconds must be positive, got {self.max_seconds}")
+            problems.append(f"--max_seconds must be positive, got {self.max_seconds}")
         if problems:
             raise ValueError("invalid feature parameters:\n  " + "\n  ".join(problems))
         return self

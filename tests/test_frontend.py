@@ -290,41 +290,56 @@ def test_streamed_wav_with_placeholder_data_size_is_accepted(tmp_path):
 # Parameter validation
 # ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["window_ms", "hop_ms", "max_seconds"])
+@pytest.mark.parametrize("name, flag", [("window_ms", "--window_size"), ("hop_ms", "--hop_size"),
+                                        ("max_seconds", "--max_seconds")])
 @pytest.mark.parametrize("value", [math.inf, math.nan])
-def test_infinite_or_nan_durations_raise_value_error_naming_the_parameter(name, value):
+def test_infinite_or_nan_durations_raise_value_error_naming_the_flag(name, flag, value):
     """An infinite duration (JSON5's Infinity in a features block, or --max_seconds inf) would
     otherwise overflow deep in the frame arithmetic."""
     params = FeatureParams(**{name: value})
-    with pytest.raises(ValueError, match=f"{name} must be a positive finite number, got {value}"):
+    with pytest.raises(ValueError, match=f"{flag} must be a positive finite number, got {value}"):
         params.validate()
 
 
-@pytest.mark.parametrize("name", ["sample_rate", "window_ms", "hop_ms", "n_fft", "n_mels", "n_frames"])
+@pytest.mark.parametrize("name, flag", [("sample_rate", "--samplerate"), ("window_ms", "--window_size"),
+                                        ("hop_ms", "--hop_size"), ("n_fft", "--n_fft"), ("n_mels", "--n_mels"),
+                                        ("n_frames", "--n_frames")])
 @pytest.mark.parametrize("value", [0, -1])
-def test_non_positive_sizes_raise_value_error_naming_the_parameter(name, value):
+def test_non_positive_sizes_raise_value_error_naming_the_flag(name, flag, value):
     params = FeatureParams(**{name: value})
-    with pytest.raises(ValueError, match=f"{name} must be positive"):
+    with pytest.raises(ValueError, match=f"{flag} must be positive, got {value}"):
         params.validate()
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(ValueError, match=flag):
         FeatureExtractor(params)
 
 
 def test_n_fft_smaller_than_the_window_names_n_fft_and_the_window():
-    with pytest.raises(ValueError, match=r"n_fft=256 is smaller than the window \(25.0 ms = 400 samples"):
+    with pytest.raises(ValueError) as error:
         FeatureParams(n_fft=256).validate()
+    assert ("--n_fft 256 is smaller than the window (--window_size 25 ms = 400 samples at --samplerate 16000 Hz); "
+            "use --n_fft 400 or more, or a shorter --window_size") in str(error.value)
     FeatureParams(n_fft=400).validate()  # equal is fine
 
 
-@pytest.mark.parametrize("changes, name", [
-    ({"hop_ms": 0.01}, "hop_ms"),
-    ({"n_mels": 600, "n_fft": 1024}, "n_mels"),
-    ({"f_max": 9000.0}, "f_max"),
-    ({"pad_mode": "reflect"}, "pad_mode"),
+@pytest.mark.parametrize("changes, message", [
+    # a window given in seconds, read as milliseconds: under one sample
+    ({"window_ms": 0.025}, "--window_size 0.025 ms / --hop_size 10 ms give 0 / 160 samples at --samplerate 16000 Hz; "
+                           "both must be at least 1 sample (the sizes are milliseconds, e.g. --window_size 25 "
+                           "--hop_size 10)"),
+    ({"hop_ms": 0.01}, "--window_size 25 ms / --hop_size 0.01 ms give 400 / 0 samples"),
+    ({"n_mels": 600, "n_fft": 1024}, "--n_mels 600 exceeds the 513 FFT bins of --n_fft 1024; lower --n_mels or "
+                                     "raise --n_fft"),
+    ({"f_max": 9000.0}, "mel bands reach f_max 9000 Hz, above half of --samplerate 16000 Hz; use --samplerate "
+                        "18000 or more"),
+    ({"pad_mode": "reflect"}, "--pad_mode must be one of repeat, zeros, got 'reflect'"),
+    ({"frontend": "vggish"}, "--frontend must be one of default, yamnet, got 'vggish'"),
 ])
-def test_other_inconsistent_parameters_are_named(changes, name):
-    with pytest.raises(ValueError, match=name):
+def test_other_inconsistent_parameters_name_the_flags_a_user_can_change(changes, message):
+    """The messages name preprocessingBabyCrying.py's flags (and their units), never the internal field names."""
+    with pytest.raises(ValueError) as error:
         FeatureParams(**changes).validate()
+    assert message in str(error.value)
+    assert not any(field in str(error.value) for field in ("window_ms", "hop_ms", "sample_rate"))
 
 
 def test_params_round_trip_through_a_dict():

@@ -220,13 +220,15 @@ def test_unusable_files_are_skipped_with_their_reason_and_the_run_goes_on(datase
 # ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("flags, named", [
-    (["--n_fft", "256"], "n_fft=256 is smaller than the window (25.0 ms = 400 samples"),
-    (["--n_mels", "0"], "n_mels must be positive, got 0"),
-    (["--n_frames", "-5"], "n_frames must be positive, got -5"),
-    (["--hop_size", "0"], "hop_ms must be positive, got 0.0"),
-    (["--window_size", "-25"], "window_ms must be positive, got -25.0"),
-    (["--samplerate", "0"], "sample_rate must be positive, got 0"),
-    (["--whole_clips", "--max_seconds", "inf"], "max_seconds must be a positive finite number, got inf"),
+    (["--n_fft", "256"], "--n_fft 256 is smaller than the window (--window_size 25 ms = 400 samples"),
+    (["--n_mels", "0"], "--n_mels must be positive, got 0"),
+    (["--n_frames", "-5"], "--n_frames must be positive, got -5"),
+    (["--hop_size", "0"], "--hop_size must be positive, got 0.0"),
+    (["--window_size", "-25"], "--window_size must be positive, got -25.0"),
+    (["--window_size", "0.025"], "--window_size 0.025 ms / --hop_size 10 ms give 0 / 160 samples at --samplerate "
+                                 "16000 Hz; both must be at least 1 sample (the sizes are milliseconds"),
+    (["--samplerate", "0"], "--samplerate must be positive, got 0"),
+    (["--whole_clips", "--max_seconds", "inf"], "--max_seconds must be a positive finite number, got inf"),
 ])
 def test_invalid_feature_parameters_fail_before_any_work(dataset_factory, caplog, flags, named):
     dataset = dataset_factory(clips_per_class=2)

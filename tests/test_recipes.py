@@ -62,10 +62,10 @@ def test_an_unknown_flag_names_the_key_the_file_and_every_valid_name(tmp_path):
     ({"frontend": "vggish"}, '"features.frontend" must be one of "default", "yamnet"; got "vggish"'),
     ({"pad_mode": "reflect"}, '"features.pad_mode" must be one of "repeat", "zeros"; got "reflect"'),
     ({"max_seconds": 5}, '"features.max_seconds" only applies to whole clips'),
-    ({"n_fft": 256, "n_mels": 200}, "n_mels=200 exceeds the 129 FFT bins of n_fft=256"),
-    ({"n_frames": 0}, "n_frames must be positive, got 0"),
-    ({"window_size": math.inf}, "window_ms must be a positive finite number, got inf"),  # JSON5's Infinity
-    ({"whole_clips": True, "max_seconds": math.inf}, "max_seconds must be a positive finite number, got inf"),
+    ({"n_fft": 256, "n_mels": 200}, "--n_mels 200 exceeds the 129 FFT bins of --n_fft 256"),
+    ({"n_frames": 0}, "--n_frames must be positive, got 0"),
+    ({"window_size": math.inf}, "--window_size must be a positive finite number, got inf"),  # JSON5's Infinity
+    ({"whole_clips": True, "max_seconds": math.inf}, "--max_seconds must be a positive finite number, got inf"),
 ])
 def test_wrong_types_and_inconsistent_features_are_errors_naming_the_key(block, problem):
     with pytest.raises(ConfigError) as error:
@@ -286,7 +286,7 @@ def test_bench_feature_flags_default_to_the_block_and_explicit_ones_override_it(
 
 @pytest.mark.parametrize("argv, problem", [
     (["--max_seconds", "3"], '"features.max_seconds" only applies to whole clips'),
-    (["--n_mels", "600"], "n_mels=600 exceeds the 257 FFT bins of n_fft=512"),
+    (["--n_mels", "600"], "--n_mels 600 exceeds the 257 FFT bins of --n_fft 512"),
 ])
 def test_bench_feature_flags_that_do_not_define_features_are_refused_before_any_run(argv, problem, capsys):
     """Refused at parse time (not after preprocessing, in the per-run config), naming the flags' source."""
