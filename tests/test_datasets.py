@@ -641,3 +641,55 @@ def test_a_freesound_recording_in_both_esc50_and_urbansound8k_is_warned_about(tm
     build(["esc50", "urbansound8k"], [esc50, us8k], tmp_path / "both.csv")
 
     assert "1 Freesound recording(s) appear in both ESC-50 and UrbanSound8K (e.g. 1000)" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------
+# The next command: the corpus's recipe when there is one
+# ---------------------------------------------------------------------------------------
+
+def next_command(caplog) -> list[str]:
+    """The preprocessing command the tool logged after writing, as argv."""
+    return shlex.split(caplog.text.split("next:\n  ", 1)[1].splitlines()[0])
+
+
+@pytest.mark.parametrize("corpora, flags, recipe, split", [
+    (("esc50",), [], "configs/esc50.json", ["--val_fold", "4", "--eval_fold", "5"]),
+    (("urbansound8k",), [], "configs/urbansound8k.json", ["--val_fold", "9", "--eval_fold", "10"]),
+    (("donateacry", "esc50"), ["--target", "babycry"], "configs/babycry.json", []),
+])
+def test_the_next_command_preprocesses_with_the_corpus_recipe(tmp_path, monkeypatch, caplog, corpora, flags, recipe,
+                                                              split):
+    """The logged command names the recipe (--config_path), saves into its datapath and holds out the folds its
+    README command does; it parses, and its features are the recipe's block."""
+    import preprocessingBabyCrying
+
+    makers = {"esc50": make_esc50, "urbansound8k": make_urbansound8k, "donateacry": make_donateacry}
+    argv = [item for name in corpora for item in (name, "--root", str(makers[name](tmp_path)))]
+    out = tmp_path / "out.csv"
+    monkeypatch.chdir(REPO)  # the recipes' paths are relative to the repository, where the README runs them
+    caplog.set_level(logging.INFO)
+    assert main(argv + ["--out", str(out), *flags]) == 0
+
+    command = next_command(caplog)
+    assert command[:2] == ["python", "preprocessingBabyCrying.py"]
+    assert command[command.index("--config_path") + 1] == recipe
+    assert command[len(command) - len(split):] == split
+    args = preprocessingBabyCrying.parse_args(command[2:])
+    assert (args.csv_file, args.data_dir) == (out, read_data_dir(caplog))
+    assert REPO / args.save_dir == Path(Params(REPO / recipe).datapath)  # where train.py with the recipe reads
+    assert (args.frontend, args.whole_clips) == ("yamnet", True)  # the recipe's features block
+    assert "is not the datapath" not in caplog.text
+
+
+def test_the_next_command_without_a_recipe_names_the_features_folder_after_the_csv(tmp_path, caplog):
+    """A CSV no recipe is made for (here ESC-50's dogs vs the rest): no --config_path."""
+    out = tmp_path / "dogs.csv"
+    caplog.set_level(logging.INFO)
+    assert main(["esc50", "--root", str(make_esc50(tmp_path)), "--out", str(out), "--target", "dog"]) == 0
+    assert next_command(caplog) == ["python", "preprocessingBabyCrying.py", "--csv_file", str(out), "--data_dir",
+                                    str(read_data_dir(caplog)), "--save_dir", "features/dogs"]
+
+
+def read_data_dir(caplog) -> Path:
+    """The data folder the tool logged the clip paths relative to."""
+    return Path(re.search(r"slice_file_name is relative to (.*); next:", caplog.text).group(1))

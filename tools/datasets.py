@@ -29,6 +29,7 @@ import io
 import logging
 import os
 import re
+import shlex
 import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -38,9 +39,11 @@ from typing import Callable, Iterable
 from audioclf.files import atomic_write_text
 from audioclf.frontend import AUDIO_EXTENSIONS
 from audioclf.metadata import GROUP_COLUMN, is_whole_number, refusal_reason
+from audioclf.config import Params
 from audioclf.runtime import setup_logging
 
 log = logging.getLogger("datasets")
+REPO = Path(__file__).resolve().parents[1]
 
 OTHER = "other"  # class 0 of a --target (binary) CSV
 BASE_COLUMNS = ("slice_file_name", "classID", "class", "fold", GROUP_COLUMN, "source", "label")
@@ -56,6 +59,22 @@ ALIASES = {
     "laughter": ("laughing", "Laughter"),
 }
 WHOLE_CORPUS = {"babycry": ("donateacry",)}  # every clip of these corpora is that sound
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A recipe of configs/ made for a CSV this tool writes, and the split flags of its preprocessing command."""
+
+    config: str  # relative to the repository, e.g. "configs/esc50.json"
+    split_flags: tuple[str, ...] = ()  # e.g. the corpus's official validation and evaluation folds
+
+
+# One corpus adapted as it is (every class): its recipe, with the folds the README's command holds out.
+CORPUS_RECIPES = {"esc50": Recipe("configs/esc50.json", ("--val_fold", "4", "--eval_fold", "5")),
+                  "urbansound8k": Recipe("configs/urbansound8k.json", ("--val_fold", "9", "--eval_fold", "10"))}
+# A --target CSV (the target vs other) of corpora other than AudioSet: split by group. (An AudioSet one
+# needs a copy of the recipe with longer clips: README "AudioSet".)
+TARGET_RECIPES = {"babycry": Recipe("configs/babycry.json")}
 
 US8K_META = Path("metadata") / "UrbanSound8K.csv"
 US8K_COLUMNS = ("slice_file_name", "fsID", "start", "end", "salience", "fold", "classID", "class")
@@ -722,11 +741,33 @@ def build(names: list[str], roots: list[Path], out: Path, target: list[str] = ()
         raise DatasetError("no usable clip remains (see the dropped rows above); nothing written")
     write_outputs(outcome, out)
     log_summary(outcome, corpora, out)
+    log.info("slice_file_name is relative to %s; next:\n  %s", outcome.data_dir,
+             preprocessing_command(out, outcome.data_dir, recipe_for(list(names), list(target))))
     return outcome
 
 
+def recipe_for(names: list[str], target: list[str]) -> Recipe | None:
+    """The recipe of configs/ made for the CSV of corpora ``names`` with ``target``, if there is one."""
+    if not target:
+        return CORPUS_RECIPES.get(names[0]) if len(names) == 1 else None
+    if len(target) == 1 and "audioset" not in names:
+        return TARGET_RECIPES.get(target[0])
+    return None
+
+
+def preprocessing_command(csv_file: Path, data_dir: Path, recipe: Recipe | None) -> str:
+    """The preprocessing command for the written CSV: with the recipe's ``--config_path`` (features
+    from its block, into its ``datapath``) and split flags when there is a recipe."""
+    command = ["python", "preprocessingBabyCrying.py", "--csv_file", str(csv_file), "--data_dir", str(data_dir)]
+    if recipe is None:
+        return shlex.join(command + ["--save_dir", f"features/{csv_file.stem}"])
+    config = REPO / recipe.config  # the config resolves its paths against the working folder, as the scripts do
+    return shlex.join(command + ["--save_dir", os.path.relpath(Params(config).datapath),
+                                 "--config_path", os.path.relpath(config), *recipe.split_flags])
+
+
 def log_summary(outcome: Outcome, corpora: list[Corpus], out: Path) -> None:
-    """Per source: clips per class and what was dropped (a few examples each); then the next command."""
+    """Per source: clips per class and what was dropped (a few examples each)."""
     for corpus in corpora:
         for note in corpus.notes:
             log.info("%s: %s", corpus.source, note)
@@ -747,8 +788,6 @@ def log_summary(outcome: Outcome, corpora: list[Corpus], out: Path) -> None:
              len({row[GROUP_COLUMN] for row in outcome.rows}))
     if outcome.dropped:
         log.warning("%d row(s) or file(s) dropped in all: listed in %s", len(outcome.dropped), dropped_path(out))
-    log.info("slice_file_name is relative to %s; next:\n  python preprocessingBabyCrying.py --csv_file %s "
-             "--data_dir %s --save_dir features/%s", outcome.data_dir, out, outcome.data_dir, out.stem)
 
 
 # ---------------------------------------------------------------------------------------
