@@ -62,10 +62,10 @@ def run(args: argparse.Namespace) -> dict:
     build_seconds, open_seconds, caches = {}, {}, {}
     for dtype in ("float32", "float16"):
         started = time.perf_counter()
-        open_or_build(dataset.list_file, dataset.paths, dtype)
+        open_or_build(dataset.list_file, dataset.datapath, dataset.paths, dtype)
         build_seconds[dtype] = time.perf_counter() - started
         started = time.perf_counter()
-        caches[dtype] = open_or_build(dataset.list_file, dataset.paths, dtype)  # up to date: fingerprint + open
+        caches[dtype] = open_or_build(dataset.list_file, dataset.datapath, dataset.paths, dtype)  # up to date: fingerprint + open
         open_seconds[dtype] = time.perf_counter() - started
     batches = lambda: BatchSampler(RandomSampler(dataset), args.batch_size, drop_last=False)  # noqa: E731
     methods = {}

@@ -12,11 +12,13 @@ view (``clip``). Files, beside the list::
     <list folder>/cache/<name>.<dtype>.<key>.index.json   n_mels, T_i per clip, the list it was built from
     <list folder>/cache/<name>.<dtype>.<key>.lock         held while one process builds
 
-``<name>`` is the list's stem and a short hash of its resolved path (``train-1a2b3c4d``), so lists
-that share a stem (``train.txt`` and ``train.lst`` in one folder, or a folder reached through
-another path) have caches of their own and never remove each other's. ``<key>`` is a hash of the list's bytes and every feature file's path, size and modification
+``<name>`` is the list's stem and a short hash of its resolved path and of the resolved feature
+folder (``datapath``) it is read from (``train-1a2b3c4d``), so lists that share a stem
+(``train.txt`` and ``train.lst`` in one folder, or a folder reached through another path), and one
+list read from two feature folders, have caches of their own and never remove each other's.
+``<key>`` is a hash of the list's bytes and every feature file's path, size and modification
 time (and the dtype and format version), so an edited list or a recomputed feature gives a new
-key and the cache is rebuilt; caches of older keys for the same list and dtype are removed.
+key and the cache is rebuilt; caches of older keys for the same list, folder and dtype are removed.
 Both files are written under temporary names and renamed, the index last: a reader sees a whole
 cache or none. Builders take an exclusive ``flock`` on the lock file first, so concurrent
 processes build once and the others wait and then open the result.
@@ -52,7 +54,7 @@ log = logging.getLogger(__name__)
 CACHE_DIRNAME = "cache"
 CACHE_FORMAT_VERSION = 1
 CACHE_DTYPES = ("float32", "float16")
-LIST_HASH_LENGTH = 8  # hex digits of the resolved list path in a cache's name
+LIST_HASH_LENGTH = 8  # hex digits of the hash of the resolved list path and datapath in a cache's name
 
 
 @dataclass(frozen=True)
@@ -62,8 +64,10 @@ class CacheFiles:
     frames: Path
     index: Path
     lock: Path
-    stale_glob: str  # matches this list's caches of every key (same dtype), for clean-up
-    legacy_glob: str = ""  # caches named by the stem alone (before the path hash), removed at build
+    stale_glob: str  # matches this list's caches of every key (same datapath and dtype), for clean-up
+    # caches of this list under the names of earlier versions, removed at build: by the stem alone,
+    # then by the stem and the list's path (before the datapath was part of the name)
+    legacy_globs: tuple[str, ...] = ()
 
 
 def fingerprint(list_file: Path, paths: Sequence[Path], dtype: str) -> str:
@@ -79,23 +83,29 @@ def fingerprint(list_file: Path, paths: Sequence[Path], dtype: str) -> str:
     return digest.hexdigest()
 
 
-def cache_name(list_file: str | Path) -> str:
-    """``<list stem>-<hash of its resolved path>``: one name per list file, whatever its stem."""
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:LIST_HASH_LENGTH]
+
+
+def cache_name(list_file: str | Path, datapath: str | Path) -> str:
+    """``<list stem>-<hash of its resolved path and of the resolved datapath>``: one name per list
+    file and feature folder, whatever the list's stem."""
     list_file = Path(list_file)
-    path_hash = hashlib.sha256(str(list_file.resolve()).encode()).hexdigest()[:LIST_HASH_LENGTH]
-    return f"{list_file.stem}-{path_hash}"
+    return f"{list_file.stem}-{_short_hash(f'{list_file.resolve()}{chr(0)}{Path(datapath).resolve()}')}"
 
 
-def cache_files(list_file: str | Path, paths: Sequence[Path], dtype: str = "float32") -> CacheFiles:
-    """The cache file names for ``list_file`` over ``paths`` (fingerprinted now)."""
+def cache_files(list_file: str | Path, datapath: str | Path, paths: Sequence[Path],
+                dtype: str = "float32") -> CacheFiles:
+    """The cache file names for ``list_file`` read from ``datapath`` as ``paths`` (fingerprinted now)."""
     if dtype not in CACHE_DTYPES:
         raise ValueError(f"feature cache dtype must be one of {CACHE_DTYPES}, got {dtype!r}")
     list_file = Path(list_file)
     key = fingerprint(list_file, paths, dtype)[:20]
-    stem = f"{cache_name(list_file)}.{dtype}"
+    stem = f"{cache_name(list_file, datapath)}.{dtype}"
     folder = list_file.parent / CACHE_DIRNAME
+    legacy = (f"{list_file.stem}.{dtype}.*", f"{list_file.stem}-{_short_hash(str(list_file.resolve()))}.{dtype}.*")
     return CacheFiles(folder / f"{stem}.{key}.frames.npy", folder / f"{stem}.{key}.index.json",
-                      folder / f"{stem}.{key}.lock", f"{stem}.*", f"{list_file.stem}.{dtype}.*")
+                      folder / f"{stem}.{key}.lock", f"{stem}.*", legacy)
 
 
 class FeatureCache:
@@ -205,7 +215,7 @@ def build_cache(files: CacheFiles, list_file: Path, paths: Sequence[Path], dtype
                                     "n_mels": n_mels, "n_frames": n_frames.tolist()})
     keep = {files.frames, files.index, files.lock}
     folder = files.frames.parent
-    legacy = folder.glob(files.legacy_glob) if files.legacy_glob else []
+    legacy = [old for pattern in files.legacy_globs for old in folder.glob(pattern)]
     for old in [*folder.glob(files.stale_glob), *legacy]:
         if old not in keep:
             old.unlink(missing_ok=True)  # an older fingerprint of this list (or its old name): stale
@@ -218,9 +228,10 @@ def _open_or_build_locked(files: CacheFiles, list_file: Path, paths: Sequence[Pa
     return FeatureCache(files, built=True)
 
 
-def open_or_build(list_file: str | Path, paths: Sequence[Path], dtype: str = "float32",
+def open_or_build(list_file: str | Path, datapath: str | Path, paths: Sequence[Path], dtype: str = "float32",
                   info: DistInfo = DistInfo()) -> FeatureCache:
-    """The list's cache: opened when up to date, else built once (under the lock) and opened.
+    """The cache of the list read from ``datapath`` (``paths``, its features there): opened when up to
+    date, else built once (under the lock) and opened.
 
     Under torchrun rank 0 takes the lock before the others pass a barrier, so it is the one
     that builds while they wait on the lock (no barrier timeout however long the build takes).
@@ -228,7 +239,7 @@ def open_or_build(list_file: str | Path, paths: Sequence[Path], dtype: str = "fl
     not shared between machines.
     """
     list_file = Path(list_file)
-    files = cache_files(list_file, paths, dtype)
+    files = cache_files(list_file, datapath, paths, dtype)
     if info.enabled and info.is_main and not files.index.is_file():
         at_barrier = False
         try:
@@ -251,7 +262,7 @@ def cache_for_dataset(dataset: SpectrogramDataset, dtype: str = "float32",
     """The cache of ``dataset``'s list, checked against its feature shape; None (and a warning)
     when it cannot be written beside the list (read-only folder, full disk)."""
     try:
-        cache = open_or_build(dataset.list_file, dataset.paths, dtype, info)
+        cache = open_or_build(dataset.list_file, dataset.datapath, dataset.paths, dtype, info)
     except OSError as error:
         log.warning("cannot build the feature cache beside %s (%s); reading one .npy per clip instead "
                     '(set "feature_cache": false to skip the attempt)', dataset.list_file, error)
