@@ -342,6 +342,22 @@ def recording_n_frames(n_samples: int, params: FeatureParams) -> int:
     return params.n_frames + grid * max(0, math.ceil((inside - params.n_frames) / grid))
 
 
+def padding_reach(params: FeatureParams) -> int:
+    """Most samples ``end_padding`` adds to a recording at least ``n_samples`` long (a grid of hops
+    and an FFT window): how many of its first samples a stream keeps for ``repeat`` padding."""
+    return (params.frame_grid + 1) * params.hop_length + params.n_fft
+
+
+def end_padding(n_samples: int, first: np.ndarray, params: FeatureParams) -> np.ndarray:
+    """The samples a recording of ``n_samples`` continues with so that its ``recording_n_frames``
+    frames are whole: silence (``zeros``) or the recording again from its start (``repeat``, from
+    ``first``: its first ``padding_reach`` samples, or all of it when shorter)."""
+    extra = max(0, params.samples_for(recording_n_frames(n_samples, params)) - n_samples)
+    if params.pad_mode == "zeros":
+        return np.zeros(extra, dtype=np.float32)
+    return fit_length(np.asarray(first, dtype=np.float32), extra, "repeat")
+
+
 # ---------------------------------------------------------------------------------------
 # The features' log scale (for arithmetic on mel energies, e.g. mixing in a background)
 # ---------------------------------------------------------------------------------------
@@ -631,7 +647,7 @@ class LogMelStream:
         self.half = self.params.n_fft // 2 if centered else 0  # reflect padding on each side (torch.stft's center)
         self.frame_length = self.params.n_fft if centered else self.params.win_length  # samples one frame reads
         # The end is padded by at most a grid of hops and an FFT window: the recording's first samples.
-        self.first_limit = (self.params.frame_grid + 1) * self.params.hop_length + self.params.n_fft
+        self.first_limit = padding_reach(self.params)
         self.first = np.zeros(0, dtype=np.float32)
         self.head: list[np.ndarray] = []  # samples held until n_samples have arrived (padding decision)
         self.buffer: np.ndarray | None = None  # padded-signal samples from the next frame's first one
@@ -690,9 +706,7 @@ class LogMelStream:
             self._append(fit_length(np.concatenate(self.head), padded_length, self.params.pad_mode))
             self.head = []
         elif padded_length > self.n_seen:
-            extra = padded_length - self.n_seen
-            self._append(np.zeros(extra, dtype=np.float32) if self.params.pad_mode == "zeros"
-                         else fit_length(self.first, extra, "repeat"))  # the recording continues from its start
+            self._append(end_padding(self.n_seen, self.first, self.params))  # silence, or the recording from its start
         complete = self._emit_complete(total - self.n_emitted)
         right = self.tail[:-1][::-1][:self.half]  # reflect: x[n - 2], ..., x[n - 1 - half] (nothing for yamnet)
         rest = self._frames(np.concatenate([self.buffer, right]), total - self.n_emitted)

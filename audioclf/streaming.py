@@ -33,7 +33,7 @@ import numpy as np
 import soxr
 
 from audioclf.events import DetectionParams, EventDetector, EventUpdate
-from audioclf.frontend import FeatureParams, LogMelStream, to_mono
+from audioclf.frontend import FeatureParams, LogMelStream, end_padding, padding_reach, to_mono
 from audioclf.windows import WindowSlicer, hop_from_seconds
 
 log = logging.getLogger(__name__)
@@ -191,17 +191,19 @@ class FeatureWindows:
 
 
 class WaveformWindows:
-    """Waveform windows for a model that takes samples (``OnnxClassifier``): the same window grid.
+    """Waveform windows for a model that takes samples (``OnnxClassifier``): long mode's windows.
 
     Window ``i`` is the ``window_samples`` samples from frame ``i * hop``'s first sample, so its
-    frames are centred where long mode's are; only the first and last few frames of each window
-    see the window's own padding instead of the neighbouring audio (probabilities within a few
-    1e-3 of long mode's, not equal).
+    frames are centred where long mode's are, and at the end the audio continues as long mode pads
+    it (``frontend.end_padding``), so there are as many windows as long mode has. Only the first
+    and last few frames of each window see the window's own padding instead of the neighbouring
+    audio (probabilities within a few 1e-3 of long mode's, not equal).
     """
 
     def __init__(self, classifier, hop_seconds: float | None):
         self.classifier = classifier
         params, metadata = classifier.params, classifier.metadata
+        self.params = params
         self.rate = params.sample_rate
         frame_s = params.hop_length / self.rate
         self.window = metadata.window_frames
@@ -209,22 +211,33 @@ class WaveformWindows:
         self.slicer = WindowSlicer(metadata.window_samples, self.hop * params.hop_length, params.pad_mode)
         self.hop_s, self.window_s = self.hop * frame_s, self.window * frame_s
         self._window_samples = metadata.window_samples
+        # the recording's first samples, for its end's padding (all of it while shorter than a window)
+        self._first_limit = max(params.n_samples, padding_reach(params))
+        self._first = np.zeros(0, dtype=np.float32)
+        self._n_seen = 0
 
     @property
     def n_seen(self) -> int:
-        """Samples fed so far."""
-        return self.slicer.n_seen
+        """Samples fed so far (without the end's padding)."""
+        return self._n_seen
 
     def feed(self, block: np.ndarray) -> Iterator[tuple[np.ndarray, float]]:
         """``(probabilities (n_classes,), audio_s)`` of each window ``block`` completes."""
+        self._n_seen += block.size
+        if self._first.size < self._first_limit:
+            self._first = np.concatenate([self._first, block[:self._first_limit - self._first.size]])
         for window in self.slicer.feed(block):
             end = (self.slicer.n_windows - 1) * self.slicer.hop + self._window_samples
             yield self.classifier.classify_waveforms(window[None])[0], end / self.rate
 
     def finish(self) -> Iterator[tuple[np.ndarray, float]]:
-        """The padded last window, if samples remain after the last full one."""
-        for window in self.slicer.finish():
-            yield self.classifier.classify_waveforms(window[None])[0], self.n_seen / self.rate
+        """The windows reaching into the end's padding (long mode's last ones), then a padded last window
+        if samples remain after the last full one (a hop that is not the grid's)."""
+        if self._n_seen == 0:
+            return
+        padding = end_padding(self._n_seen, self._first, self.params)
+        for window in itertools.chain(self.slicer.feed(padding), self.slicer.finish()):
+            yield self.classifier.classify_waveforms(window[None])[0], self._n_seen / self.rate
 
 
 class StreamDetector:

@@ -210,3 +210,62 @@ def test_onnx_export_carries_the_long_mode_settings_and_predict_uses_them(setup,
     assert predict.main([*stream, *explicit_flags]) == 0
     explicit = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(explicit) >= 2 and defaults == explicit  # the clip threshold (0.999) alone would find nothing
+
+
+class RecordingWindows:
+    """An ``OnnxClassifier`` that also keeps the waveform windows it was given."""
+
+    def __init__(self, classifier):
+        self.classifier, self.windows = classifier, []
+        self.class_names, self.params, self.metadata = classifier.class_names, classifier.params, classifier.metadata
+
+    def classify_waveforms(self, waveforms: np.ndarray) -> np.ndarray:
+        self.windows.append(waveforms.copy())
+        return self.classifier.classify_waveforms(waveforms)
+
+
+@pytest.mark.parametrize("hop_seconds, pad_mode", [(None, "repeat"), (0.13, "zeros")])
+def test_long_mode_streaming_and_onnx_score_the_same_windows(tmp_path, hop_seconds, pad_mode):
+    """On generated WAVs, PyTorch long mode, streaming and the exported model score as many windows, at the
+    same times. The exported model used to stop one window short where the last frames centred in the audio
+    lie past the last whole waveform window (8036 samples: 51 frames, 2 windows in long mode, less than the
+    8097 samples of one waveform window): now its audio continues into long mode's end padding."""
+    from audioclf.export import OnnxClassifier
+    from audioclf.streaming import FeatureWindows, WaveformWindows
+
+    params = FeatureParams(sample_rate=16000, n_fft=512, n_mels=32, n_frames=50, pad_mode=pad_mode)
+    torch.manual_seed(1)
+    args = constructor_args("audiocnn", 3, params.n_mels, {"width": 4}, center_per_clip=True)
+    checkpoint = {"model": AudioClassifier(**args).state_dict(), "model_args": args, "class_names": ["a", "b", "c"],
+                  "feature_params": params.to_dict(), "feature_shape": [params.n_mels, params.n_frames]}
+    export_onnx(checkpoint, tmp_path / "model.onnx")
+    predictor = Predictor(checkpoint)
+    rng = np.random.default_rng(0)
+    for n_samples in (8036, 20032, 32000, 41000):
+        time_axis = np.arange(n_samples) / 16000
+        audio = (0.05 * rng.standard_normal(n_samples) + 0.3 * np.sin(2 * np.pi * 440 * time_axis)).astype(np.float32)
+        path = tmp_path / f"{n_samples}.wav"
+        sf.write(path, audio, 16000, subtype="FLOAT")
+        blocks = np.array_split(audio, [1000, 1001, 9000])  # uneven blocks, one of a single sample
+
+        long = predictor.predict_long(path, hop_seconds)  # (n_windows, 3)
+        streamed = FeatureWindows(predictor, hop_seconds)
+        stream = [scored for block in blocks for scored in streamed.feed(block)] + list(streamed.finish())
+        onnx = RecordingWindows(OnnxClassifier(tmp_path / "model.onnx", threads=1))
+        waveform = WaveformWindows(onnx, hop_seconds)
+        exported = [scored for block in blocks for scored in waveform.feed(block)] + list(waveform.finish())
+
+        assert len(stream) == len(exported) == len(long.probabilities), n_samples
+        assert (streamed.hop_s, waveform.hop_s) == (long.hop_s, long.hop_s)
+        np.testing.assert_allclose(np.stack([p for p, _ in stream]), long.probabilities, atol=1e-4)
+        # the exported graph is the PyTorch model on each waveform window ...
+        windows = np.concatenate(onnx.windows)  # (n_windows, window_samples)
+        assert windows.shape == (len(long.probabilities), params.n_samples)
+        np.testing.assert_allclose(np.stack([p for p, _ in exported]),
+                                   predictor.classify_features(predictor.extractor.waveforms_to_features(windows)),
+                                   atol=1e-4)
+        # ... which differs from long mode only in each window's first frames (its own padding, not the
+        # audio before it): a few 1e-3
+        assert np.abs(np.stack([p for p, _ in exported]) - long.probabilities).max() < 0.05
+        # every window is decided once its audio is in, the last ones at the end of the recording
+        assert [round(t, 6) for _, t in exported][-1] == [round(t, 6) for _, t in stream][-1] == n_samples / 16000
