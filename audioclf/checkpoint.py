@@ -76,7 +76,7 @@ def checkpoint_state(model: AudioClassifier, optimizer: torch.optim.Optimizer, s
                      rng_state: dict, metrics: dict, windows: dict | None = None) -> dict:
     """Everything needed to resume, evaluate or serve (loadable with ``weights_only=True``).
 
-    ``model`` is the plain model (not a DDP wrapper); ``best`` is ``{"accuracy", "epoch"}``;
+    ``model`` is the plain model (not a DDP wrapper); ``best`` is ``{"accuracy", "loss", "epoch"}``;
     ``config`` the resolved config (``Params.to_dict()``); ``feature_shape`` the model's input
     ``(n_mels, window frames)``; ``windows`` ``{"frames", "hop"}``: the windows that score a clip
     (``audioclf.windows``), default one window of ``feature_shape[1]`` frames every half window.
@@ -88,6 +88,7 @@ def checkpoint_state(model: AudioClassifier, optimizer: torch.optim.Optimizer, s
         "scaler": scaler.state_dict(),
         "epoch": epoch,
         "best_accuracy": best["accuracy"],
+        "best_loss": best["loss"],
         "best_epoch": best["epoch"],
         "config": config,
         "model_name": config["model"],

@@ -9,7 +9,7 @@ import torch
 
 import train as train_script
 from audioclf.checkpoint import model_from_checkpoint
-from audioclf.training import NonFiniteLossError, train
+from audioclf.training import NonFiniteLossError, is_better, train
 from tools.synthetic_features import make_config, make_feature_dataset
 from utils import Params, list_checkpoints, load_checkpoint
 
@@ -37,6 +37,15 @@ def features(tmp_path_factory) -> Path:
     return make_feature_dataset(tmp_path_factory.mktemp("data"))
 
 
+def test_model_best_rule_is_accuracy_then_loss():
+    best = {"accuracy": 0.9, "loss": 0.30, "epoch": 4}
+    assert is_better({"accuracy": 0.95, "loss": 0.90}, best)  # higher accuracy wins whatever the loss
+    assert not is_better({"accuracy": 0.85, "loss": 0.01}, best)
+    assert is_better({"accuracy": 0.9, "loss": 0.25}, best)  # a tie goes to the lower loss
+    assert not is_better({"accuracy": 0.9, "loss": 0.30}, best)  # an exact tie keeps the earlier epoch
+    assert is_better({"accuracy": 0.0, "loss": 2.0}, {"accuracy": -1.0, "loss": float("inf"), "epoch": 0})
+
+
 def test_short_run_learns_keeps_five_checkpoints_and_logs(tmp_path, features):
     config = make_config(tmp_path, features, epochs=7, spec_augment=True, random_shift=True)
     result = train(Params(config), show_progress=False)
@@ -50,6 +59,12 @@ def test_short_run_learns_keeps_five_checkpoints_and_logs(tmp_path, features):
         assert len(scalars[tag]) == 7, tag
     best = load_checkpoint(tmp_path / "checkpoints" / "model_best.pth.tar")
     assert best["epoch"] == result["best_epoch"]
+    # model_best: the highest validation accuracy, and of the epochs that reach it the lowest loss
+    validation = {row["epoch"]: row["validation"] for row in result["history"]}
+    top = max(row["accuracy"] for row in validation.values())
+    expected = min((row["loss"], epoch) for epoch, row in validation.items() if row["accuracy"] == top)[1]
+    assert result["best_epoch"] == expected
+    assert best["best_loss"] == pytest.approx(validation[expected]["loss"])
     assert best["class_names"] == ["babycry", "dog bark", "noise"]
     for key in ("optimizer", "lr_scheduler", "scaler", "config", "model_args", "feature_params",
                 "normalization", "rng_state", "best_accuracy"):
