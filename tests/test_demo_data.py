@@ -58,6 +58,12 @@ def test_same_seed_gives_byte_identical_files(demo_root: Path, tmp_path: Path) -
     assert _all_files(tmp_path / "again") == _all_files(demo_root)
 
 
+def test_files_do_not_depend_on_the_number_of_workers(demo_root: Path, tmp_path: Path) -> None:
+    generate_demo_dataset(tmp_path / "one", clips_per_class=CLIPS_PER_CLASS, seed=0, workers=1)
+    generate_demo_dataset(tmp_path / "three", clips_per_class=CLIPS_PER_CLASS, seed=0, workers=3)
+    assert _all_files(tmp_path / "one") == _all_files(demo_root) == _all_files(tmp_path / "three")
+
+
 def test_other_seed_gives_different_audio(demo_root: Path, tmp_path: Path) -> None:
     generate_demo_dataset(tmp_path / "other", clips_per_class=CLIPS_PER_CLASS, seed=1)
     first, second = _all_files(demo_root), _all_files(tmp_path / "other")
