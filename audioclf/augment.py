@@ -1,5 +1,5 @@
-"""Batch-level training augmentation: SpecAugment masking, mixup, time shift, frequency warp and
-background mixing (all off by default)."""
+"""Batch-level training augmentation: SpecAugment masking, mixup, time splicing, time shift,
+frequency warp and background mixing (all off by default)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -34,13 +34,44 @@ class SpecAugment(nn.Module):
         return x
 
 
-def mixup(inputs: torch.Tensor, targets: torch.Tensor, alpha: float
-          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
-    """Mix each example with a shuffled partner: returns (inputs, targets, partner_targets, lam)."""
-    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+def mixup(inputs: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Blend each example with a shuffled partner, one Beta(alpha, alpha) weight for the batch.
+
+    Returns ``(mixed, order, lam)``: example ``i`` is ``lam[i] * x[i] + (1 - lam[i]) * x[order[i]]``
+    and its label is shared the same way (``mix_labels``).
+    """
+    lam = torch.distributions.Beta(alpha, alpha).sample().to(inputs.device).expand(inputs.shape[0])  # (B,)
     order = torch.randperm(inputs.shape[0], device=inputs.device)
-    mixed = lam * inputs + (1.0 - lam) * inputs[order]
-    return mixed, targets, targets[order], lam
+    weight = lam.to(inputs.dtype)[:, None, None, None]
+    return weight * inputs + (1.0 - weight) * inputs[order], order, lam
+
+
+def time_splice(inputs: torch.Tensor, probability: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """With ``probability``, replace each example's frames from a random cut on by a shuffled partner's.
+
+    CutMix along time on ``(B, C, n_mels, n_frames)``: the window then holds the end of one sound
+    and the start of another, as a sliding window does where one sound gives way to the next (and
+    at a cry's onset and offset). Returns ``(spliced, order, lam)``; ``lam[i]`` is the share of
+    example ``i``'s own frames (1 when it is not spliced), and its label is shared the same way
+    (``mix_labels``).
+    """
+    batch, n_frames = inputs.shape[0], inputs.shape[-1]
+    order = torch.randperm(batch, device=inputs.device)
+    cut = torch.randint(1, n_frames, (batch,), device=inputs.device)  # (B,) first partner frame
+    cut = torch.where(torch.rand(batch, device=inputs.device) < probability, cut, n_frames)
+    partner = torch.arange(n_frames, device=inputs.device)[None, :] >= cut[:, None]  # (B, n_frames)
+    spliced = torch.where(partner[:, None, None, :], inputs[order], inputs)
+    return spliced, order, cut.float() / n_frames
+
+
+def mix_labels(targets: torch.Tensor, n_classes: int, mixes: Sequence[tuple[torch.Tensor, torch.Tensor]]
+               ) -> torch.Tensor:
+    """Soft labels ``(B, n_classes)`` after the input mixes ``(order, lam)``, applied in order."""
+    soft = nn.functional.one_hot(targets, n_classes).float()
+    for order, lam in mixes:
+        weight = lam.float()[:, None]
+        soft = weight * soft + (1.0 - weight) * soft[order]
+    return soft
 
 
 def random_time_shift(inputs: torch.Tensor) -> torch.Tensor:

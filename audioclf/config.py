@@ -201,6 +201,13 @@ CONFIG_SCHEMA: dict[str, ConfigKey] = {
     "mixup_alpha": ConfigKey(
         (float,), 0.0, "Mixup Beta(alpha, alpha); 0 turns mixup off.", minimum=0,
     ),
+    "splice_prob": ConfigKey(
+        (float,), 0.0,
+        "Time splicing (CutMix along time): with this probability a training crop's frames from a random "
+        "point on are replaced by another crop's, and the label is shared by their lengths; teaches a "
+        "detector what a window looks like where one sound gives way to another. 0 turns it off.",
+        minimum=0, maximum=1,
+    ),
     "random_shift": ConfigKey((bool,), False, "Random circular time shift of each training clip."),
     "freq_warp": ConfigKey(
         (float,), 0.0, "Random stretch of the mel axis by up to this fraction (0 turns it off).",

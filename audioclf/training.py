@@ -23,7 +23,8 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Rando
 from tqdm import tqdm
 
 from audioclf.acceleration import enable_cudnn_autotune, maybe_compile, training_step
-from audioclf.augment import BackgroundMixer, SpecAugment, mixup, random_frequency_warp, random_time_shift
+from audioclf.augment import (BackgroundMixer, SpecAugment, mix_labels, mixup, random_frequency_warp,
+                              random_time_shift, time_splice)
 from audioclf.checkpoint import (CONFIG_FILE, checkpoint_state, latest_checkpoint, list_checkpoints, load_checkpoint,
                                  save_checkpoint, unwrap)
 from audioclf.classifier import AudioClassifier, constructor_args
@@ -239,7 +240,11 @@ def build_scheduler(params: Params, optimizer: torch.optim.Optimizer):
 
 
 def build_criterion(params: Params, train_set: SpectrogramDataset, device: torch.device) -> nn.Module:
-    """Cross-entropy, optionally class-weighted (inverse frequency) and label-smoothed."""
+    """Cross-entropy, optionally class-weighted (inverse frequency) and label-smoothed.
+
+    Mixed inputs (mixup, time splicing) get probability targets; with class weights their batch
+    loss is then the plain mean of the weighted per-example losses (torch's rule for soft targets).
+    """
     weight = None
     if params.class_weighting == "balanced":
         counts = train_set.class_counts().float()
@@ -282,6 +287,7 @@ class StepOptions:
     log_every: int = 0
     freq_warp: float = 0.0
     background: BackgroundMixer | None = None
+    splice_prob: float = 0.0
 
 
 def is_better(val_metrics: dict, best: dict) -> bool:
@@ -300,7 +306,7 @@ def step_options(params: Params, device: torch.device, background: BackgroundMix
     spec = SpecAugment(params.freq_mask, params.time_mask, params.n_masks) if params.spec_augment else None
     return StepOptions(device, amp_dtype_for(device, params.amp), params.channels_last,
                        spec, params.random_shift, params.mixup_alpha, params.grad_clip, params.log_every,
-                       params.freq_warp, background)
+                       params.freq_warp, background, params.splice_prob)
 
 
 def to_device(inputs: torch.Tensor, targets: torch.Tensor, options: StepOptions) -> tuple[torch.Tensor, torch.Tensor]:
@@ -327,16 +333,22 @@ def train_one_epoch(model: nn.Module, loader: Loader, criterion: nn.Module, opti
             inputs = random_time_shift(inputs)
         if options.freq_warp > 0:
             inputs = random_frequency_warp(inputs, options.freq_warp)
-        partner, lam = None, 1.0
+        mixes = []  # (order, lam) of each input mix, for the labels
+        if options.splice_prob > 0:
+            inputs, *mix = time_splice(inputs, options.splice_prob)
+            mixes.append(mix)
         if options.mixup_alpha > 0:
-            inputs, targets, partner, lam = mixup(inputs, targets, options.mixup_alpha)
+            inputs, *mix = mixup(inputs, options.mixup_alpha)
+            mixes.append(mix)
+        soft = None
 
         def forward_backward() -> tuple[torch.Tensor, float]:
+            nonlocal soft
             with autocast(options.device, options.amp_dtype):
                 logits = model(inputs, options.spec_augment)
-                loss = criterion(logits, targets)
-                if partner is not None:
-                    loss = lam * loss + (1.0 - lam) * criterion(logits, partner)
+                if mixes:  # mixed inputs: labels shared the same way (probability targets)
+                    soft = mix_labels(targets, logits.shape[1], mixes)
+                loss = criterion(logits, targets if soft is None else soft)
             loss_value = loss.item()
             if not math.isfinite(loss_value):
                 raise NonFiniteLossError(f"loss became {loss_value} in epoch {epoch}; lower 'lr', enable "
@@ -353,9 +365,10 @@ def train_one_epoch(model: nn.Module, loader: Loader, criterion: nn.Module, opti
         scaler.step(optimizer)
         scaler.update()
         predicted = logits.argmax(1)
-        hits = (predicted == targets).sum().item()
-        if partner is not None:  # mixup: credit each prediction by the share of the label it matches
-            hits = lam * hits + (1.0 - lam) * (predicted == partner).sum().item()
+        if soft is None:
+            hits = (predicted == targets).sum().item()
+        else:  # mixed labels: credit each prediction by the share of the label it matches
+            hits = soft.gather(1, predicted[:, None]).sum().item()
         loss_avg.update(loss_value, len(targets))
         acc_avg.update(float(hits) / len(targets), len(targets))
         progress.set_postfix(loss=f"{loss_avg.avg:.3f}", acc=f"{acc_avg.avg:.3f}", refresh=False)

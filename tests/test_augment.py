@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from audioclf.augment import (BackgroundMixer, SpecAugment, mix_at_snr, mixup, random_frequency_warp,
-                              random_time_shift)
+from audioclf.augment import (BackgroundMixer, SpecAugment, mix_at_snr, mix_labels, mixup, random_frequency_warp,
+                              random_time_shift, time_splice)
 from audioclf.classifier import InputNormalization
 from audioclf.frontend import AMIN, LogScale
 
@@ -40,14 +40,36 @@ def test_spec_augment_masks_with_zero_and_keeps_the_rest():
     assert 0 < (masked == 0).float().mean() < 0.8
 
 
-def test_mixup_mixes_inputs_with_a_permutation_and_returns_both_labels():
+def test_mixup_mixes_inputs_with_a_permutation_and_shares_the_labels():
     torch.manual_seed(0)
     inputs = torch.arange(4, dtype=torch.float32).reshape(4, 1, 1, 1)
-    targets = torch.tensor([0, 1, 2, 3])
-    mixed, first, second, lam = mixup(inputs, targets, alpha=0.4)
-    assert torch.equal(first, targets) and sorted(second.tolist()) == [0, 1, 2, 3]
-    expected = lam * inputs.flatten() + (1 - lam) * second.float()
-    assert torch.allclose(mixed.flatten(), expected)
+    mixed, order, lam = mixup(inputs, alpha=0.4)
+    assert sorted(order.tolist()) == [0, 1, 2, 3] and torch.all(lam == lam[0]) and 0 < lam[0] < 1
+    assert torch.allclose(mixed.flatten(), lam * inputs.flatten() + (1 - lam) * order.float())
+    soft = mix_labels(torch.tensor([0, 1, 2, 3]), 4, [(order, lam)])
+    expected = lam[0] * torch.eye(4) + (1 - lam[0]) * torch.eye(4)[order]
+    assert torch.allclose(soft, expected) and torch.allclose(soft.sum(1), torch.ones(4))
+
+
+def test_time_splice_takes_the_partners_frames_from_the_cut_and_shares_the_label_by_length():
+    torch.manual_seed(0)
+    n_frames = 10
+    inputs = torch.arange(6, dtype=torch.float32).reshape(6, 1, 1, 1).expand(6, 1, 3, n_frames).clone()
+    spliced, order, lam = time_splice(inputs, probability=1.0)
+    for i in range(6):
+        cut = round(float(lam[i]) * n_frames)
+        assert 1 <= cut < n_frames
+        assert torch.all(spliced[i, :, :, :cut] == i) and torch.all(spliced[i, :, :, cut:] == order[i])
+    soft = mix_labels(torch.arange(6), 6, [(order, lam)])
+    for i in range(6):  # own share = own frames / all frames, the rest the partner's
+        own, partner = soft[i, i], soft[i, order[i]]
+        if order[i] != i:
+            assert own == pytest.approx(float(lam[i])) and partner == pytest.approx(1 - float(lam[i]))
+    untouched, _, lam_off = time_splice(inputs, probability=0.0)
+    assert torch.equal(untouched, inputs) and torch.all(lam_off == 1)
+    torch.manual_seed(1)
+    _, _, lam_half = time_splice(torch.zeros(2000, 1, 1, n_frames), probability=0.3)
+    assert (lam_half < 1).float().mean() == pytest.approx(0.3, abs=0.05)
 
 
 def test_per_clip_centering_removes_a_constant_colouring():
