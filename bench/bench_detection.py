@@ -17,8 +17,8 @@ offset collars), recall per event-to-background ratio and the wall time, as the 
 reference event (its clip, EBR, found or not).
 
 Variants (``VARIANTS``) are cumulative, each the previous one plus one piece; ``recipe`` is
-``--config`` (configs/demo.json) exactly as ``make demo`` trains it; ``low_snr`` is a measured
-dead end, kept to be repeated.
+``--config`` (configs/demo.json) exactly as ``make demo`` trains it; ``low_snr`` and ``splice``
+are measured dead ends (each is ``mixing`` plus one change), kept to be repeated.
 """
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ FEATURES = {
     "whole": {"n_mels": 64, "n_frames": 100, "whole_clips": True, "max_seconds": 10.0},
 }
 # The issue-11 pieces turned off: the demo recipe before them.
-PIECES_OFF = {"crop_frames": None, "background_prob": 0.0, "background_classes": [],
+PIECES_OFF = {"crop_frames": None, "background_prob": 0.0, "background_classes": [], "splice_prob": 0.0,
               "detection_soundscapes": None, "detection_reference": None}
 
 
@@ -95,6 +95,8 @@ VARIANTS = (
     Variant(RECIPE, "the config as make demo trains it (--config, its features block)", RECIPE, tune=True),
     Variant("low_snr", "+ mixing more often and lower (p 0.8, -12..6 dB: the soundscapes' -6 dB with margin)",
             "whole", {**PIECES_OFF, **MIXING, **LOW_SNR}, tune=True),
+    Variant("splice", "+ time splicing (p 0.5): windows where one sound gives way to another", "whole",
+            {**PIECES_OFF, **MIXING, "splice_prob": 0.5}, tune=True),
 )
 VARIANT_NAMES = tuple(variant.name for variant in VARIANTS)
 
