@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +107,12 @@ def test_a_kept_work_dir_makes_one_feature_folder_per_feature_setting(bench_resu
     for n_mels, folder in folders.items():
         recorded = json.loads((folder / LISTS_DIR / FEATURE_CONFIG).read_text())
         assert recorded["feature_params"]["n_mels"] == int(n_mels)
+
+
+def test_the_bench_builds_the_demo_that_make_demo_builds():
+    """bench_detection's demo size and soundscapes are the Makefile's (they live in both: make has no Python)."""
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    assert f"--clips_per_class {bench_detection.DEMO_CLIPS_PER_CLASS} " in makefile
+    for split, (n_mixtures, seed) in bench_detection.SOUNDSCAPES.items():
+        command = makefile.split(f"filenames/{split}.txt", 1)[1].split("\n\t$(PY)", 1)[0]
+        assert f"--n_mixtures {n_mixtures} --seed {seed}" in command, split
