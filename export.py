@@ -2,10 +2,11 @@
 
     python export.py --checkpoint runs/demo/checkpoints/model_best.pth.tar --onnx babycry.onnx
 
-The model takes ``waveform`` float32 ``(batch, window_samples)`` (mono, at the checkpoint's
-sample rate; the window length is in the model's metadata) and returns ``probabilities``
-``(batch, n_classes)``; the log-mel front end and the normalisation are inside. The written
-model is checked against PyTorch with onnxruntime before it replaces ``--onnx``.
+The model takes ``waveform`` float32 ``(batch, input_samples)`` (mono, at the checkpoint's
+sample rate): the samples a window's frames read, with the STFT context around the window
+(``context_samples`` before it; both are in the model's metadata, see audioclf/export.py), and
+returns ``probabilities`` ``(batch, n_classes)``; the log-mel front end and the normalisation are
+inside. The written model is checked against PyTorch with onnxruntime before it replaces ``--onnx``.
 """
 from __future__ import annotations
 
@@ -50,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, CheckpointError, OnnxExportError, PretrainedWeightsUnavailable, ValueError) as error:
         log.error("%s", error)
         return 1
-    log.info("wrote %s: %s, waveform (batch, %d) at %d Hz -> probabilities of %s%s%s", args.onnx,
-             metadata.model_name, metadata.window_samples, metadata.sample_rate, ", ".join(metadata.class_names),
+    log.info("wrote %s: %s, waveform (batch, %d: %d of context before the window) at %d Hz -> probabilities of "
+             "%s%s%s", args.onnx, metadata.model_name, metadata.input_samples, metadata.context_samples,
+             metadata.sample_rate, ", ".join(metadata.class_names),
              f"; operating point {operating_point['target_class']} >= {operating_point['threshold']:.3f}"
              if operating_point else "",
              " and its long-mode settings" if operating_point and LONG_MODE_KEY in operating_point else "")

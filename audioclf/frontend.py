@@ -628,32 +628,94 @@ class FeatureExtractor:
         return np.concatenate([stream.feed(audio), stream.finish()], axis=1)
 
 
+class PaddedRecording:
+    """The samples a recording's frames read, fed in blocks: frame ``t`` of its log-mel reads
+    ``frame_length`` samples from sample ``t * hop_length`` of this signal.
+
+    The signal is the recording padded at its end with ``pad_mode`` to the samples its
+    ``recording_n_frames`` frames read (a recording shorter than ``n_samples`` as a short clip), then
+    reflected by ``n_fft // 2`` samples at both ends (default front end: torch.stft's ``center``;
+    yamnet's frames are not centred and nothing is reflected). ``LogMelStream`` computes its frames
+    from it, and an exported model's windows are cut from it (``streaming.WaveformWindows``), so both
+    see the same samples. Memory holds the recording's first few hops (for ``repeat`` padding).
+    """
+
+    def __init__(self, params: FeatureParams):
+        self.params = params
+        self.half = params.n_fft // 2 if params.centered else 0  # reflect padding on each side
+        self.frame_length = params.n_fft if params.centered else params.win_length  # samples one frame reads
+        # The end is padded by at most a grid of hops and an FFT window: the recording's first samples.
+        self.first_limit = padding_reach(params)
+        self.first = np.zeros(0, dtype=np.float32)
+        self.head: list[np.ndarray] = []  # samples held until n_samples have arrived (padding decision)
+        self.started = False  # whether the left reflection has been given out
+        self.tail = np.zeros(0, dtype=np.float32)  # the last half + 1 samples, for the end's reflection
+        self.n_seen = 0
+
+    def _signal(self, samples: np.ndarray) -> np.ndarray:
+        self.tail = np.concatenate([self.tail, samples])[-(self.half + 1):]
+        if self.started:
+            return samples
+        self.started = True
+        left = samples[1:self.half + 1][::-1]  # reflect: x[half], ..., x[1] (nothing for yamnet)
+        return np.concatenate([left, samples]).astype(np.float32, copy=False)
+
+    def feed(self, block: np.ndarray) -> np.ndarray:
+        """Add mono float32 samples; returns the signal's next samples, ``(k,)``, k >= 0."""
+        block = np.asarray(block, dtype=np.float32)
+        self.n_seen += block.size
+        if self.first.size < self.first_limit:
+            self.first = np.concatenate([self.first, block[:self.first_limit - self.first.size]])
+        if not self.started:
+            self.head.append(block)
+            if self.n_seen < self.params.n_samples:
+                return np.zeros(0, dtype=np.float32)
+            block, self.head = np.concatenate(self.head), []
+        return self._signal(block)
+
+    @property
+    def n_frames(self) -> int:
+        """Frames of the recording fed so far (``recording_n_frames``)."""
+        return recording_n_frames(self.n_seen, self.params)
+
+    def finish(self) -> np.ndarray:
+        """The signal's last samples: the end's padding and reflection, ``(k,)``."""
+        if self.n_seen == 0:
+            raise AudioReadError("empty: file holds no audio samples")
+        padded_length = max(self.n_seen, self.params.samples_for(self.n_frames))
+        if not self.started:  # shorter than n_samples: padded like a short clip
+            padded = self._signal(fit_length(np.concatenate(self.head), padded_length, self.params.pad_mode))
+            self.head = []
+        else:  # silence, or the recording from its start
+            padded = self._signal(end_padding(self.n_seen, self.first, self.params))
+        right = self.tail[:-1][::-1][:self.half]  # reflect: x[n - 2], ..., x[n - 1 - half] (nothing for yamnet)
+        return np.concatenate([padded, right])
+
+
 class LogMelStream:
     """The log-mel of one recording fed in blocks of samples: frames as soon as they are complete.
 
     The frames equal the front end's transform over the whole recording (default front end:
     ``center=True``, reflect padding at both ends; yamnet: frames that start at their first
     sample) after the recording is padded with ``pad_mode`` to the samples its
-    ``recording_n_frames`` frames read (a short one to ``n_samples`` at least, as a short clip).
-    Memory holds one block, one FFT window and the recording's first few hops (for ``repeat``
-    padding), so hours of audio stream in bounded memory.
+    ``recording_n_frames`` frames read (a short one to ``n_samples`` at least, as a short clip):
+    the frames of ``PaddedRecording``'s signal. Memory holds one block, one FFT window and the
+    recording's first few hops (for ``repeat`` padding), so hours of audio stream in bounded memory.
     """
 
     def __init__(self, extractor: FeatureExtractor):
         self.extractor = extractor
         self.params = extractor.params
         self.logmel = extractor.frame_logmel
-        centered = self.params.centered
-        self.half = self.params.n_fft // 2 if centered else 0  # reflect padding on each side (torch.stft's center)
-        self.frame_length = self.params.n_fft if centered else self.params.win_length  # samples one frame reads
-        # The end is padded by at most a grid of hops and an FFT window: the recording's first samples.
-        self.first_limit = padding_reach(self.params)
-        self.first = np.zeros(0, dtype=np.float32)
-        self.head: list[np.ndarray] = []  # samples held until n_samples have arrived (padding decision)
-        self.buffer: np.ndarray | None = None  # padded-signal samples from the next frame's first one
-        self.tail = np.zeros(0, dtype=np.float32)  # the last half + 1 samples, for the end's reflection
-        self.n_seen = 0
+        self.signal = PaddedRecording(self.params)
+        self.frame_length = self.signal.frame_length
+        self.buffer = np.zeros(0, dtype=np.float32)  # signal samples from the next frame's first one
         self.n_emitted = 0
+
+    @property
+    def n_seen(self) -> int:
+        """Samples of the recording fed so far."""
+        return self.signal.n_seen
 
     def _frames(self, padded: np.ndarray, count: int) -> np.ndarray:
         """The first ``count`` frames of ``padded`` (frame ``t`` starts at ``t * hop``): ``(n_mels, count)``."""
@@ -664,14 +726,6 @@ class LogMelStream:
             waveform = torch.from_numpy(np.ascontiguousarray(padded[:needed])).to(self.extractor.device)
             frames = self.logmel(waveform)[:, :count]  # (n_mels, count)
         return frames.cpu().numpy()
-
-    def _append(self, samples: np.ndarray) -> None:
-        self.tail = np.concatenate([self.tail, samples])[-(self.half + 1):]
-        if self.buffer is None:
-            left = samples[1:self.half + 1][::-1]  # reflect: x[half], ..., x[1] (nothing for yamnet)
-            self.buffer = np.concatenate([left, samples]).astype(np.float32, copy=False)
-        else:
-            self.buffer = np.concatenate([self.buffer, samples])
 
     def _emit_complete(self, limit: int | None = None) -> np.ndarray:
         hop = self.params.hop_length
@@ -684,35 +738,15 @@ class LogMelStream:
 
     def feed(self, block: np.ndarray) -> np.ndarray:
         """Add mono float32 samples; returns the frames they complete, ``(n_mels, k)``, k >= 0."""
-        block = np.asarray(block, dtype=np.float32)
-        self.n_seen += block.size
-        if self.first.size < self.first_limit:
-            self.first = np.concatenate([self.first, block[:self.first_limit - self.first.size]])
-        if self.buffer is None:
-            self.head.append(block)
-            if self.n_seen < self.params.n_samples:
-                return np.zeros((self.params.n_mels, 0), dtype=np.float32)
-            block, self.head = np.concatenate(self.head), []
-        self._append(block)
+        self.buffer = np.concatenate([self.buffer, self.signal.feed(block)])
         return self._emit_complete()
 
     def finish(self) -> np.ndarray:
         """The remaining frames (those reaching into the end's padding), ``(n_mels, k)``."""
-        if self.n_seen == 0:
-            raise AudioReadError("empty: file holds no audio samples")
-        total = recording_n_frames(self.n_seen, self.params)
-        padded_length = max(self.n_seen, self.params.samples_for(total))
-        if self.buffer is None:  # shorter than n_samples: padded like a short clip
-            self._append(fit_length(np.concatenate(self.head), padded_length, self.params.pad_mode))
-            self.head = []
-        elif padded_length > self.n_seen:
-            self._append(end_padding(self.n_seen, self.first, self.params))  # silence, or the recording from its start
-        complete = self._emit_complete(total - self.n_emitted)
-        right = self.tail[:-1][::-1][:self.half]  # reflect: x[n - 2], ..., x[n - 1 - half] (nothing for yamnet)
-        rest = self._frames(np.concatenate([self.buffer, right]), total - self.n_emitted)
-        self.n_emitted = total
-        self.buffer = None
-        return np.concatenate([complete, rest], axis=1)
+        self.buffer = np.concatenate([self.buffer, self.signal.finish()])
+        frames = self._emit_complete(self.signal.n_frames - self.n_emitted)
+        self.buffer = np.zeros(0, dtype=np.float32)
+        return frames
 
 
 def iter_recording_frames(path: str | Path, extractor: FeatureExtractor, block_seconds: float = 10.0

@@ -8,8 +8,9 @@ blocks (``LogMelStream``) -> windows of the model's frames every hop (``windows.
 -> the model, one window as soon as its last frame is complete -> ``events.EventDetector`` per
 class, the state machine long mode uses too. A recording streamed in therefore gives the events
 ``predict.py --long`` gives for it (bit for bit with ``--batch_size 1``: batched CPU kernels round
-the model's output differently in the 7th digit). An exported model (``--onnx``) takes
-waveform windows on the same grid instead (``WaveformWindows``).
+the model's output differently in the 7th digit). An exported model (``--onnx``) is given the
+samples each of those windows' frames read instead (``WaveformWindows``), and computes the same
+frames in its graph.
 
 Memory is bounded (a window, the resampler's filter and the front end's overlap, a few windows
 of probabilities per class), whatever the length of the stream. Latency from the audio to a line, in audio time
@@ -33,8 +34,8 @@ import numpy as np
 import soxr
 
 from audioclf.events import DetectionParams, EventDetector, EventUpdate
-from audioclf.frontend import FeatureParams, LogMelStream, end_padding, padding_reach, to_mono
-from audioclf.windows import WindowSlicer, hop_from_seconds
+from audioclf.frontend import FeatureParams, LogMelStream, PaddedRecording, to_mono
+from audioclf.windows import WindowSlicer, hop_from_seconds, window_starts
 
 log = logging.getLogger(__name__)
 
@@ -191,13 +192,14 @@ class FeatureWindows:
 
 
 class WaveformWindows:
-    """Waveform windows for a model that takes samples (``OnnxClassifier``): long mode's windows.
+    """Long mode's windows for a model that takes samples (``OnnxClassifier``), incrementally.
 
-    Window ``i`` is the ``window_samples`` samples from frame ``i * hop``'s first sample, so its
-    frames are centred where long mode's are, and at the end the audio continues as long mode pads
-    it (``frontend.end_padding``), so there are as many windows as long mode has. Only the first
-    and last few frames of each window see the window's own padding instead of the neighbouring
-    audio (probabilities within a few 1e-3 of long mode's, not equal).
+    The exported graph computes frames without padding, so window ``i`` is given the samples its frames
+    read in long mode: ``input_samples`` of the recording's padded signal (``frontend.PaddedRecording``:
+    the end padded with ``pad_mode``, reflected by ``n_fft // 2`` at both ends) from frame ``i * hop``'s
+    first sample. Its frames are then long mode's, whose windows (``windows.window_starts``) are cut
+    here; a padded last window gets the samples of its frames in the recording only, and the graph
+    fills the rest as long mode does. Probabilities equal long mode's to float rounding.
     """
 
     def __init__(self, classifier, hop_seconds: float | None):
@@ -208,43 +210,64 @@ class WaveformWindows:
         frame_s = params.hop_length / self.rate
         self.window = metadata.window_frames
         self.hop = metadata.hop_frames if hop_seconds is None else hop_from_seconds(hop_seconds, frame_s)
-        self.slicer = WindowSlicer(metadata.window_samples, self.hop * params.hop_length, params.pad_mode)
         self.hop_s, self.window_s = self.hop * frame_s, self.window * frame_s
-        self._window_samples = metadata.window_samples
-        # the recording's first samples, for its end's padding (all of it while shorter than a window)
-        self._first_limit = max(params.n_samples, padding_reach(params))
-        self._first = np.zeros(0, dtype=np.float32)
-        self._n_seen = 0
+        self.signal = PaddedRecording(params)
+        self._input_samples, self._window_samples = metadata.input_samples, metadata.window_samples
+        self._hop_samples = self.hop * params.hop_length
+        self._buffer = np.zeros(0, dtype=np.float32)  # signal samples from position _offset on
+        self._offset = 0
+        self.n_windows = 0
 
     @property
     def n_seen(self) -> int:
         """Samples fed so far (without the end's padding)."""
-        return self._n_seen
+        return self.signal.n_seen
+
+    def _complete(self, samples: np.ndarray, limit: int | None = None) -> list[np.ndarray]:
+        """Add signal samples; the inputs ``(input_samples,)`` of the windows they complete (at most ``limit``)."""
+        self._buffer = np.concatenate([self._buffer, samples])
+        inputs = []
+        while limit is None or self.n_windows < limit:
+            start = self.n_windows * self._hop_samples - self._offset
+            if start + self._input_samples > self._buffer.size:
+                break
+            inputs.append(self._buffer[start:start + self._input_samples])
+            self.n_windows += 1
+        drop = min(self._buffer.size, self.n_windows * self._hop_samples - self._offset)  # before the next window
+        self._buffer, self._offset = self._buffer[drop:], self._offset + drop
+        return inputs
 
     def feed(self, block: np.ndarray) -> Iterator[tuple[np.ndarray, float]]:
         """``(probabilities (n_classes,), audio_s)`` of each window ``block`` completes."""
-        self._n_seen += block.size
-        if self._first.size < self._first_limit:
-            self._first = np.concatenate([self._first, block[:self._first_limit - self._first.size]])
-        for window in self.slicer.feed(block):
-            end = (self.slicer.n_windows - 1) * self.slicer.hop + self._window_samples
-            yield self.classifier.classify_waveforms(window[None])[0], end / self.rate
+        # A window whose samples are all in lies inside the recording's frames (long mode has it whole).
+        for inputs in self._complete(self.signal.feed(block)):
+            end = (self.n_windows - 1) * self._hop_samples + self._window_samples
+            yield self.classifier.classify_inputs(inputs[None])[0], min(self.n_seen, end) / self.rate
 
     def finish(self) -> Iterator[tuple[np.ndarray, float]]:
-        """The windows reaching into the end's padding (long mode's last ones), then a padded last window
-        if samples remain after the last full one (a hop that is not the grid's)."""
-        if self._n_seen == 0:
+        """The windows reaching into the end's padding (long mode's last ones), then the padded last window
+        when frames remain after the last full one (a hop that is not the grid's)."""
+        if self.n_seen == 0:
             return
-        padding = end_padding(self._n_seen, self._first, self.params)
-        for window in itertools.chain(self.slicer.feed(padding), self.slicer.finish()):
-            yield self.classifier.classify_waveforms(window[None])[0], self._n_seen / self.rate
+        tail = self.signal.finish()
+        total = self.signal.n_frames
+        starts = window_starts(total, self.window, self.hop)
+        n_whole = int(np.count_nonzero(starts + self.window <= total))
+        last = [] if len(starts) == n_whole else [int(starts[-1])]
+        inputs = self._complete(tail, n_whole)
+        for start in last:  # its frames in the recording only: the graph fills the window as long mode does
+            begin = start * self.params.hop_length - self._offset
+            inputs.append(self._buffer[begin:begin + self._input_samples
+                                       - (self.window - (total - start)) * self.params.hop_length])
+        for window in inputs:
+            yield self.classifier.classify_inputs(window[None])[0], self.n_seen / self.rate
 
 
 class StreamDetector:
     """Blocks of mono audio at the model's rate -> event updates, window by window.
 
     A ``Predictor`` gets long mode's windows (``FeatureWindows``), so a recording streamed in gives
-    ``--long``'s events; an ``OnnxClassifier`` gets waveform windows on the same grid.
+    ``--long``'s events; an ``OnnxClassifier`` gets the samples of those windows' frames (``WaveformWindows``).
     """
 
     def __init__(self, classifier: WindowClassifier, settings: dict[str, DetectionParams],

@@ -14,14 +14,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import soundfile as sf
 import torch
+import torch.nn.functional as F
 
 import predict
 from audioclf.classifier import AudioClassifier, constructor_args
 from tools.demo_data import generate_demo_dataset
 from audioclf.export import (EXPORT_TOLERANCE, DftLogMel, DftYamnetLogMel, OnnxClassifier, OnnxExportError, check_onnx,
-                             export_onnx, waveform_classifier)
-from audioclf.frontend import FeatureParams, LogMel, YamnetLogMel, fit_length, read_audio
+                             export_onnx, input_samples, waveform_classifier)
+from audioclf.frontend import FeatureParams, LogMel, YamnetLogMel, end_padding, fit_length, read_audio
+from audioclf.inference import Predictor
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = FeatureParams(sample_rate=16000, n_fft=512, n_mels=32, n_frames=50)  # 0.5 s windows
@@ -97,7 +100,7 @@ def test_dft_front_end_equals_yamnets_front_end():
     audio[2, : params.n_samples // 2] = 0.0  # silence: log(0 + 0.001)
     batch = torch.from_numpy(audio)
     expected = logmel(batch)[..., : params.n_frames]
-    got = DftYamnetLogMel(logmel, params.n_frames)(batch)
+    got = DftYamnetLogMel(logmel)(batch[:, :input_samples(params, params.n_frames)])  # frames not centred: no context
     assert got.shape == expected.shape == (3, 64, params.n_frames)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)  # natural log
 
@@ -112,7 +115,9 @@ def test_dft_front_end_equals_the_log_mel_front_end():
         audio[2, : params.n_samples // 2] = 0.0  # digital silence hits the -100 dB floor
         batch = torch.from_numpy(audio)
         expected = logmel(batch)[..., : params.n_frames]
-        got = DftLogMel(logmel, params.n_frames)(batch)
+        half = params.n_fft // 2  # the graph is given the centring's reflection (PaddedRecording), it pads nothing
+        signal = F.pad(batch[:, None], (half, half), mode="reflect")[:, 0, :input_samples(params, params.n_frames)]
+        got = DftLogMel(logmel)(signal)
         assert got.shape == expected.shape == (3, params.n_mels, params.n_frames)
         torch.testing.assert_close(got, expected, atol=2e-3, rtol=0)  # dB
 
@@ -154,8 +159,43 @@ def test_metadata_describes_the_input_and_the_classes(exported):
     assert waveform.name == "waveform"
     dims = waveform.type.tensor_type.shape.dim
     assert dims[0].dim_param and not dims[0].dim_value  # dynamic batch
-    assert dims[1].dim_value == PARAMS.n_samples
+    assert dims[1].dim_param and not dims[1].dim_value  # fewer samples: a padded last window
+    # the STFT context: the samples the window's 50 frames read, 256 (n_fft / 2) before its first sample
+    assert int(props["input_samples"]) == 49 * PARAMS.hop_length + PARAMS.n_fft == 8352
+    assert int(props["context_samples"]) == PARAMS.n_fft // 2 == 256
+    assert int(props["window_frames"]) == 50 and int(props["hop_frames"]) == 25
     assert OnnxClassifier(onnx_path).metadata.operating_point["threshold"] == 0.62
+
+
+def test_the_metadata_is_enough_to_feed_long_mode_windows(exported, tmp_path):
+    """Another runtime, from the metadata alone (onnxruntime, numpy), scores a recording's windows as long mode
+    does: the recording padded at its end (README: pad_mode), reflected by context_samples at both ends, inputs
+    of input_samples every hop_frames frames. The windows' first and last frames then see the audio around them."""
+    import onnxruntime
+
+    checkpoint_path, onnx_path = exported["audiocnn"]
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    props = dict(session.get_modelmeta().custom_metadata_map)
+    context, length = int(props["context_samples"]), int(props["input_samples"])
+    hop = int(props["hop_frames"]) * FeatureParams.from_dict(json.loads(props["feature_params"])).hop_length
+    rng = np.random.default_rng(3)
+    audio = (0.1 * rng.standard_normal(20032) * np.sin(np.arange(20032) / 900.0)).astype(np.float32)  # 1.25 s
+    sf.write(tmp_path / "recording.wav", audio, 16000, subtype="FLOAT")
+    long = Predictor.from_checkpoint(checkpoint_path).predict_long(tmp_path / "recording.wav")  # (n_windows, 3)
+
+    padded = np.concatenate([audio, end_padding(audio.size, audio, PARAMS)])  # repeated from its start
+    signal = np.pad(padded, context, mode="reflect")
+    inputs = np.stack([signal[i * hop:i * hop + length] for i in range(len(long.probabilities))])
+    assert inputs.shape == (5, 8352) and (len(long.probabilities) - 1) * hop + length <= signal.size  # 150 frames
+    got = session.run(["probabilities"], {"waveform": inputs})[0]
+    difference = np.abs(got - long.probabilities).max()
+    assert difference <= 1e-4
+    # each window alone (its own reflection at its edges, as before this context) is further off (this
+    # briefly trained model's probabilities are close to uniform: 2.5e-5 here, 0.04 on the untrained ones of
+    # test_predict_stream)
+    windows = np.stack([padded[i * hop:i * hop + PARAMS.n_samples] for i in range(len(inputs))])
+    alone = OnnxClassifier(onnx_path).classify_waveforms(windows)
+    assert np.abs(alone - long.probabilities).max() > 10 * difference
 
 
 def test_wrong_input_and_foreign_models_get_clear_errors(exported, tmp_path):
@@ -170,6 +210,15 @@ def test_wrong_input_and_foreign_models_get_clear_errors(exported, tmp_path):
     onnx.save(foreign, str(tmp_path / "foreign.onnx"))
     with pytest.raises(ValueError, match="no class_names, feature_params, window_samples, sample_rate"):
         OnnxClassifier(tmp_path / "foreign.onnx").metadata
+    # a file written before the graph took the STFT context is refused, naming itself and the re-export
+    old = onnx.load(str(onnx_path))
+    kept = [p for p in old.metadata_props if p.key not in ("input_samples", "context_samples")]
+    del old.metadata_props[:]
+    old.metadata_props.extend(kept)
+    onnx.save(old, str(tmp_path / "old.onnx"))
+    with pytest.raises(ValueError, match=rf"{tmp_path / 'old.onnx'} was exported by an older version .* export it "
+                                         rf"again: python export.py --checkpoint C --onnx {tmp_path / 'old.onnx'}"):
+        OnnxClassifier(tmp_path / "old.onnx").metadata
 
 
 def test_check_rejects_a_graph_that_computes_something_else(exported):

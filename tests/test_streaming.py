@@ -25,17 +25,22 @@ PARAMS = FeatureParams(sample_rate=16000, n_fft=512, n_mels=32, n_frames=50)  # 
 
 
 class LoudnessClassifier:
-    """Probability of ``loud`` = window RMS / 0.2 (clipped); ``quiet`` the rest. Takes waveform
-    windows, like an exported model (``OnnxClassifier``)."""
+    """Probability of ``loud`` = RMS / 0.2 (clipped) of the window's samples that its frames read; ``quiet``
+    the rest. Takes graph inputs (``classify_inputs``) or waveform windows, like an exported model
+    (``OnnxClassifier``)."""
 
     class_names = ["loud", "quiet"]
     params = PARAMS
     metadata = OnnxMetadata(class_names, PARAMS, PARAMS.n_samples, PARAMS.sample_rate)
 
-    def classify_waveforms(self, waveforms: np.ndarray) -> np.ndarray:
-        rms = np.sqrt(np.mean(np.square(waveforms.astype(np.float64)), axis=1))
-        loud = np.clip(rms / 0.2, 0.0, 1.0)
+    def classify_inputs(self, inputs: np.ndarray) -> np.ndarray:
+        context = self.metadata.context_samples
+        window = np.ascontiguousarray(inputs[:, context:context + self.metadata.window_samples], dtype=np.float64)
+        loud = np.clip(np.sqrt(np.mean(np.square(window), axis=1)) / 0.2, 0.0, 1.0)
         return np.stack([loud, 1.0 - loud], axis=1).astype(np.float32)
+
+    def classify_waveforms(self, waveforms: np.ndarray) -> np.ndarray:
+        return self.classify_inputs(self.metadata.window_input(waveforms))
 
 
 def bursts_signal(seconds: float, rate: int = 16000, seed: int = 0) -> np.ndarray:
