@@ -218,19 +218,9 @@ def waveform_classifier(checkpoint: dict) -> WaveformClassifier:
     return WaveformClassifier(onnx_frontend(params), model_from_checkpoint(checkpoint).float().cpu(), fit).eval()
 
 
-def frame_length(params: FeatureParams) -> int:
-    """Samples one frame reads in the padded signal: ``n_fft`` (centred frames) or ``win_length`` (yamnet)."""
-    return params.n_fft if params.centered else params.win_length
-
-
-def context_samples(params: FeatureParams) -> int:
-    """Signal samples before a window's first recording sample: the ``n_fft // 2`` centring (0: yamnet)."""
-    return params.n_fft // 2 if params.centered else 0
-
-
 def input_samples(params: FeatureParams, n_frames: int) -> int:
     """Signal samples ``n_frames`` frames read: the graph's input for a window of ``n_frames``."""
-    return (n_frames - 1) * params.hop_length + frame_length(params)
+    return (n_frames - 1) * params.hop_length + params.frame_length
 
 
 @dataclass(frozen=True)
@@ -257,7 +247,7 @@ class OnnxMetadata:
         if not self.input_samples:
             object.__setattr__(self, "input_samples", input_samples(self.feature_params, self.window_frames))
         if self.context_samples < 0:
-            object.__setattr__(self, "context_samples", context_samples(self.feature_params))
+            object.__setattr__(self, "context_samples", self.feature_params.frame_context)
 
     def window_input(self, windows: np.ndarray) -> np.ndarray:
         """Windows ``(B, window_samples)`` each alone (a clip) -> graph inputs ``(B, input_samples)``: the

@@ -129,6 +129,17 @@ class FeatureParams:
         return int(round(self.sample_rate * self.hop_ms / 1000.0))
 
     @property
+    def frame_context(self) -> int:
+        """Samples a recording is reflected by at each end before framing: ``n_fft // 2`` (torch.stft's
+        ``center``), 0 for yamnet (``PaddedRecording``)."""
+        return self.n_fft // 2 if self.centered else 0
+
+    @property
+    def frame_length(self) -> int:
+        """Samples one frame reads from that padded signal: ``n_fft``, or ``win_length`` for yamnet."""
+        return self.n_fft if self.centered else self.win_length
+
+    @property
     def n_samples(self) -> int:
         """Samples needed for exactly ``n_frames`` frames (``samples_for``)."""
         return self.samples_for(self.n_frames)
@@ -642,8 +653,7 @@ class PaddedRecording:
 
     def __init__(self, params: FeatureParams):
         self.params = params
-        self.half = params.n_fft // 2 if params.centered else 0  # reflect padding on each side
-        self.frame_length = params.n_fft if params.centered else params.win_length  # samples one frame reads
+        self.half = params.frame_context  # reflect padding on each side
         # The end is padded by at most a grid of hops and an FFT window: the recording's first samples.
         self.first_limit = padding_reach(params)
         self.first = np.zeros(0, dtype=np.float32)
@@ -708,7 +718,7 @@ class LogMelStream:
         self.params = extractor.params
         self.logmel = extractor.frame_logmel
         self.signal = PaddedRecording(self.params)
-        self.frame_length = self.signal.frame_length
+        self.frame_length = self.params.frame_length  # samples one frame reads
         self.buffer = np.zeros(0, dtype=np.float32)  # signal samples from the next frame's first one
         self.n_emitted = 0
 
