@@ -53,11 +53,11 @@ def time_splice(inputs: torch.Tensor, probability: float) -> tuple[torch.Tensor,
     and the start of another, as a sliding window does where one sound gives way to the next (and
     at a cry's onset and offset). Returns ``(spliced, order, lam)``; ``lam[i]`` is the share of
     example ``i``'s own frames (1 when it is not spliced), and its label is shared the same way
-    (``mix_labels``).
+    (``mix_labels``). A 1-frame crop has no cut point and is left whole.
     """
     batch, n_frames = inputs.shape[0], inputs.shape[-1]
     order = torch.randperm(batch, device=inputs.device)
-    cut = torch.randint(1, n_frames, (batch,), device=inputs.device)  # (B,) first partner frame
+    cut = torch.randint(1, max(n_frames, 2), (batch,), device=inputs.device)  # (B,) first partner frame
     cut = torch.where(torch.rand(batch, device=inputs.device) < probability, cut, n_frames)
     partner = torch.arange(n_frames, device=inputs.device)[None, :] >= cut[:, None]  # (B, n_frames)
     spliced = torch.where(partner[:, None, None, :], inputs[order], inputs)

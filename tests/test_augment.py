@@ -128,3 +128,10 @@ def test_background_mixer_mixes_the_chosen_share_reproducibly():
     assert torch.equal(mixed[~changed], inputs[~changed])
     never = BackgroundMixer(backgrounds, probability=0.0, snr_db=(-6.0, 12.0), crop_frames=10, scale=scale)
     assert never(inputs) is inputs
+
+
+def test_time_splice_leaves_a_one_frame_crop_whole():
+    """A 1-frame crop has no cut point: nothing is spliced (it used to raise from torch.randint)."""
+    inputs = torch.randn(3, 1, 4, 1)
+    spliced, order, lam = time_splice(inputs, probability=1.0)
+    assert torch.equal(spliced, inputs) and torch.all(lam == 1) and sorted(order.tolist()) == [0, 1, 2]
