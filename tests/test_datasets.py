@@ -693,3 +693,14 @@ def test_the_next_command_without_a_recipe_names_the_features_folder_after_the_c
 def read_data_dir(caplog) -> Path:
     """The data folder the tool logged the clip paths relative to."""
     return Path(re.search(r"slice_file_name is relative to (.*); next:", caplog.text).group(1))
+
+
+@pytest.mark.parametrize("flags", [["--classes", "dog"], ["--esc10"]], ids=["classes", "esc10"])
+def test_a_subset_of_a_corpus_gets_no_whole_corpus_recipe(tmp_path, caplog, flags):
+    """A subset of ESC-50 is not what configs/esc50.json trains (50 classes): the command must not save it into
+    that recipe's datapath (features/esc50), where it would replace the whole corpus's features."""
+    out = tmp_path / "subset.csv"
+    caplog.set_level(logging.INFO)
+    assert main(["esc50", "--root", str(make_esc50(tmp_path)), "--out", str(out), *flags]) == 0
+    assert next_command(caplog) == ["python", "preprocessingBabyCrying.py", "--csv_file", str(out), "--data_dir",
+                                    str(read_data_dir(caplog)), "--save_dir", "features/subset"]

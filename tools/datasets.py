@@ -741,15 +741,20 @@ def build(names: list[str], roots: list[Path], out: Path, target: list[str] = ()
         raise DatasetError("no usable clip remains (see the dropped rows above); nothing written")
     write_outputs(outcome, out)
     log_summary(outcome, corpora, out)
+    subset = bool(classes) or (options or AdapterOptions()).esc10
     log.info("slice_file_name is relative to %s; next:\n  %s", outcome.data_dir,
-             preprocessing_command(out, outcome.data_dir, recipe_for(list(names), list(target))))
+             preprocessing_command(out, outcome.data_dir, recipe_for(list(names), list(target), subset)))
     return outcome
 
 
-def recipe_for(names: list[str], target: list[str]) -> Recipe | None:
-    """The recipe of configs/ made for the CSV of corpora ``names`` with ``target``, if there is one."""
+def recipe_for(names: list[str], target: list[str], subset: bool = False) -> Recipe | None:
+    """The recipe of configs/ made for the CSV of corpora ``names`` with ``target``, if there is one.
+
+    ``subset``: only some of the classes were kept (``--classes``, ``--esc10``); a corpus's recipe trains
+    all of them and saves into its own datapath, so a subset gets none (a target recipe stays binary).
+    """
     if not target:
-        return CORPUS_RECIPES.get(names[0]) if len(names) == 1 else None
+        return CORPUS_RECIPES.get(names[0]) if len(names) == 1 and not subset else None
     if len(target) == 1 and "audioset" not in names:
         return TARGET_RECIPES.get(target[0])
     return None
