@@ -23,7 +23,8 @@ then multinomial logistic regression trained on the training list and scored on 
 evaluation list.
 
 Bad input (a missing CSV or data folder, a CSV without a ``fold`` column for the speaker protocol,
-a ``--heldout`` fold the CSV lacks, a config that is missing or invalid) is refused before any work
+a ``--heldout`` fold the CSV lacks, a config that is missing or invalid, a ``--set`` item that is
+malformed or not the schema's) is refused before any work
 with one line naming the file, column or key, and exit status 2.
 """
 from __future__ import annotations
@@ -109,7 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--verbose", action="store_true", help="log every training epoch")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
-    problem = config_problem(args.config)
+    problem = config_problem(args.config) or overrides_problem(args)
     if problem:
         raise SystemExit(refuse(problem))
     # refused now, not after preprocessing when a run's config is built from them
@@ -118,6 +119,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f'the feature flags (the "features" block of {args.config} with the flags given here): '
                      + "; ".join(problems))
     return args
+
+
+def overrides_problem(args: argparse.Namespace) -> str | None:
+    """Why ``--set`` / ``--epochs`` cannot be applied to the (loadable) ``--config``, in one line; None when they can."""
+    try:
+        overrides = config_overrides(args)
+    except SystemExit as error:  # key_values' message for a malformed KEY=JSON item
+        return str(error.code)
+    try:
+        Params.from_dict({**Params(args.config).to_dict(), **overrides}, source="--set")
+    except ConfigError as error:
+        return "--set: " + "; ".join(error.problems) + f" (keys and types of {args.config}'s schema: README)"
+    return None
 
 
 def config_overrides(args: argparse.Namespace) -> dict:

@@ -117,12 +117,14 @@ def test_a_reused_work_dir_keeps_one_feature_folder_per_feature_setting(tmp_path
     assert n_mels == [16, 20]
 
 
-def test_malformed_set_items_name_the_flag_and_the_form():
-    """The --set KEY=JSON of bench_accuracy reads like bench_detection's (one parser, bench.common)."""
+def test_malformed_set_items_name_the_flag_and_the_form(capsys):
+    """The --set KEY=JSON of bench_accuracy reads like bench_detection's (one parser, bench.common); refused
+    by parse_args (exit status 2), before any work."""
     for item in ("epochs", "epochs=ten"):
-        args = bench_accuracy.parse_args(["--set", item])
-        with pytest.raises(SystemExit, match=f"--set '{item}': expected KEY=JSON"):
-            bench_accuracy.config_overrides(args)
+        with pytest.raises(SystemExit) as exit:
+            bench_accuracy.parse_args(["--set", item])
+        assert exit.value.code == 2
+        assert f"--set '{item}': expected KEY=JSON" in capsys.readouterr().err
     assert bench_accuracy.config_overrides(bench_accuracy.parse_args(["--set", "epochs=2", "--epochs", "3"])) == \
         {"epochs": 3}
 
@@ -187,3 +189,22 @@ def test_write_json_interrupted_leaves_the_previous_results_whole(tmp_path, monk
         write_json(path, {"run": 2, "accuracy": [0.5] * 10000})
     assert json.loads(path.read_text()) == {"run": 1}
     assert [file.name for file in path.parent.iterdir()] == ["results.json"]
+
+
+@pytest.mark.parametrize("items, expected", [
+    (["epoch=3"], '--set: unknown key "epoch" (did you mean "epochs"?)'),
+    (["mixup_alpha"], "--set 'mixup_alpha': expected KEY=JSON (no '=')"),
+], ids=["unknown-key", "malformed"])
+def test_bad_set_overrides_are_refused_before_any_preprocessing(tmp_path, capsys, demo_data, items, expected):
+    """--set is checked against the config's schema at start, not after the features are computed."""
+    csv_file, audio = demo_data
+    argv = ["--csv_file", str(csv_file), "--data_dir", str(audio), "--protocol", "random", "--num_workers", "1",
+            "--samplerate", "8000", "--n_fft", "256", "--n_mels", "16", "--work_dir", str(tmp_path / "work"),
+            "--set", *items]
+
+    assert exit_status(argv) == 2
+
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [captured.err.strip()]
+    assert captured.err.startswith("bench_accuracy: error: ") and expected in captured.err
+    assert not (tmp_path / "work").exists()
