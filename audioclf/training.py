@@ -301,6 +301,20 @@ def is_better(val_metrics: dict, best: dict) -> bool:
     return val_metrics["loss"] < best["loss"]
 
 
+def resumed_best(checkpoint: dict) -> dict:
+    """model_best's record ``{"accuracy", "loss", "epoch"}`` from a checkpoint to resume.
+
+    One written before ``best_loss`` existed has the loss in its own metrics when it is the best epoch;
+    otherwise it is unknown and taken as -inf, so a tie keeps that model_best (the rule it was chosen by)
+    rather than handing it to the next epoch of equal accuracy whatever its loss.
+    """
+    loss = checkpoint.get("best_loss")
+    if loss is None:
+        own = checkpoint.get("metrics", {}).get("validation", {})
+        loss = own["loss"] if checkpoint["best_epoch"] == checkpoint["epoch"] and "loss" in own else -math.inf
+    return {"accuracy": checkpoint["best_accuracy"], "loss": loss, "epoch": checkpoint["best_epoch"]}
+
+
 def step_options(params: Params, device: torch.device, background: BackgroundMixer | None = None) -> StepOptions:
     """Config -> StepOptions."""
     spec = SpecAugment(params.freq_mask, params.time_mask, params.n_masks) if params.spec_augment else None
@@ -509,8 +523,7 @@ def _train(params: Params, info: DistInfo, device: torch.device, resume: bool, s
         if checkpoint["scaler"]:  # empty when the saved run had no fp16 scaler (CPU, bf16)
             scaler.load_state_dict(checkpoint["scaler"])
         start_epoch = checkpoint["epoch"] + 1
-        best = {"accuracy": checkpoint["best_accuracy"], "loss": checkpoint.get("best_loss", math.inf),
-                "epoch": checkpoint["best_epoch"]}
+        best = resumed_best(checkpoint)
         if info.is_main:
             set_rng_state(checkpoint["rng_state"])
         else:

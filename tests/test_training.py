@@ -9,7 +9,7 @@ import torch
 
 import train as train_script
 from audioclf.checkpoint import model_from_checkpoint
-from audioclf.training import NonFiniteLossError, is_better, train
+from audioclf.training import NonFiniteLossError, is_better, resumed_best, train
 from tools.synthetic_features import make_config, make_feature_dataset
 from utils import Params, list_checkpoints, load_checkpoint
 
@@ -206,3 +206,14 @@ def test_unknown_model_fails_first_with_a_suggestion(tmp_path):
     config = make_config(tmp_path, tmp_path / "no_features_yet", model="resnet81")
     with pytest.raises(ValueError, match="Unknown model 'resnet81'. Did you mean 'resnet18'"):
         train(Params(config), show_progress=False)
+
+
+def test_resuming_a_checkpoint_without_best_loss_keeps_its_model_best_on_a_tie():
+    """A checkpoint from before best_loss: its loss is read from its own metrics when it is the best epoch;
+    otherwise unknown, and an epoch of equal accuracy must not replace model_best whatever its loss."""
+    old = {"best_accuracy": 0.9, "best_epoch": 3, "epoch": 5, "metrics": {"validation": {"loss": 0.7}}}
+    best = resumed_best(old)
+    assert (best["accuracy"], best["epoch"]) == (0.9, 3)
+    assert not is_better({"accuracy": 0.9, "loss": 0.01}, best) and is_better({"accuracy": 0.91, "loss": 9.0}, best)
+    assert resumed_best({**old, "best_epoch": 5})["loss"] == 0.7
+    assert resumed_best({**old, "best_loss": 0.4})["loss"] == 0.4
