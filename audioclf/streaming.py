@@ -55,7 +55,8 @@ class StreamError(Exception):
 
 class WindowClassifier(Protocol):
     """What streaming needs from a model: a ``Predictor`` (``classify_features`` of log-mel windows,
-    its ``extractor``, ``window``, ``hop_frames``) or an ``OnnxClassifier`` (``classify_waveforms``)."""
+    its ``extractor``, ``window``, ``hop_frames``) or an ``OnnxClassifier`` (``classify_inputs`` of the samples
+    those windows' frames read, ``metadata``: ``WaveformWindows``)."""
 
     class_names: list[str]
     params: FeatureParams
