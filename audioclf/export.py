@@ -249,6 +249,11 @@ class OnnxMetadata:
         if self.context_samples < 0:
             object.__setattr__(self, "context_samples", self.feature_params.frame_context)
 
+    @property
+    def frame_samples(self) -> int:
+        """The shortest graph input: one frame's samples (a padded last window of one frame)."""
+        return self.input_samples - (self.window_frames - 1) * self.feature_params.hop_length
+
     def window_input(self, windows: np.ndarray) -> np.ndarray:
         """Windows ``(B, window_samples)`` each alone (a clip) -> graph inputs ``(B, input_samples)``: the
         window reflected by ``context_samples`` at both ends, as the front end centres a clip's frames
@@ -318,12 +323,11 @@ def _export(module: nn.Module, example: torch.Tensor, model_name: str, metadata:
     batch = torch.export.Dim("batch", min=1)
     # A padded last window has fewer frames: from one frame (one hop's samples more each) up to the window's.
     hop = metadata.feature_params.hop_length
-    one_frame = metadata.input_samples - (metadata.window_frames - 1) * hop
     frames = torch.export.Dim("frames", min=1, max=metadata.window_frames)
     try:
         program = torch.onnx.export(module, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                     opset_version=OPSET_VERSION, dynamo=True, external_data=False,
-                                    dynamic_shapes=({0: batch, 1: (frames - 1) * hop + one_frame},),
+                                    dynamic_shapes=({0: batch, 1: (frames - 1) * hop + metadata.frame_samples},),
                                     verbose=False)
     except Exception as error:  # the exporter raises many types; all mean "cannot express this"
         raise OnnxExportError(f"model {model_name!r} cannot be exported to ONNX: {_first_line(error)}") from error
@@ -414,10 +418,9 @@ class OnnxClassifier:
         """Graph inputs ``(B, input_samples)`` (or fewer samples: a padded last window) -> ``(B, n_classes)``."""
         batch = np.ascontiguousarray(inputs, dtype=np.float32)
         metadata = self.metadata
-        one_frame = metadata.input_samples - (metadata.window_frames - 1) * metadata.feature_params.hop_length
-        if batch.ndim != 2 or not one_frame <= batch.shape[1] <= metadata.input_samples:
+        if batch.ndim != 2 or not metadata.frame_samples <= batch.shape[1] <= metadata.input_samples:
             raise ValueError(f"{self.path}: expected inputs of shape (batch, {metadata.input_samples}) "
-                             f"(or at least {one_frame} samples), got {batch.shape}")
+                             f"(or at least {metadata.frame_samples} samples), got {batch.shape}")
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
 
 

@@ -261,3 +261,15 @@ def test_export_and_streaming_import_no_training_code():
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+@pytest.mark.parametrize("preset", [{}, {"frontend": "yamnet"}], ids=["default", "yamnet"])
+def test_the_shortest_graph_input_is_one_frames_samples(preset):
+    """OnnxMetadata.frame_samples (the export's dynamic length and classify_inputs' check): n_fft samples, or
+    yamnet's win_length (its frames are not centred), and input_samples is that plus a hop per further frame."""
+    from audioclf.export import OnnxMetadata
+
+    params = FeatureParams.from_dict({**preset, "n_frames": 20}) if preset else FeatureParams(n_frames=20)
+    metadata = OnnxMetadata(["a", "b"], params, params.n_samples, params.sample_rate)
+    assert metadata.frame_samples == (params.win_length if preset else params.n_fft) == params.frame_length
+    assert metadata.input_samples == metadata.frame_samples + 19 * params.hop_length
