@@ -64,6 +64,11 @@ def test_files_do_not_depend_on_the_number_of_workers(demo_root: Path, tmp_path:
     assert _all_files(tmp_path / "one") == _all_files(demo_root) == _all_files(tmp_path / "three")
 
 
+def test_workers_below_one_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
+        generate_demo_dataset(tmp_path / "none", clips_per_class=CLIPS_PER_CLASS, workers=0)
+
+
 def test_other_seed_gives_different_audio(demo_root: Path, tmp_path: Path) -> None:
     generate_demo_dataset(tmp_path / "other", clips_per_class=CLIPS_PER_CLASS, seed=1)
     first, second = _all_files(demo_root), _all_files(tmp_path / "other")

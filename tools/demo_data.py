@@ -702,11 +702,13 @@ def generate_demo_dataset(root: str | Path, clips_per_class: int = 40, seed: int
 
     Idempotent: if <root>/demo_info.json shows a complete set made with the same (clips_per_class, seed),
     nothing is regenerated. Otherwise clips listed by a previous demo generation are removed first.
-    ``workers``: processes that synthesise the clips (default: one per CPU); the files are the same
-    for any number.
+    ``workers``: processes that synthesise the clips (default: one per CPU this process may use);
+    the files are the same for any number.
     """
     if clips_per_class < 1:
         raise ValueError(f"clips_per_class must be >= 1, got {clips_per_class}")
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     root = Path(root)
     csv_path = root / METADATA_FILE_NAME
     if _is_up_to_date(root, clips_per_class, seed):
@@ -717,7 +719,8 @@ def generate_demo_dataset(root: str | Path, clips_per_class: int = 40, seed: int
     _remove_previous_demo(root)
     started = time.perf_counter()
     specs = plan_clips(clips_per_class)
-    workers = (os.cpu_count() or 1) if workers is None else workers
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     durations_s = _write_clips(root / "audio", specs, seed, workers)
     _write_metadata(csv_path, specs, durations_s)
     # Written last: its presence marks a complete generation.
