@@ -218,11 +218,6 @@ def waveform_classifier(checkpoint: dict) -> WaveformClassifier:
     return WaveformClassifier(onnx_frontend(params), model_from_checkpoint(checkpoint).float().cpu(), fit).eval()
 
 
-def input_samples(params: FeatureParams, n_frames: int) -> int:
-    """Signal samples ``n_frames`` frames read: the graph's input for a window of ``n_frames``."""
-    return (n_frames - 1) * params.hop_length + params.frame_length
-
-
 @dataclass(frozen=True)
 class OnnxMetadata:
     """What ``export_onnx`` stores in the model and a caller needs to feed it."""
@@ -245,7 +240,7 @@ class OnnxMetadata:
         if not self.hop_frames:
             object.__setattr__(self, "hop_frames", default_hop(self.window_frames))
         if not self.input_samples:
-            object.__setattr__(self, "input_samples", input_samples(self.feature_params, self.window_frames))
+            object.__setattr__(self, "input_samples", self.feature_params.signal_samples(self.window_frames))
         if self.context_samples < 0:
             object.__setattr__(self, "context_samples", self.feature_params.frame_context)
 

@@ -139,6 +139,10 @@ class FeatureParams:
         """Samples one frame reads from that padded signal: ``n_fft``, or ``win_length`` for yamnet."""
         return self.n_fft if self.centered else self.win_length
 
+    def signal_samples(self, n_frames: int) -> int:
+        """Samples of that padded signal ``n_frames`` frames read: ``(n_frames - 1) * hop + frame_length``."""
+        return (n_frames - 1) * self.hop_length + self.frame_length
+
     @property
     def n_samples(self) -> int:
         """Samples needed for exactly ``n_frames`` frames (``samples_for``)."""
@@ -692,8 +696,8 @@ class PaddedRecording:
         """The signal's last samples: the end's padding and reflection, ``(k,)``."""
         if self.n_seen == 0:
             raise AudioReadError("empty: file holds no audio samples")
-        padded_length = max(self.n_seen, self.params.samples_for(self.n_frames))
         if not self.started:  # shorter than n_samples: padded like a short clip
+            padded_length = max(self.n_seen, self.params.samples_for(self.n_frames))
             padded = self._signal(fit_length(np.concatenate(self.head), padded_length, self.params.pad_mode))
             self.head = []
         else:  # silence, or the recording from its start
@@ -731,7 +735,7 @@ class LogMelStream:
         """The first ``count`` frames of ``padded`` (frame ``t`` starts at ``t * hop``): ``(n_mels, count)``."""
         if count <= 0:
             return np.zeros((self.params.n_mels, 0), dtype=np.float32)
-        needed = (count - 1) * self.params.hop_length + self.frame_length
+        needed = self.params.signal_samples(count)
         with torch.inference_mode():
             waveform = torch.from_numpy(np.ascontiguousarray(padded[:needed])).to(self.extractor.device)
             frames = self.logmel(waveform)[:, :count]  # (n_mels, count)

@@ -254,12 +254,11 @@ class WaveformWindows:
         total = self.signal.n_frames
         starts = window_starts(total, self.window, self.hop)
         n_whole = int(np.count_nonzero(starts + self.window <= total))
-        last = [] if len(starts) == n_whole else [int(starts[-1])]
         inputs = self._complete(tail, n_whole)
-        for start in last:  # its frames in the recording only: the graph fills the window as long mode does
+        if len(starts) > n_whole:  # its frames in the recording only: the graph fills the window as long mode does
+            start = int(starts[-1])
             begin = start * self.params.hop_length - self._offset
-            inputs.append(self._buffer[begin:begin + self._input_samples
-                                       - (self.window - (total - start)) * self.params.hop_length])
+            inputs.append(self._buffer[begin:begin + self.params.signal_samples(total - start)])
         for window in inputs:
             yield self.classifier.classify_inputs(window[None])[0], self.n_seen / self.rate
 

@@ -22,7 +22,7 @@ import predict
 from audioclf.classifier import AudioClassifier, constructor_args
 from tools.demo_data import generate_demo_dataset
 from audioclf.export import (EXPORT_TOLERANCE, DftLogMel, DftYamnetLogMel, OnnxClassifier, OnnxExportError, check_onnx,
-                             export_onnx, input_samples, waveform_classifier)
+                             export_onnx, waveform_classifier)
 from audioclf.frontend import FeatureParams, LogMel, YamnetLogMel, end_padding, fit_length, read_audio
 from audioclf.inference import Predictor
 
@@ -100,7 +100,7 @@ def test_dft_front_end_equals_yamnets_front_end():
     audio[2, : params.n_samples // 2] = 0.0  # silence: log(0 + 0.001)
     batch = torch.from_numpy(audio)
     expected = logmel(batch)[..., : params.n_frames]
-    got = DftYamnetLogMel(logmel)(batch[:, :input_samples(params, params.n_frames)])  # frames not centred: no context
+    got = DftYamnetLogMel(logmel)(batch[:, :params.signal_samples(params.n_frames)])  # frames not centred: no context
     assert got.shape == expected.shape == (3, 64, params.n_frames)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)  # natural log
 
@@ -116,7 +116,7 @@ def test_dft_front_end_equals_the_log_mel_front_end():
         batch = torch.from_numpy(audio)
         expected = logmel(batch)[..., : params.n_frames]
         half = params.n_fft // 2  # the graph is given the centring's reflection (PaddedRecording), it pads nothing
-        signal = F.pad(batch[:, None], (half, half), mode="reflect")[:, 0, :input_samples(params, params.n_frames)]
+        signal = F.pad(batch[:, None], (half, half), mode="reflect")[:, 0, :params.signal_samples(params.n_frames)]
         got = DftLogMel(logmel)(signal)
         assert got.shape == expected.shape == (3, params.n_mels, params.n_frames)
         torch.testing.assert_close(got, expected, atol=2e-3, rtol=0)  # dB
