@@ -91,7 +91,8 @@ def cache_name(list_file: str | Path, datapath: str | Path) -> str:
     """``<list stem>-<hash of its resolved path and of the resolved datapath>``: one name per list
     file and feature folder, whatever the list's stem."""
     list_file = Path(list_file)
-    return f"{list_file.stem}-{_short_hash(f'{list_file.resolve()}{chr(0)}{Path(datapath).resolve()}')}"
+    location = str(list_file.resolve()) + "\0" + str(Path(datapath).resolve())  # NUL: in no path
+    return f"{list_file.stem}-{_short_hash(location)}"
 
 
 def cache_files(list_file: str | Path, datapath: str | Path, paths: Sequence[Path],
