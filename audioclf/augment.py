@@ -1,5 +1,5 @@
 """Batch-level training augmentation: SpecAugment masking, mixup, time splicing, time shift,
-frequency warp and background mixing (all off by default)."""
+time stretch, frequency warp and background mixing (all off by default)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -92,16 +92,36 @@ def random_frequency_warp(inputs: torch.Tensor, max_warp: float) -> torch.Tensor
     Like vocal-tract-length perturbation: the same sound from a larger or smaller source. Bins
     are linearly interpolated; positions past the top band repeat the top band.
     """
-    batch, _, n_mels, _ = inputs.shape  # (B, C, n_mels, n_frames)
-    factors = 1.0 + (2.0 * torch.rand(batch, 1, device=inputs.device) - 1.0) * max_warp  # (B, 1)
-    source = (torch.arange(n_mels, device=inputs.device, dtype=inputs.dtype) / factors).clamp(max=n_mels - 1)
-    low = source.floor().long()  # (B, n_mels)
-    high = (low + 1).clamp(max=n_mels - 1)
-    weight = (source - low)[:, None, :, None]  # (B, 1, n_mels, 1)
+    return _random_stretch(inputs, max_warp, dim=2, circular=False)
+
+
+def random_time_stretch(inputs: torch.Tensor, max_stretch: float) -> torch.Tensor:
+    """Stretch or squeeze each example's time axis by a random factor in ``1 +- max_stretch``.
+
+    Like speed perturbation's change of tempo: the same word said faster or slower. Frames are
+    linearly interpolated and read circularly (as ``random_time_shift``), so a squeezed
+    repeat-padded clip goes on repeating.
+    """
+    return _random_stretch(inputs, max_stretch, dim=3, circular=True)
+
+
+def _random_stretch(inputs: torch.Tensor, max_fraction: float, dim: int, circular: bool) -> torch.Tensor:
+    """Axis ``dim`` of ``(B, C, n_mels, n_frames)`` resampled by a random factor in ``1 +- max_fraction``
+    per example: output position ``i`` reads input position ``i / factor``, linearly interpolated;
+    positions past the end wrap around (``circular``) or repeat the last one."""
+    batch, size = inputs.shape[0], inputs.shape[dim]
+    factors = 1.0 + (2.0 * torch.rand(batch, 1, device=inputs.device) - 1.0) * max_fraction  # (B, 1)
+    source = torch.arange(size, device=inputs.device, dtype=inputs.dtype) / factors  # (B, size)
+    source = source % size if circular else source.clamp(max=size - 1)
+    low = source.floor().long()
+    high = (low + 1) % size if circular else (low + 1).clamp(max=size - 1)
+    shape = [batch, 1, 1, 1]
+    shape[dim] = size
 
     def pick(index: torch.Tensor) -> torch.Tensor:
-        return inputs.gather(2, index[:, None, :, None].expand_as(inputs))
+        return inputs.gather(dim, index.reshape(shape).expand_as(inputs))
 
+    weight = (source - low).reshape(shape)
     return (1.0 - weight) * pick(low) + weight * pick(high)
 
 

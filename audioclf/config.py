@@ -213,6 +213,12 @@ CONFIG_SCHEMA: dict[str, ConfigKey] = {
         (float,), 0.0, "Random stretch of the mel axis by up to this fraction (0 turns it off).",
         minimum=0, maximum=0.5,
     ),
+    "time_stretch": ConfigKey(
+        (float,), 0.0,
+        "Random stretch of the time axis by up to this fraction, as speed perturbation's change of tempo "
+        "(circular, like `random_shift`; 0 turns it off).",
+        minimum=0, maximum=0.5,
+    ),
     # Whole clips: training crops and the windows that score a clip.
     "crop_frames": ConfigKey(
         (int,), None,

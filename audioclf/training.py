@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from audioclf.acceleration import enable_cudnn_autotune, maybe_compile, training_step
 from audioclf.augment import (BackgroundMixer, SpecAugment, mix_labels, mixup, random_frequency_warp,
-                              random_time_shift, time_splice)
+                              random_time_shift, random_time_stretch, time_splice)
 from audioclf.checkpoint import (CONFIG_FILE, checkpoint_state, latest_checkpoint, list_checkpoints, load_checkpoint,
                                  save_checkpoint, unwrap)
 from audioclf.classifier import AudioClassifier, constructor_args
@@ -286,6 +286,7 @@ class StepOptions:
     grad_clip: float
     log_every: int = 0
     freq_warp: float = 0.0
+    time_stretch: float = 0.0
     background: BackgroundMixer | None = None
     splice_prob: float = 0.0
 
@@ -320,7 +321,7 @@ def step_options(params: Params, device: torch.device, background: BackgroundMix
     spec = SpecAugment(params.freq_mask, params.time_mask, params.n_masks) if params.spec_augment else None
     return StepOptions(device, amp_dtype_for(device, params.amp), params.channels_last,
                        spec, params.random_shift, params.mixup_alpha, params.grad_clip, params.log_every,
-                       params.freq_warp, background, params.splice_prob)
+                       params.freq_warp, params.time_stretch, background, params.splice_prob)
 
 
 def to_device(inputs: torch.Tensor, targets: torch.Tensor, options: StepOptions) -> tuple[torch.Tensor, torch.Tensor]:
@@ -347,6 +348,8 @@ def train_one_epoch(model: nn.Module, loader: Loader, criterion: nn.Module, opti
             inputs = random_time_shift(inputs)
         if options.freq_warp > 0:
             inputs = random_frequency_warp(inputs, options.freq_warp)
+        if options.time_stretch > 0:
+            inputs = random_time_stretch(inputs, options.time_stretch)
         mixes = []  # (order, lam) of each input mix, for the labels
         if options.splice_prob > 0:
             inputs, *mix = time_splice(inputs, options.splice_prob)

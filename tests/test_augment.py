@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from audioclf.augment import (BackgroundMixer, SpecAugment, mix_at_snr, mix_labels, mixup, random_frequency_warp,
-                              random_time_shift, time_splice)
+                              random_time_shift, random_time_stretch, time_splice)
 from audioclf.classifier import InputNormalization
 from audioclf.frontend import AMIN, LogScale
 
@@ -30,6 +30,29 @@ def test_frequency_warp_moves_a_band_by_at_most_the_warp():
     assert ((peaks >= 20 * 0.8 - 1) & (peaks <= 20 * 1.2 + 1)).all()
     assert peaks.unique().numel() > 3  # factors differ per example
     assert torch.equal(random_frequency_warp(inputs, 0.0), inputs)
+
+
+def test_time_stretch_moves_an_onset_by_its_factor_and_wraps_around():
+    torch.manual_seed(0)
+    n_frames = 40
+    inputs = torch.zeros(64, 1, 3, n_frames)
+    inputs[..., 20] = 1.0  # one loud frame, the same in every band
+    stretched = random_time_stretch(inputs, 0.2)
+    peaks = stretched[:, 0, 0].argmax(dim=1).float()  # (B,)
+    assert ((peaks >= 20 * 0.8 - 1) & (peaks <= 20 * 1.2 + 1)).all()
+    assert peaks.unique().numel() > 3  # factors differ per example
+    assert torch.equal(stretched[:, :, 0], stretched[:, :, 2])  # one factor for all bands of an example
+    assert torch.equal(random_time_stretch(inputs, 0.0), inputs)
+    # seed 3 squeezes by 0.80: output frame 39 reads input frame 48.6, which wraps to 8.6 (the start again)
+    ramp = torch.arange(n_frames, dtype=torch.float32).expand(1, 1, 1, n_frames).clone()
+    torch.manual_seed(3)
+    out = random_time_stretch(ramp, 0.2)[0, 0, 0]
+    factor = 1.0 + (2.0 * 0.0042635 - 1.0) * 0.2
+    source = (torch.arange(n_frames) / factor) % n_frames
+    low = source.floor()
+    expected = (1 - (source - low)) * low + (source - low) * ((low + 1) % n_frames)
+    assert abs(float(out[39]) - 8.63) < 0.05
+    assert torch.allclose(out, expected, atol=1e-3)
 
 
 def test_spec_augment_masks_with_zero_and_keeps_the_rest():
