@@ -1,5 +1,5 @@
 """Batch-level training augmentation: SpecAugment masking, mixup, time splicing, time shift,
-time stretch, frequency warp and background mixing (all off by default)."""
+time stretch, frequency warp, background mixing and added noise (all off by default)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -183,3 +183,42 @@ class BackgroundMixer:
         mixed = inputs.clone()
         mixed[chosen] = mix_at_snr(inputs[chosen], background.to(inputs.dtype), snr.to(inputs.device), self.scale)
         return mixed
+
+
+NOISE_TILT_DB = 12.0  # a noise's spectrum rises or falls by up to this much from the lowest band to the highest
+NOISE_BINS_PER_BAND = 4  # its band energies fluctuate like the mean of this many FFT bins' (Gamma shape)
+
+
+class NoiseAdder:
+    """Adds stationary noise to each training example with probability ``probability``.
+
+    The noise has a random spectral tilt (up to ``NOISE_TILT_DB`` either way across the mel axis)
+    and band energies that fluctuate from frame to frame like a noise periodogram averaged over
+    ``NOISE_BINS_PER_BAND`` bins; it is mixed in at an SNR uniform in ``snr_db`` (``mix_at_snr``).
+    Recordings differ in their noise floor (microphone, room, gain): a floor that varies in
+    training keeps a model from telling classes, or speakers, apart by it. Random choices come
+    from torch's generator on the batch's device; inputs are log-scale features before
+    normalisation, ``(B, 1, n_mels, n_frames)``.
+    """
+
+    def __init__(self, probability: float, snr_db: tuple[float, float], scale: LogScale):
+        self.probability, self.snr_db, self.scale = probability, snr_db, scale
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        chosen = torch.nonzero(torch.rand(inputs.shape[0], device=inputs.device) < self.probability).flatten()
+        if len(chosen) == 0:
+            return inputs
+        batch, _, n_mels, n_frames = inputs[chosen].shape
+        dtype = torch.promote_types(inputs.dtype, torch.float32)
+        tilt = (2.0 * torch.rand(batch, 1, device=inputs.device, dtype=dtype) - 1.0) * NOISE_TILT_DB  # (b, 1)
+        position = torch.linspace(0.0, 1.0, n_mels, device=inputs.device, dtype=dtype)  # (n_mels,)
+        spectrum = torch.pow(10.0, tilt * position / 10.0)[:, None, :, None]  # (b, 1, n_mels, 1) energy
+        shape = torch.full((batch, 1, n_mels, n_frames), float(NOISE_BINS_PER_BAND), device=inputs.device,
+                           dtype=dtype)
+        fluctuation = torch.distributions.Gamma(shape, shape).sample()  # mean 1
+        noise = self.scale.from_energy(spectrum * fluctuation)
+        low, high = self.snr_db
+        snr = low + (high - low) * torch.rand(batch, device=inputs.device, dtype=dtype)
+        noisy = inputs.clone()
+        noisy[chosen] = mix_at_snr(inputs[chosen], noise.to(inputs.dtype), snr, self.scale)
+        return noisy

@@ -253,6 +253,15 @@ CONFIG_SCHEMA: dict[str, ConfigKey] = {
     "background_snr_max": ConfigKey(
         (float,), 12.0, "Highest clip-to-background energy ratio of a mix (dB, over the crop).",
     ),
+    # Added noise.
+    "noise_prob": ConfigKey(
+        (float,), 0.0,
+        "Probability that a training clip gets stationary noise of random spectral tilt added (mel energies), "
+        "so that a recording's noise floor cannot stand in for its class; 0 turns it off.",
+        minimum=0, maximum=1,
+    ),
+    "noise_snr_min": ConfigKey((float,), 10.0, "Lowest clip-to-noise energy ratio of added noise (dB, over the crop)."),
+    "noise_snr_max": ConfigKey((float,), 40.0, "Highest clip-to-noise energy ratio of added noise (dB, over the crop)."),
     # Reporting.
     "target_class": ConfigKey(
         (str,), None, "Class name for binary-detection reports; null for none.",
@@ -395,9 +404,9 @@ def _resolve(given: Mapping[str, Any]) -> dict[str, Any]:
 def _combination_problems(values: Mapping[str, Any]) -> list[str]:
     """Problems that involve several keys (each key alone being valid)."""
     problems = []
-    if values["background_snr_min"] > values["background_snr_max"]:
-        problems.append(f'"background_snr_min" ({values["background_snr_min"]}) must not exceed '
-                        f'"background_snr_max" ({values["background_snr_max"]})')
+    for low, high in (("background_snr_min", "background_snr_max"), ("noise_snr_min", "noise_snr_max")):
+        if values[low] > values[high]:
+            problems.append(f'"{low}" ({values[low]}) must not exceed "{high}" ({values[high]})')
     if values["background_prob"] > 0 and not (values["background_list"] or values["background_classes"]):
         problems.append('"background_prob" > 0 needs background clips: set "background_list" or '
                         '"background_classes" (or set "background_prob" to 0)')

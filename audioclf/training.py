@@ -23,7 +23,7 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Rando
 from tqdm import tqdm
 
 from audioclf.acceleration import enable_cudnn_autotune, maybe_compile, training_step
-from audioclf.augment import (BackgroundMixer, SpecAugment, mix_labels, mixup, random_frequency_warp,
+from audioclf.augment import (BackgroundMixer, NoiseAdder, SpecAugment, mix_labels, mixup, random_frequency_warp,
                               random_time_shift, random_time_stretch, time_splice)
 from audioclf.checkpoint import (CONFIG_FILE, checkpoint_state, latest_checkpoint, list_checkpoints, load_checkpoint,
                                  save_checkpoint, unwrap)
@@ -31,7 +31,7 @@ from audioclf.classifier import AudioClassifier, constructor_args
 from audioclf.transfer import (check_features, head_rows, parameter_groups, resolve_normalization,
                                trainable_summary)
 from audioclf.config import Params
-from audioclf.frontend import FeatureParams, log_scale_for
+from audioclf.frontend import FeatureParams, LogScale, log_scale_for
 from audioclf.distributed import (ShardSampler, all_reduce_sum, barrier, broadcast_object, cleanup_distributed,
                                   init_distributed, sync_buffers)
 from audioclf.listfile import FEATURE_CONFIG
@@ -156,6 +156,11 @@ def build_data(params: Params, info: DistInfo, device: torch.device) -> Data:
     return Data(train_set, val_set, train_loader, val_loader, sampler, window, hop)
 
 
+def trained_features(train_set: SpectrogramDataset) -> FeatureParams:
+    """The training features' parameters (the defaults for a hand-made list without its feature config)."""
+    return FeatureParams.from_dict(train_set.info.feature_params or {})
+
+
 def build_background(params: Params, train_set: SpectrogramDataset, window: int) -> BackgroundMixer | None:
     """The background mixer the config asks for (``background_*`` keys), or None when it is off."""
     if params.background_prob == 0:
@@ -166,7 +171,7 @@ def build_background(params: Params, train_set: SpectrogramDataset, window: int)
                          f"{train_set.class_names}")
     backgrounds = [partial(train_set.load, index) for index, label in enumerate(train_set.labels.tolist())
                    if train_set.class_names[label] in params.background_classes]
-    trained = FeatureParams.from_dict(train_set.info.feature_params or {})
+    trained = trained_features(train_set)
     if params.background_list:
         root = Path(params.background_list).parent.parent  # the --save_dir the list was written to
         try:
@@ -289,6 +294,7 @@ class StepOptions:
     time_stretch: float = 0.0
     background: BackgroundMixer | None = None
     splice_prob: float = 0.0
+    noise: NoiseAdder | None = None
 
 
 def is_better(val_metrics: dict, best: dict) -> bool:
@@ -316,12 +322,15 @@ def resumed_best(checkpoint: dict) -> dict:
     return {"accuracy": checkpoint["best_accuracy"], "loss": loss, "epoch": checkpoint["best_epoch"]}
 
 
-def step_options(params: Params, device: torch.device, background: BackgroundMixer | None = None) -> StepOptions:
-    """Config -> StepOptions."""
+def step_options(params: Params, device: torch.device, background: BackgroundMixer | None = None,
+                 scale: LogScale = LogScale()) -> StepOptions:
+    """Config -> StepOptions; ``scale`` is the features' log scale (for added noise)."""
     spec = SpecAugment(params.freq_mask, params.time_mask, params.n_masks) if params.spec_augment else None
+    noise = NoiseAdder(params.noise_prob, (params.noise_snr_min, params.noise_snr_max), scale) \
+        if params.noise_prob > 0 else None
     return StepOptions(device, amp_dtype_for(device, params.amp), params.channels_last,
                        spec, params.random_shift, params.mixup_alpha, params.grad_clip, params.log_every,
-                       params.freq_warp, params.time_stretch, background, params.splice_prob)
+                       params.freq_warp, params.time_stretch, background, params.splice_prob, noise)
 
 
 def to_device(inputs: torch.Tensor, targets: torch.Tensor, options: StepOptions) -> tuple[torch.Tensor, torch.Tensor]:
@@ -344,6 +353,8 @@ def train_one_epoch(model: nn.Module, loader: Loader, criterion: nn.Module, opti
         inputs, targets = to_device(inputs, targets, options)  # (B, 1, n_mels, n_frames), (B,)
         if options.background is not None:  # on the log-mel, before the model normalises it
             inputs = options.background(inputs)
+        if options.noise is not None:
+            inputs = options.noise(inputs)
         if options.random_shift:
             inputs = random_time_shift(inputs)
         if options.freq_warp > 0:
@@ -502,7 +513,8 @@ def _train(params: Params, info: DistInfo, device: torch.device, resume: bool, s
                     "predict.py cannot use them (re-run preprocessingBabyCrying.py to write it)", FEATURE_CONFIG,
                     params.trainlist)
     model.to(device)
-    options = step_options(params, device, build_background(params, data.train_set, data.window))
+    options = step_options(params, device, build_background(params, data.train_set, data.window),
+                           log_scale_for(trained_features(data.train_set)))
     if options.channels_last:
         model.to(memory_format=torch.channels_last)
     refuse_to_overwrite(checkpoint_dir, resume)

@@ -158,3 +158,23 @@ def test_time_splice_leaves_a_one_frame_crop_whole():
     inputs = torch.randn(3, 1, 4, 1)
     spliced, order, lam = time_splice(inputs, probability=1.0)
     assert torch.equal(spliced, inputs) and torch.all(lam == 1) and sorted(order.tolist()) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("scale", [LogScale("db_power", AMIN), LogScale("log_magnitude", 0.001)])
+def test_added_noise_sits_at_the_drawn_snr_and_varies_its_spectrum(scale):
+    from audioclf.augment import NOISE_TILT_DB, NoiseAdder
+    torch.manual_seed(0)
+    clean_energy = torch.full((64, 1, 40, 50), 2.0)
+    clean = scale.from_energy(clean_energy)
+    noisy = NoiseAdder(1.0, (10.0, 10.0), scale)(clean)
+    noise_energy = scale.to_energy(noisy) - clean_energy  # energies add
+    ratio_db = 10 * torch.log10(clean_energy.sum((1, 2, 3)) / noise_energy.sum((1, 2, 3)))
+    assert torch.allclose(ratio_db, torch.full((64,), 10.0), atol=0.05)
+    spectra = noise_energy.mean(-1)[:, 0]  # (B, n_mels): the tilt, from the lowest band to the highest
+    tilt_db = 10 * torch.log10(spectra[:, -8:].mean(1) / spectra[:, :8].mean(1))
+    assert tilt_db.abs().max() <= NOISE_TILT_DB and tilt_db.min() < -4 and tilt_db.max() > 4
+    assert (noise_energy.std(-1) / noise_energy.mean(-1)).mean() == pytest.approx(0.5, abs=0.05)  # Gamma(4): 1/2
+    torch.manual_seed(0)
+    half = NoiseAdder(0.5, (10.0, 10.0), scale)(clean)
+    untouched = torch.isclose(half, clean).flatten(1).all(1)
+    assert 10 < int(untouched.sum()) < 54  # about half of the examples keep their values
