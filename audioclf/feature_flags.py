@@ -62,6 +62,9 @@ def add_feature_arguments(parser: argparse.ArgumentParser) -> argparse._Argument
                             "T >= n_frames; training draws random crops of it (default: the first n_frames)")
     group.add_argument("--max_seconds", type=float, default=None,
                        help=f"with --whole_clips: the longest audio kept per clip, in seconds ({DEFAULT_MAX_SECONDS:g})")
+    group.add_argument("--trim_db", type=float, default=None,
+                       help="cut each clip's leading and trailing frames quieter than this many dB below its "
+                            "loudest frame, e.g. 40 (default: keep clips as recorded)")
     return group
 
 

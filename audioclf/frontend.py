@@ -68,15 +68,16 @@ YAMNET_PRESET = dict(frontend="yamnet", sample_rate=16000, window_ms=25.0, hop_m
                      n_frames=YAMNET_PATCH_FRAMES, f_min=125.0, f_max=7500.0)
 PRESETS = {"default": {}, "yamnet": YAMNET_PRESET}
 # Parameters a preset leaves to the user: clip length, how short clips are filled, whole clips.
-FREE_PARAMETERS = ("n_frames", "pad_mode", "max_seconds")
-_OMITTED_AT_DEFAULT = {"frontend": "default", "max_seconds": None}  # fields newer than the first feature format
+FREE_PARAMETERS = ("n_frames", "pad_mode", "max_seconds", "trim_db")
+# fields newer than the first feature format
+_OMITTED_AT_DEFAULT = {"frontend": "default", "max_seconds": None, "trim_db": None}
 DEFAULT_MAX_SECONDS = 10.0  # whole clips: longer ones keep their first 10 s (ESC-50 5 s, UrbanSound8K 4 s fit)
 # The preprocessing flag (audioclf.feature_flags defines them) that sets each field on its own, so
 # messages name what a user typed: --window_size and --hop_size are the milliseconds of window_ms
 # and hop_ms. frontend and max_seconds are flags of their own name; f_min and f_max have none (the
 # preset's).
 FLAG_OF_FIELD = {"sample_rate": "samplerate", "window_ms": "window_size", "hop_ms": "hop_size", "n_fft": "n_fft",
-                 "n_mels": "n_mels", "n_frames": "n_frames", "pad_mode": "pad_mode"}
+                 "n_mels": "n_mels", "n_frames": "n_frames", "pad_mode": "pad_mode", "trim_db": "trim_db"}
 
 
 def _flag(field: str) -> str:
@@ -105,6 +106,9 @@ class FeatureParams:
     # None: the fixed-length feature (the first n_frames). A number: whole clips, each kept up to
     # this many seconds as a variable-length (n_mels, T_i) feature, T_i >= n_frames.
     max_seconds: float | None = None
+    # None: clips as recorded. A number: each clip's leading and trailing frames quieter than this
+    # many dB below its loudest frame are cut before padding (``trim_silence``).
+    trim_db: float | None = None
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "FeatureParams":
@@ -177,9 +181,12 @@ class FeatureParams:
         return recording_n_frames(round(self.max_seconds * self.sample_rate), self)
 
     @property
-    def read_samples(self) -> int:
+    def read_samples(self) -> int | None:
         """Samples read from a file for its feature: ``n_samples``, or for whole clips all that a clip
-        of ``max_frames`` frames can have (one more would give it more frames, and cut it there)."""
+        of ``max_frames`` frames can have (one more would give it more frames, and cut it there);
+        None (all of it) when clips are trimmed, as their silence is cut first."""
+        if self.trim_db is not None:
+            return None
         if self.max_seconds is None:
             return self.n_samples
         return self.samples_for(self.max_frames + 1) - 1
@@ -229,6 +236,8 @@ class FeatureParams:
             problems.append(f"--max_seconds must be a positive finite number, got {self.max_seconds}")
         elif self.max_seconds is not None and not self.max_seconds > 0:
             problems.append(f"--max_seconds must be positive, got {self.max_seconds}")
+        if self.trim_db is not None and not (math.isfinite(self.trim_db) and self.trim_db > 0):
+            problems.append(f"--trim_db must be a positive number of dB (e.g. 40), got {self.trim_db}")
         if problems:
             raise ValueError("invalid feature parameters:\n  " + "\n  ".join(problems))
         return self
@@ -587,6 +596,33 @@ def iter_audio_blocks(path: str | Path, target_rate: int, block_seconds: float =
 # Waveform -> feature
 # ---------------------------------------------------------------------------------------
 
+def trim_silence(audio: np.ndarray, top_db: float, frame_length: int, hop_length: int) -> np.ndarray:
+    """``audio`` without its leading and trailing frames quieter than ``top_db`` below its loudest frame.
+
+    Frames of ``frame_length`` samples every ``hop_length`` (the features' STFT window and hop);
+    a frame's level is its RMS. Recordings of the same word differ in the silence around it
+    (how soon the recorder starts and stops): cut, it can no longer tell the clip's source, or
+    pass for a longer word. A clip shorter than one frame, or silent, is returned whole.
+    """
+    if audio.shape[-1] < frame_length:
+        return audio
+    frames = np.lib.stride_tricks.sliding_window_view(audio, frame_length)[::hop_length]  # (F, frame_length)
+    rms = np.sqrt(np.mean(np.square(frames, dtype=np.float64), axis=1))  # (F,)
+    if not rms.max() > 0:
+        return audio
+    loud = np.flatnonzero(rms > rms.max() * 10.0 ** (-top_db / 20.0))
+    end = audio.shape[-1] if loud[-1] == len(rms) - 1 else loud[-1] * hop_length + frame_length  # keeps a loud tail
+    return audio[loud[0] * hop_length: end]
+
+
+def clip_waveform(audio: np.ndarray, params: FeatureParams) -> np.ndarray:
+    """A clip's waveform as its feature is made from it: trimmed (``trim_db``), then fitted to
+    ``n_samples`` unless whole clips are kept."""
+    if params.trim_db is not None:
+        audio = trim_silence(audio, params.trim_db, params.win_length, params.hop_length)
+    return audio if params.whole_clips else fit_length(audio, params.n_samples, params.pad_mode)
+
+
 def fit_length(audio: np.ndarray, n_samples: int, pad_mode: str = "repeat") -> np.ndarray:
     """Truncate or pad ``audio`` to ``n_samples``: ``repeat`` tiles the clip, ``zeros`` pads silence.
 
@@ -632,10 +668,14 @@ class FeatureExtractor:
 
     def clip_feature(self, audio: np.ndarray) -> np.ndarray:
         """What preprocessing stores for a clip: ``(n_mels, n_frames)``, or for whole clips
-        ``(n_mels, T)``, the recording's first ``T <= max_frames`` frames."""
+        ``(n_mels, T)``, the recording's first ``T <= max_frames`` frames (after ``clip_waveform``)."""
+        return self.prepared_clip_feature(clip_waveform(audio, self.params))
+
+    def prepared_clip_feature(self, prepared: np.ndarray) -> np.ndarray:
+        """``clip_feature`` of a waveform that ``clip_waveform`` has prepared."""
         if not self.params.whole_clips:
-            return self.waveform_to_feature(audio)
-        return self.recording_frames(audio)[:, : self.params.max_frames]
+            return self.waveforms_to_features(prepared[None])[0]
+        return self.recording_frames(prepared)[:, : self.params.max_frames]
 
     def recording_frames(self, audio: np.ndarray) -> np.ndarray:
         """The log-mel of a whole recording held in memory: ``(n_mels, recording_n_frames(n))``."""

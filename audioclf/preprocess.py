@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from audioclf.frontend import AudioReadError, FeatureExtractor, FeatureParams, fit_length, read_audio
+from audioclf.frontend import AudioReadError, FeatureExtractor, FeatureParams, clip_waveform, read_audio
 from audioclf.files import atomic_save_npy, atomic_write_json, atomic_write_text
 from audioclf.listfile import (FEATURE_CONFIG, FEATURE_PARAMS_FILE, LISTS_DIR, SKIPPED_FILE, SPLITS, ListEntry,
                                list_path, render_list)
@@ -114,8 +114,8 @@ def process_clip(task: tuple[Clip, Path, Path, bool]) -> ClipResult:
 
 
 def _read_fitted(task: tuple[Clip, Path, Path, bool], params: FeatureParams) -> ClipResult | np.ndarray:
-    """A clip's waveform (fitted to ``n_samples`` unless whole clips are kept), or its result when it is
-    reused or unreadable."""
+    """A clip's waveform as ``clip_waveform`` prepares it (trimmed, fitted to ``n_samples`` unless whole
+    clips are kept), or its result when it is reused or unreadable."""
     clip, audio_path, feature_path, overwrite = task
     if feature_path.exists() and not overwrite:
         return ClipResult(clip.line, "reused")
@@ -125,7 +125,7 @@ def _read_fitted(task: tuple[Clip, Path, Path, bool], params: FeatureParams) -> 
             raise AudioReadError("empty: file holds no audio samples")
     except Exception as error:
         return _skipped(clip, feature_path, error)
-    return audio if params.whole_clips else fit_length(audio, params.n_samples, params.pad_mode)
+    return clip_waveform(audio, params)
 
 
 def process_batch(tasks: list[tuple], extractor: FeatureExtractor, readers: ThreadPoolExecutor) -> list[ClipResult]:
@@ -138,7 +138,7 @@ def process_batch(tasks: list[tuple], extractor: FeatureExtractor, readers: Thre
     results = [outcome for outcome in loaded if isinstance(outcome, ClipResult)]
     if ready:
         if extractor.params.whole_clips:
-            features = [extractor.clip_feature(audio) for _, audio in ready]  # (n_mels, T_i) each
+            features = [extractor.prepared_clip_feature(audio) for _, audio in ready]  # (n_mels, T_i) each
         else:
             features = extractor.waveforms_to_features(np.stack([audio for _, audio in ready]))  # (B, n_mels, n_frames)
         for (task, _), feature in zip(ready, features):

@@ -763,3 +763,49 @@ def test_whole_clip_flags_map_to_params():
     assert parse().max_seconds is None and parse("--max_seconds", "4").max_seconds is None  # needs --whole_clips
     assert parse("--whole_clips").max_seconds == 10.0 and parse("--whole_clips").max_frames == 1000
     assert parse("--whole_clips", "--max_seconds", "4").max_frames == 500  # 400, rounded up to 250 + 2 x 125
+
+
+# ---------------------------------------------------------------------------------------
+# Trimmed clips
+# ---------------------------------------------------------------------------------------
+
+def test_trim_silence_cuts_quiet_lead_and_tail_frames_and_keeps_the_rest_exactly():
+    from audioclf.frontend import trim_silence
+    rate, frame, hop = 16000, 400, 160
+    rng = np.random.default_rng(0)
+    word = np.sin(2 * np.pi * 440 * np.arange(3200) / rate).astype(np.float32)  # 0.2 s, RMS -3 dBFS
+    hiss = (10 ** (-60 / 20) * rng.standard_normal(4800)).astype(np.float32)  # 0.3 s, about 57 dB below the word
+    audio = np.concatenate([hiss, word, hiss[:3200]])
+    trimmed = trim_silence(audio, 40.0, frame, hop)
+    start = int(np.flatnonzero(np.all(np.lib.stride_tricks.sliding_window_view(audio, len(trimmed)) == trimmed,
+                                      axis=1))[0])  # a slice of the clip, sample for sample
+    assert start % hop == 0 and 4800 - frame <= start <= 4800  # the first frame that reaches into the word
+    assert 3200 <= len(trimmed) <= 3200 + 2 * frame  # the word, and at most a frame either side
+    assert len(trim_silence(audio, 70.0, frame, hop)) == len(audio)  # the hiss is within 70 dB: kept
+    silent = np.zeros(8000, np.float32)
+    assert trim_silence(silent, 40.0, frame, hop) is silent and trim_silence(word[:100], 40.0, frame, hop).size == 100
+
+
+def test_trim_db_flag_trims_before_padding_records_itself_and_predict_makes_the_same_feature(dataset_factory):
+    from audioclf.frontend import FeatureExtractor, read_audio, trim_silence
+    dataset = dataset_factory(clips_per_class=10, duration=0.3)
+    row = dataset.rows[0]
+    tone = np.sin(2 * np.pi * 600 * np.arange(4000) / 16000).astype(np.float32) * 0.5
+    write_wav(dataset.audio_path(row), np.concatenate([np.zeros(6000, np.float32), tone, np.zeros(2000, np.float32)]))
+    trimmed_dir = dataset.root / "trimmed"
+    assert preprocessingBabyCrying.main(cli(dataclasses.replace(dataset, save_dir=trimmed_dir), "--trim_db", "40")) == 0
+    config = json.loads((trimmed_dir / "filenames" / "feature_config.json").read_text())
+    params = FeatureParams.from_dict(config["feature_params"])
+    assert config["feature_params"]["trim_db"] == 40.0 and params == dataclasses.replace(PARAMS, trim_db=40.0)
+    feature = np.load(dataclasses.replace(dataset, save_dir=trimmed_dir).feature_path(row))
+    audio = read_audio(dataset.audio_path(row), PARAMS.sample_rate)
+    kept = trim_silence(audio, 40.0, PARAMS.win_length, PARAMS.hop_length)
+    assert 4000 <= len(kept) <= 4000 + 2 * PARAMS.win_length  # the tone and at most a frame either side
+    np.testing.assert_allclose(feature, FeatureExtractor(PARAMS).waveform_to_feature(kept), atol=1e-4)
+    untrimmed = FeatureExtractor(PARAMS).file_to_feature(dataset.audio_path(row))
+    assert (feature.mean(0) > -60).mean() > 0.9 and (untrimmed.mean(0) > -60).mean() < 0.4  # tone, not silence
+    # predict.py's clip mode (FeatureExtractor.file_to_feature with the checkpoint's parameters): the same feature
+    np.testing.assert_allclose(FeatureExtractor(params).file_to_feature(dataset.audio_path(row)), feature, atol=1e-4)
+    assert "trim_db" not in FeatureParams().to_dict()  # features made without it keep their feature_config.json
+    with pytest.raises(ValueError, match="--trim_db must be a positive number"):
+        FeatureParams(trim_db=-3.0).validate()
