@@ -1,5 +1,5 @@
 """Batch-level training augmentation: SpecAugment masking, mixup, time splicing, time shift,
-time stretch, frequency warp, background mixing and added noise (all off by default)."""
+time stretch, frequency warp, background mixing, added noise and random gain (all off by default)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -123,6 +123,20 @@ def _random_stretch(inputs: torch.Tensor, max_fraction: float, dim: int, circula
 
     weight = (source - low).reshape(shape)
     return (1.0 - weight) * pick(low) + weight * pick(high)
+
+
+def random_gain(inputs: torch.Tensor, max_db: float, scale: LogScale) -> torch.Tensor:
+    """Scale each example's mel energies by its own random gain, uniform in ``+- max_db`` dB.
+
+    ``inputs``: ``(B, ...)`` log-scale features (``frontend.LogScale``). A recording is louder or
+    quieter with the source's distance and the recorder's gain: a model that sees one level per
+    speaker or class can learn the level instead of the sound (with a dataset or per-clip
+    normalisation of dB features it is an offset, and cancels).
+    """
+    dtype = torch.promote_types(inputs.dtype, torch.float32)
+    gain_db = (2.0 * torch.rand(inputs.shape[0], device=inputs.device, dtype=dtype) - 1.0) * max_db  # (B,)
+    gain = torch.pow(10.0, gain_db / 10.0).reshape((-1,) + (1,) * (inputs.ndim - 1))
+    return scale.from_energy(scale.to_energy(inputs.to(dtype)) * gain).to(inputs.dtype)
 
 
 def mix_at_snr(clean: torch.Tensor, background: torch.Tensor, snr_db: torch.Tensor, scale: LogScale

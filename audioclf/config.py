@@ -262,6 +262,12 @@ CONFIG_SCHEMA: dict[str, ConfigKey] = {
     ),
     "noise_snr_min": ConfigKey((float,), 10.0, "Lowest clip-to-noise energy ratio of added noise (dB, over the crop)."),
     "noise_snr_max": ConfigKey((float,), 40.0, "Highest clip-to-noise energy ratio of added noise (dB, over the crop)."),
+    "gain_db": ConfigKey(
+        (float,), 0.0,
+        "Random gain of each training clip, uniform in +- this many dB (mel energies, the features' log scale), so "
+        "that a recording's level cannot stand in for its class; 0 turns it off.",
+        minimum=0, maximum=40,
+    ),
     # Reporting.
     "target_class": ConfigKey(
         (str,), None, "Class name for binary-detection reports; null for none.",

@@ -178,3 +178,16 @@ def test_added_noise_sits_at_the_drawn_snr_and_varies_its_spectrum(scale):
     half = NoiseAdder(0.5, (10.0, 10.0), scale)(clean)
     untouched = torch.isclose(half, clean).flatten(1).all(1)
     assert 10 < int(untouched.sum()) < 54  # about half of the examples keep their values
+
+
+@pytest.mark.parametrize("scale", [LogScale("db_power", AMIN), LogScale("log_magnitude", 0.001)])
+def test_random_gain_scales_each_examples_energy_by_one_gain_within_the_range(scale):
+    from audioclf.augment import random_gain
+    torch.manual_seed(0)
+    energy = torch.rand(200, 1, 8, 5) + 0.1
+    gained = random_gain(scale.from_energy(energy), 6.0, scale)
+    ratio_db = 10 * torch.log10(scale.to_energy(gained) / energy)  # (B, 1, 8, 5): one value per example
+    per_example = ratio_db.flatten(1)
+    assert torch.allclose(per_example, per_example[:, :1].expand_as(per_example), atol=1e-3)
+    assert per_example.abs().max() <= 6.0 + 1e-3 and per_example.min() < -5 and per_example.max() > 5
+    assert torch.allclose(random_gain(scale.from_energy(energy), 0.0, scale), scale.from_energy(energy))
