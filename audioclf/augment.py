@@ -1,5 +1,5 @@
 """Batch-level training augmentation: SpecAugment masking, mixup, time splicing, time shift,
-time stretch, frequency warp, background mixing, added noise and random gain (all off by default)."""
+time stretch, frequency warp, background mixing, added noise, random gain and equalisation (all off by default)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -11,6 +11,10 @@ from torch import nn
 
 from audioclf.frontend import LogScale
 from audioclf.windows import fit_frames
+
+EQ_POINTS = 5  # random_equalization's gains across the mel axis: lowest band, highest and three between
+NOISE_TILT_DB = 12.0  # added noise's spectrum rises or falls by up to this much from the lowest band to the highest
+NOISE_BINS_PER_BAND = 4  # its band energies fluctuate like the mean of this many FFT bins' (Gamma shape)
 
 
 class SpecAugment(nn.Module):
@@ -128,14 +132,34 @@ def _random_stretch(inputs: torch.Tensor, max_fraction: float, dim: int, circula
 def random_gain(inputs: torch.Tensor, max_db: float, scale: LogScale) -> torch.Tensor:
     """Scale each example's mel energies by its own random gain, uniform in ``+- max_db`` dB.
 
-    ``inputs``: ``(B, ...)`` log-scale features (``frontend.LogScale``). A recording is louder or
-    quieter with the source's distance and the recorder's gain: a model that sees one level per
-    speaker or class can learn the level instead of the sound (with a dataset or per-clip
+    ``inputs``: ``(B, 1, n_mels, n_frames)`` log-scale features (``frontend.LogScale``). A recording
+    is louder or quieter with the source's distance and the recorder's gain: a model that sees one
+    level per speaker or class can learn the level instead of the sound (with a dataset or per-clip
     normalisation of dB features it is an offset, and cancels).
     """
+    gain_db = (2.0 * torch.rand(inputs.shape[0], 1, device=inputs.device) - 1.0) * max_db  # (B, 1)
+    return _apply_band_gains(inputs, gain_db.expand(-1, inputs.shape[2]), scale)
+
+
+def random_equalization(inputs: torch.Tensor, max_db: float, scale: LogScale) -> torch.Tensor:
+    """Filter each example by its own random smooth equaliser: a gain curve across the mel bands.
+
+    The curve interpolates linearly between ``EQ_POINTS`` gains, uniform in ``+- max_db`` dB, at
+    evenly spaced bands (as FilterAugment, Nam et al. 2022): the colouring of another microphone,
+    room or voice, which per-clip mean removal takes out of dB features but a pretrained model's
+    unnormalised input keeps.
+    """
+    batch, n_mels = inputs.shape[0], inputs.shape[2]
+    points = (2.0 * torch.rand(batch, 1, EQ_POINTS, device=inputs.device) - 1.0) * max_db  # (B, 1, EQ_POINTS)
+    curve = nn.functional.interpolate(points, size=n_mels, mode="linear", align_corners=True)[:, 0]  # (B, n_mels)
+    return _apply_band_gains(inputs, curve, scale)
+
+
+def _apply_band_gains(inputs: torch.Tensor, gain_db: torch.Tensor, scale: LogScale) -> torch.Tensor:
+    """``(B, 1, n_mels, n_frames)`` log-scale features with band ``m`` of example ``b`` scaled by
+    ``gain_db[b, m]`` dB in energy."""
     dtype = torch.promote_types(inputs.dtype, torch.float32)
-    gain_db = (2.0 * torch.rand(inputs.shape[0], device=inputs.device, dtype=dtype) - 1.0) * max_db  # (B,)
-    gain = torch.pow(10.0, gain_db / 10.0).reshape((-1,) + (1,) * (inputs.ndim - 1))
+    gain = torch.pow(10.0, gain_db.to(dtype) / 10.0)[:, None, :, None]  # (B, 1, n_mels, 1)
     return scale.from_energy(scale.to_energy(inputs.to(dtype)) * gain).to(inputs.dtype)
 
 
@@ -197,10 +221,6 @@ class BackgroundMixer:
         mixed = inputs.clone()
         mixed[chosen] = mix_at_snr(inputs[chosen], background.to(inputs.dtype), snr.to(inputs.device), self.scale)
         return mixed
-
-
-NOISE_TILT_DB = 12.0  # a noise's spectrum rises or falls by up to this much from the lowest band to the highest
-NOISE_BINS_PER_BAND = 4  # its band energies fluctuate like the mean of this many FFT bins' (Gamma shape)
 
 
 class NoiseAdder:

@@ -268,6 +268,12 @@ CONFIG_SCHEMA: dict[str, ConfigKey] = {
         "that a recording's level cannot stand in for its class; 0 turns it off.",
         minimum=0, maximum=40,
     ),
+    "eq_db": ConfigKey(
+        (float,), 0.0,
+        "Random equalisation of each training clip: a smooth gain curve across the mel bands of up to +- this "
+        "many dB (FilterAugment), as another microphone, room or voice colours a sound; 0 turns it off.",
+        minimum=0, maximum=40,
+    ),
     # Reporting.
     "target_class": ConfigKey(
         (str,), None, "Class name for binary-detection reports; null for none.",

@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from audioclf.acceleration import enable_cudnn_autotune, maybe_compile, training_step
 from audioclf.augment import (BackgroundMixer, NoiseAdder, SpecAugment, mix_labels, mixup, random_frequency_warp,
-                              random_gain, random_time_shift, random_time_stretch, time_splice)
+                              random_equalization, random_gain, random_time_shift, random_time_stretch,
+                              time_splice)
 from audioclf.checkpoint import (CONFIG_FILE, checkpoint_state, latest_checkpoint, list_checkpoints, load_checkpoint,
                                  save_checkpoint, unwrap)
 from audioclf.classifier import AudioClassifier, constructor_args
@@ -296,6 +297,7 @@ class StepOptions:
     splice_prob: float = 0.0
     noise: NoiseAdder | None = None
     gain_db: float = 0.0
+    eq_db: float = 0.0
     scale: LogScale = LogScale()  # the features' log scale
 
 
@@ -326,14 +328,14 @@ def resumed_best(checkpoint: dict) -> dict:
 
 def step_options(params: Params, device: torch.device, background: BackgroundMixer | None = None,
                  scale: LogScale = LogScale()) -> StepOptions:
-    """Config -> StepOptions; ``scale`` is the features' log scale (for added noise and gain)."""
+    """Config -> StepOptions; ``scale`` is the features' log scale (for added noise, gain and equalisation)."""
     spec = SpecAugment(params.freq_mask, params.time_mask, params.n_masks) if params.spec_augment else None
     noise = NoiseAdder(params.noise_prob, (params.noise_snr_min, params.noise_snr_max), scale) \
         if params.noise_prob > 0 else None
     return StepOptions(device, amp_dtype_for(device, params.amp), params.channels_last,
                        spec, params.random_shift, params.mixup_alpha, params.grad_clip, params.log_every,
                        params.freq_warp, params.time_stretch, background, params.splice_prob, noise,
-                       params.gain_db, scale)
+                       params.gain_db, params.eq_db, scale)
 
 
 def to_device(inputs: torch.Tensor, targets: torch.Tensor, options: StepOptions) -> tuple[torch.Tensor, torch.Tensor]:
@@ -360,6 +362,8 @@ def train_one_epoch(model: nn.Module, loader: Loader, criterion: nn.Module, opti
             inputs = options.noise(inputs)
         if options.gain_db > 0:
             inputs = random_gain(inputs, options.gain_db, options.scale)
+        if options.eq_db > 0:
+            inputs = random_equalization(inputs, options.eq_db, options.scale)
         if options.random_shift:
             inputs = random_time_shift(inputs)
         if options.freq_warp > 0:

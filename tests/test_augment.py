@@ -191,3 +191,21 @@ def test_random_gain_scales_each_examples_energy_by_one_gain_within_the_range(sc
     assert torch.allclose(per_example, per_example[:, :1].expand_as(per_example), atol=1e-3)
     assert per_example.abs().max() <= 6.0 + 1e-3 and per_example.min() < -5 and per_example.max() > 5
     assert torch.allclose(random_gain(scale.from_energy(energy), 0.0, scale), scale.from_energy(energy))
+
+
+def test_random_equalization_is_a_smooth_per_example_curve_within_the_range():
+    from audioclf.augment import EQ_POINTS, random_equalization
+    scale = LogScale("log_magnitude", 0.001)
+    torch.manual_seed(0)
+    energy = torch.rand(100, 1, 41, 6) + 0.1
+    filtered = random_equalization(scale.from_energy(energy), 6.0, scale)
+    gain_db = 10 * torch.log10(scale.to_energy(filtered) / energy)  # (B, 1, n_mels, n_frames)
+    assert torch.allclose(gain_db, gain_db[..., :1].expand_as(gain_db), atol=1e-3)  # the same for every frame
+    curve = gain_db[:, 0, :, 0]  # (B, n_mels)
+    assert curve.abs().max() <= 6.0 + 1e-3 and curve.max() > 5 and curve.min() < -5
+    # linear between EQ_POINTS control points: 41 bands -> points every 10 bands, second differences vanish within
+    segment = (41 - 1) // (EQ_POINTS - 1)
+    second = curve[:, 2:] - 2 * curve[:, 1:-1] + curve[:, :-2]  # (B, n_mels - 2): band i at i - 1
+    kinks = second.abs() > 1e-2
+    assert not kinks[:, [i - 1 for i in range(1, 40) if i % segment]].any()  # bends only at control points
+    assert kinks.float().mean() > 0.05  # and bends there: not a broadband gain

@@ -89,7 +89,8 @@ def test_checkpoint_rebuilds_model_with_normalisation(tmp_path, features):
                          ids=["feature-cache", "files-with-workers"])
 def test_resume_equals_uninterrupted_run(tmp_path, features, loader):
     common = dict(spec_augment=True, random_shift=True, mixup_alpha=0.2, splice_prob=0.3, time_stretch=0.1,
-                  noise_prob=0.5, gain_db=6.0, scheduler="step", scheduler_step=1, **loader)
+                  noise_prob=0.5, gain_db=6.0, eq_db=6.0,
+                  scheduler="step", scheduler_step=1, **loader)
     straight = tmp_path / "straight"
     straight.mkdir()
     train(Params(make_config(straight, features, epochs=3, **common)), show_progress=False)
