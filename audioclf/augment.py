@@ -242,7 +242,7 @@ class NoiseAdder:
         chosen = torch.nonzero(torch.rand(inputs.shape[0], device=inputs.device) < self.probability).flatten()
         if len(chosen) == 0:
             return inputs
-        batch, _, n_mels, n_frames = inputs[chosen].shape
+        batch, (n_mels, n_frames) = len(chosen), inputs.shape[2:]
         dtype = torch.promote_types(inputs.dtype, torch.float32)
         tilt = (2.0 * torch.rand(batch, 1, device=inputs.device, dtype=dtype) - 1.0) * NOISE_TILT_DB  # (b, 1)
         position = torch.linspace(0.0, 1.0, n_mels, device=inputs.device, dtype=dtype)  # (n_mels,)

@@ -12,6 +12,7 @@ import io
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -287,18 +288,13 @@ class StepOptions:
     amp_dtype: torch.dtype | None
     channels_last: bool
     spec_augment: nn.Module | None
-    random_shift: bool
     mixup_alpha: float
     grad_clip: float
     log_every: int = 0
-    freq_warp: float = 0.0
-    time_stretch: float = 0.0
-    background: BackgroundMixer | None = None
+    # Applied in order to each batch of log-scale features before the model normalises them
+    # (``input_augmentations``): the waveform-like changes, each ``(B, 1, n_mels, T) -> same shape``.
+    augmentations: tuple[Callable[[torch.Tensor], torch.Tensor], ...] = ()
     splice_prob: float = 0.0
-    noise: NoiseAdder | None = None
-    gain_db: float = 0.0
-    eq_db: float = 0.0
-    scale: LogScale = LogScale()  # the features' log scale
 
 
 def is_better(val_metrics: dict, best: dict) -> bool:
@@ -328,14 +324,29 @@ def resumed_best(checkpoint: dict) -> dict:
 
 def step_options(params: Params, device: torch.device, background: BackgroundMixer | None = None,
                  scale: LogScale = LogScale()) -> StepOptions:
-    """Config -> StepOptions; ``scale`` is the features' log scale (for added noise, gain and equalisation)."""
+    """Config -> StepOptions; ``scale`` is the features' log scale."""
     spec = SpecAugment(params.freq_mask, params.time_mask, params.n_masks) if params.spec_augment else None
-    noise = NoiseAdder(params.noise_prob, (params.noise_snr_min, params.noise_snr_max), scale) \
-        if params.noise_prob > 0 else None
-    return StepOptions(device, amp_dtype_for(device, params.amp), params.channels_last,
-                       spec, params.random_shift, params.mixup_alpha, params.grad_clip, params.log_every,
-                       params.freq_warp, params.time_stretch, background, params.splice_prob, noise,
-                       params.gain_db, params.eq_db, scale)
+    return StepOptions(device, amp_dtype_for(device, params.amp), params.channels_last, spec, params.mixup_alpha,
+                       params.grad_clip, params.log_every, input_augmentations(params, background, scale),
+                       params.splice_prob)
+
+
+def input_augmentations(params: Params, background: BackgroundMixer | None, scale: LogScale
+                        ) -> tuple[Callable[[torch.Tensor], torch.Tensor], ...]:
+    """The config's per-example input augmentations, in the order they apply: what is added to the
+    recording (background, noise), how it was picked up (gain, equalisation), then where and how
+    fast it happens (time shift, frequency warp, time stretch). Mixing examples (splicing, mixup)
+    and masking come after, in ``train_one_epoch`` and the model's forward."""
+    steps = [
+        (background is not None, background),
+        (params.noise_prob > 0, NoiseAdder(params.noise_prob, (params.noise_snr_min, params.noise_snr_max), scale)),
+        (params.gain_db > 0, partial(random_gain, max_db=params.gain_db, scale=scale)),
+        (params.eq_db > 0, partial(random_equalization, max_db=params.eq_db, scale=scale)),
+        (params.random_shift, random_time_shift),
+        (params.freq_warp > 0, partial(random_frequency_warp, max_warp=params.freq_warp)),
+        (params.time_stretch > 0, partial(random_time_stretch, max_stretch=params.time_stretch)),
+    ]
+    return tuple(step for enabled, step in steps if enabled)
 
 
 def to_device(inputs: torch.Tensor, targets: torch.Tensor, options: StepOptions) -> tuple[torch.Tensor, torch.Tensor]:
@@ -356,20 +367,8 @@ def train_one_epoch(model: nn.Module, loader: Loader, criterion: nn.Module, opti
     progress = tqdm(loader, desc=f"epoch {epoch} train", leave=False, disable=not show_progress, unit="batch")
     for step, (inputs, targets) in enumerate(progress, start=1):
         inputs, targets = to_device(inputs, targets, options)  # (B, 1, n_mels, n_frames), (B,)
-        if options.background is not None:  # on the log-mel, before the model normalises it
-            inputs = options.background(inputs)
-        if options.noise is not None:
-            inputs = options.noise(inputs)
-        if options.gain_db > 0:
-            inputs = random_gain(inputs, options.gain_db, options.scale)
-        if options.eq_db > 0:
-            inputs = random_equalization(inputs, options.eq_db, options.scale)
-        if options.random_shift:
-            inputs = random_time_shift(inputs)
-        if options.freq_warp > 0:
-            inputs = random_frequency_warp(inputs, options.freq_warp)
-        if options.time_stretch > 0:
-            inputs = random_time_stretch(inputs, options.time_stretch)
+        for augment in options.augmentations:  # on the log-mel, before the model normalises it
+            inputs = augment(inputs)
         mixes = []  # (order, lam) of each input mix, for the labels
         if options.splice_prob > 0:
             inputs, *mix = time_splice(inputs, options.splice_prob)

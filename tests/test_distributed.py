@@ -31,7 +31,7 @@ def single_process_validation(checkpoint: dict, features: Path) -> dict:
     """evaluation.py-style: one process, the whole validation list, the saved weights."""
     model = model_from_checkpoint(checkpoint)
     dataset = SpectrogramDataset(features / "filenames/validation.txt", features)
-    options = StepOptions(torch.device("cpu"), None, False, None, False, 0.0, 0.0)
+    options = StepOptions(torch.device("cpu"), None, False, None, 0.0, 0.0)
     window, hop = checkpoint_windows(checkpoint)
     return evaluate(model, window_loader(dataset, window, hop, batch_size=4), options)
 
