@@ -112,10 +112,12 @@ def random_time_stretch(inputs: torch.Tensor, max_stretch: float) -> torch.Tenso
 def _random_stretch(inputs: torch.Tensor, max_fraction: float, dim: int, circular: bool) -> torch.Tensor:
     """Axis ``dim`` of ``(B, C, n_mels, n_frames)`` resampled by a random factor in ``1 +- max_fraction``
     per example: output position ``i`` reads input position ``i / factor``, linearly interpolated;
-    positions past the end wrap around (``circular``) or repeat the last one."""
+    positions past the end wrap around (``circular``) or repeat the last one. Positions and weights are
+    float32 at least (bfloat16 counts frames exactly only up to 256); the result has ``inputs``' dtype."""
     batch, size = inputs.shape[0], inputs.shape[dim]
+    dtype = torch.promote_types(inputs.dtype, torch.float32)
     factors = 1.0 + (2.0 * torch.rand(batch, 1, device=inputs.device) - 1.0) * max_fraction  # (B, 1)
-    source = torch.arange(size, device=inputs.device, dtype=inputs.dtype) / factors  # (B, size)
+    source = torch.arange(size, device=inputs.device, dtype=dtype) / factors.to(dtype)  # (B, size)
     source = source % size if circular else source.clamp(max=size - 1)
     low = source.floor().long()
     high = (low + 1) % size if circular else (low + 1).clamp(max=size - 1)
@@ -126,7 +128,7 @@ def _random_stretch(inputs: torch.Tensor, max_fraction: float, dim: int, circula
         return inputs.gather(dim, index.reshape(shape).expand_as(inputs))
 
     weight = (source - low).reshape(shape)
-    return (1.0 - weight) * pick(low) + weight * pick(high)
+    return ((1.0 - weight) * pick(low) + weight * pick(high)).to(inputs.dtype)
 
 
 def random_gain(inputs: torch.Tensor, max_db: float, scale: LogScale) -> torch.Tensor:

@@ -1,6 +1,8 @@
 """Batch augmentations and input normalisation: values, not just shapes."""
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -209,3 +211,21 @@ def test_random_equalization_is_a_smooth_per_example_curve_within_the_range():
     kinks = second.abs() > 1e-2
     assert not kinks[:, [i - 1 for i in range(1, 40) if i % segment]].any()  # bends only at control points
     assert kinks.float().mean() > 0.05  # and bends there: not a broadband gain
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("stretch", ["time", "frequency"])
+def test_stretches_of_half_precision_inputs_read_the_float32_positions_and_keep_the_dtype(dtype, stretch):
+    # bfloat16 holds integers exactly only up to 256: positions counted in it read the wrong frames
+    n_frames = 600
+    ramp = torch.arange(n_frames, dtype=torch.float32).expand(2, 1, 3, n_frames).clone()
+    inputs = ramp if stretch == "time" else ramp.transpose(2, 3).contiguous()  # (2, 1, 600, 3) for the mel axis
+    function = (partial(random_time_stretch, max_stretch=0.1) if stretch == "time"
+                else partial(random_frequency_warp, max_warp=0.1))
+    torch.manual_seed(0)
+    full = function(inputs)
+    torch.manual_seed(0)
+    half = function(inputs.to(dtype))
+    assert half.dtype == dtype
+    # the half-precision result is the float32 one, rounded (relative step 2**-8 for bfloat16)
+    torch.testing.assert_close(half.float(), full.to(dtype).float(), atol=0.0, rtol=2 ** -7)
