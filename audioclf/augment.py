@@ -136,8 +136,9 @@ def random_gain(inputs: torch.Tensor, max_db: float, scale: LogScale) -> torch.T
 
     ``inputs``: ``(B, 1, n_mels, n_frames)`` log-scale features (``frontend.LogScale``). A recording
     is louder or quieter with the source's distance and the recorder's gain: a model that sees one
-    level per speaker or class can learn the level instead of the sound (with a dataset or per-clip
-    normalisation of dB features it is an offset, and cancels).
+    level per speaker or class can learn the level instead of the sound. On dB features the gain is
+    an offset: per-clip normalisation (``per_clip``) removes it again, except where bands sit at the
+    floor; the training set's mean and std (``per_band``, ``global``) do not.
     """
     gain_db = (2.0 * torch.rand(inputs.shape[0], 1, device=inputs.device) - 1.0) * max_db  # (B, 1)
     return _apply_band_gains(inputs, gain_db.expand(-1, inputs.shape[2]), scale)

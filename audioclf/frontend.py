@@ -67,7 +67,7 @@ YAMNET_PATCH_HOP_FRAMES = 48  # patches overlap by half: 0.48 s
 YAMNET_PRESET = dict(frontend="yamnet", sample_rate=16000, window_ms=25.0, hop_ms=10.0, n_fft=512, n_mels=64,
                      n_frames=YAMNET_PATCH_FRAMES, f_min=125.0, f_max=7500.0)
 PRESETS = {"default": {}, "yamnet": YAMNET_PRESET}
-# Parameters a preset leaves to the user: clip length, how short clips are filled, whole clips.
+# Parameters a preset leaves to the user: clip length, how short clips are filled, whole clips, trimming.
 FREE_PARAMETERS = ("n_frames", "pad_mode", "max_seconds", "trim_db")
 # fields newer than the first feature format
 _OMITTED_AT_DEFAULT = {"frontend": "default", "max_seconds": None, "trim_db": None}
@@ -265,7 +265,7 @@ class FeatureParams:
     def preset_differences(self, name: str) -> list[str]:
         """``["n_mels 128 (preset: 64)", ...]``: where these parameters leave preset ``name``.
 
-        ``FREE_PARAMETERS`` (clip length, padding) may differ; an empty list means a match.
+        ``FREE_PARAMETERS`` (clip length, padding, trimming) may differ; an empty list means a match.
         """
         expected = FeatureParams.preset(name)
         return [f"{item.name} {getattr(self, item.name)!r} (preset: {getattr(expected, item.name)!r})"
