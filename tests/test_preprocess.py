@@ -786,6 +786,24 @@ def test_trim_silence_cuts_quiet_lead_and_tail_frames_and_keeps_the_rest_exactly
     assert trim_silence(silent, 40.0, frame, hop) is silent and trim_silence(word[:100], 40.0, frame, hop).size == 100
 
 
+def test_trim_silence_of_a_long_recording_needs_little_more_memory_than_the_recording():
+    # --trim_db reads whole files (predict.py's clip mode too): squaring every overlapping frame at once
+    # took 5 times the recording's bytes (float64, 2.5 frames per sample), over 1 GB for an hour at 16 kHz
+    import tracemalloc
+    from audioclf.frontend import trim_silence
+    rate, frame, hop = 16000, 400, 160
+    audio = (0.1 * np.random.default_rng(0).standard_normal(rate * 300)).astype(np.float32)  # 5 minutes
+    audio[:rate] = 0.0
+    tracemalloc.start()
+    try:
+        trimmed = trim_silence(audio, 40.0, frame, hop)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 0.5 * audio.nbytes
+    assert len(audio) - rate <= len(trimmed) <= len(audio) - rate + frame  # the silent first second is cut
+
+
 def test_trim_db_flag_trims_before_padding_records_itself_and_predict_makes_the_same_feature(dataset_factory):
     from audioclf.frontend import FeatureExtractor, read_audio, trim_silence
     dataset = dataset_factory(clips_per_class=10, duration=0.3)
