@@ -181,15 +181,19 @@ class FeatureParams:
         return recording_n_frames(round(self.max_seconds * self.sample_rate), self)
 
     @property
-    def read_samples(self) -> int | None:
-        """Samples read from a file for its feature: ``n_samples``, or for whole clips all that a clip
-        of ``max_frames`` frames can have (one more would give it more frames, and cut it there);
-        None (all of it) when clips are trimmed, as their silence is cut first."""
-        if self.trim_db is not None:
-            return None
+    def kept_samples(self) -> int:
+        """Samples of a clip (after trimming) that its feature is made from: ``n_samples``, or for whole
+        clips all that a clip of ``max_frames`` frames can have (one more would give it more frames,
+        and cut it there)."""
         if self.max_seconds is None:
             return self.n_samples
         return self.samples_for(self.max_frames + 1) - 1
+
+    @property
+    def read_samples(self) -> int | None:
+        """Samples read from a file for its feature: ``kept_samples``, or None (all of it) when clips
+        are trimmed, as their silence is cut first."""
+        return None if self.trim_db is not None else self.kept_samples
 
     @property
     def clip_seconds(self) -> float:
@@ -622,10 +626,12 @@ def trim_silence(audio: np.ndarray, top_db: float, frame_length: int, hop_length
 
 def clip_waveform(audio: np.ndarray, params: FeatureParams) -> np.ndarray:
     """A clip's waveform as its feature is made from it: trimmed (``trim_db``), then fitted to
-    ``n_samples`` unless whole clips are kept."""
+    ``n_samples``, or for whole clips cut to ``kept_samples``."""
     if params.trim_db is not None:
         audio = trim_silence(audio, params.trim_db, params.win_length, params.hop_length)
-    return audio if params.whole_clips else fit_length(audio, params.n_samples, params.pad_mode)
+    if params.whole_clips:
+        return audio[: params.kept_samples]
+    return fit_length(audio, params.n_samples, params.pad_mode)
 
 
 def fit_length(audio: np.ndarray, n_samples: int, pad_mode: str = "repeat") -> np.ndarray:

@@ -804,6 +804,22 @@ def test_trim_silence_of_a_long_recording_needs_little_more_memory_than_the_reco
     assert len(audio) - rate <= len(trimmed) <= len(audio) - rate + frame  # the silent first second is cut
 
 
+@pytest.mark.parametrize("frontend", ["default", "yamnet"])
+def test_a_trimmed_whole_clip_is_cut_to_the_samples_its_longest_feature_reads(frontend):
+    # --trim_db reads whole files: a long recording's feature keeps its first max_frames frames, and
+    # what lies past their samples is cut before the transform instead of computed and dropped
+    from audioclf.frontend import FeatureExtractor, clip_waveform
+    plain = FeatureParams.preset(frontend, n_mels=16, n_frames=20, max_seconds=1.0)
+    trimmed = dataclasses.replace(plain, trim_db=60.0)
+    audio = (0.1 * np.random.default_rng(0).standard_normal(16000 * 4)).astype(np.float32)  # nothing to trim
+    kept = clip_waveform(audio, trimmed)
+    assert len(kept) == plain.read_samples < len(audio)  # the samples an untrimmed clip reads
+    feature = FeatureExtractor(trimmed).clip_feature(audio)
+    assert feature.shape == (16, plain.max_frames)
+    np.testing.assert_array_equal(feature, FeatureExtractor(plain).clip_feature(audio[:plain.read_samples]))
+    np.testing.assert_allclose(feature, FeatureExtractor(plain).recording_frames(audio)[:, :plain.max_frames],
+                               atol=1e-4)  # the frames of the whole recording
+
 def test_trim_db_flag_trims_before_padding_records_itself_and_predict_makes_the_same_feature(dataset_factory):
     from audioclf.frontend import FeatureExtractor, read_audio, trim_silence
     dataset = dataset_factory(clips_per_class=10, duration=0.3)
