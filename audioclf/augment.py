@@ -226,8 +226,9 @@ class BackgroundMixer:
         return mixed
 
 
-class NoiseAdder:
-    """Adds stationary noise to each training example with probability ``probability``.
+def add_noise(inputs: torch.Tensor, probability: float, snr_db: tuple[float, float], scale: LogScale
+              ) -> torch.Tensor:
+    """Add stationary noise to each example of ``inputs`` with probability ``probability``.
 
     The noise has a random spectral tilt (up to ``NOISE_TILT_DB`` either way across the mel axis)
     and band energies that fluctuate from frame to frame like a noise periodogram averaged over
@@ -237,25 +238,19 @@ class NoiseAdder:
     from torch's generator on the batch's device; inputs are log-scale features before
     normalisation, ``(B, 1, n_mels, n_frames)``.
     """
-
-    def __init__(self, probability: float, snr_db: tuple[float, float], scale: LogScale):
-        self.probability, self.snr_db, self.scale = probability, snr_db, scale
-
-    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
-        chosen = torch.nonzero(torch.rand(inputs.shape[0], device=inputs.device) < self.probability).flatten()
-        if len(chosen) == 0:
-            return inputs
-        batch, (n_mels, n_frames) = len(chosen), inputs.shape[2:]
-        dtype = torch.promote_types(inputs.dtype, torch.float32)
-        tilt = (2.0 * torch.rand(batch, 1, device=inputs.device, dtype=dtype) - 1.0) * NOISE_TILT_DB  # (b, 1)
-        position = torch.linspace(0.0, 1.0, n_mels, device=inputs.device, dtype=dtype)  # (n_mels,)
-        spectrum = torch.pow(10.0, tilt * position / 10.0)[:, None, :, None]  # (b, 1, n_mels, 1) energy
-        shape = torch.full((batch, 1, n_mels, n_frames), float(NOISE_BINS_PER_BAND), device=inputs.device,
-                           dtype=dtype)
-        fluctuation = torch.distributions.Gamma(shape, shape).sample()  # mean 1
-        noise = self.scale.from_energy(spectrum * fluctuation)
-        low, high = self.snr_db
-        snr = low + (high - low) * torch.rand(batch, device=inputs.device, dtype=dtype)
-        noisy = inputs.clone()
-        noisy[chosen] = mix_at_snr(inputs[chosen], noise.to(inputs.dtype), snr, self.scale)
-        return noisy
+    chosen = torch.nonzero(torch.rand(inputs.shape[0], device=inputs.device) < probability).flatten()
+    if len(chosen) == 0:
+        return inputs
+    batch, (n_mels, n_frames) = len(chosen), inputs.shape[2:]
+    dtype = torch.promote_types(inputs.dtype, torch.float32)
+    tilt = (2.0 * torch.rand(batch, 1, device=inputs.device, dtype=dtype) - 1.0) * NOISE_TILT_DB  # (b, 1)
+    position = torch.linspace(0.0, 1.0, n_mels, device=inputs.device, dtype=dtype)  # (n_mels,)
+    spectrum = torch.pow(10.0, tilt * position / 10.0)[:, None, :, None]  # (b, 1, n_mels, 1) energy
+    shape = torch.full((batch, 1, n_mels, n_frames), float(NOISE_BINS_PER_BAND), device=inputs.device, dtype=dtype)
+    fluctuation = torch.distributions.Gamma(shape, shape).sample()  # mean 1
+    noise = scale.from_energy(spectrum * fluctuation)
+    low, high = snr_db
+    snr = low + (high - low) * torch.rand(batch, device=inputs.device, dtype=dtype)
+    noisy = inputs.clone()
+    noisy[chosen] = mix_at_snr(inputs[chosen], noise.to(inputs.dtype), snr, scale)
+    return noisy

@@ -24,7 +24,7 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Rando
 from tqdm import tqdm
 
 from audioclf.acceleration import enable_cudnn_autotune, maybe_compile, training_step
-from audioclf.augment import (BackgroundMixer, NoiseAdder, SpecAugment, mix_labels, mixup, random_frequency_warp,
+from audioclf.augment import (BackgroundMixer, SpecAugment, add_noise, mix_labels, mixup, random_frequency_warp,
                               random_equalization, random_gain, random_time_shift, random_time_stretch,
                               time_splice)
 from audioclf.checkpoint import (CONFIG_FILE, checkpoint_state, latest_checkpoint, list_checkpoints, load_checkpoint,
@@ -339,7 +339,8 @@ def input_augmentations(params: Params, background: BackgroundMixer | None, scal
     and masking come after, in ``train_one_epoch`` and the model's forward."""
     steps = [
         (background is not None, background),
-        (params.noise_prob > 0, NoiseAdder(params.noise_prob, (params.noise_snr_min, params.noise_snr_max), scale)),
+        (params.noise_prob > 0, partial(add_noise, probability=params.noise_prob,
+                                        snr_db=(params.noise_snr_min, params.noise_snr_max), scale=scale)),
         (params.gain_db > 0, partial(random_gain, max_db=params.gain_db, scale=scale)),
         (params.eq_db > 0, partial(random_equalization, max_db=params.eq_db, scale=scale)),
         (params.random_shift, random_time_shift),
