@@ -53,6 +53,7 @@ class AudioClassifier(nn.Module):
         self.model_name = model_name
         self.multi_label = multi_label
         self.backbone_frozen = False
+        self.batch_norm_frozen = False
         self.normalize = InputNormalization(n_mels, center_per_clip)
         self.backbone = get_model(model_name, num_classes, pretrained=pretrained, in_channels=1,
                                   head_from_pretrained=head_from_pretrained, **(model_args or {}))
@@ -85,11 +86,17 @@ class AudioClassifier(nn.Module):
         for parameter in self.backbone_parameters():
             parameter.requires_grad_(False)
         self.backbone_frozen = True
+        self.freeze_batch_norm()
+
+    def freeze_batch_norm(self) -> None:
+        """Keep the backbone's batch-norm layers in eval mode when training: each normalises with its
+        loaded running statistics, which stay as they are; its scale and shift still train."""
+        self.batch_norm_frozen = True
         self.train(self.training)
 
     def train(self, mode: bool = True) -> "AudioClassifier":
         super().train(mode)
-        if self.backbone_frozen:
+        if self.batch_norm_frozen:
             for module in self.backbone.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()

@@ -112,6 +112,11 @@ CONFIG_SCHEMA: dict[str, ConfigKey] = {
         (bool,), False, "Train only the classifier (linear probe); the backbone's weights and batch-norm "
         "statistics stay as loaded.",
     ),
+    "freeze_bn": ConfigKey(
+        (bool,), False, "Keep the pretrained batch-norm statistics while fine-tuning: the backbone's batch-norm "
+        "layers normalise with the loaded running statistics and do not update them (their scale and shift "
+        "still train). Needs `pretrained`.",
+    ),
     "backbone_lr_scale": ConfigKey(
         (float,), 1.0, "Backbone learning rate as a fraction of `lr` (the classifier gets `lr`), e.g. 0.1 to "
         "fine-tune pretrained layers gently.", positive=True, maximum=1,
@@ -422,6 +427,9 @@ def _combination_problems(values: Mapping[str, Any]) -> list[str]:
     if values["background_prob"] > 0 and not (values["background_list"] or values["background_classes"]):
         problems.append('"background_prob" > 0 needs background clips: set "background_list" or '
                         '"background_classes" (or set "background_prob" to 0)')
+    if values["freeze_bn"] and not values["pretrained"]:
+        problems.append('"freeze_bn": true keeps pretrained batch-norm statistics, so it needs "pretrained": true '
+                        "(from scratch the statistics are never learned)")
     return problems
 
 

@@ -215,6 +215,8 @@ def build_model(params: Params, train_set: SpectrogramDataset, window: int | Non
                             head_from_pretrained=head_rows(params, train_set.class_names))
     if params.freeze_backbone:
         model.freeze_backbone()
+    elif params.freeze_bn:
+        model.freeze_batch_norm()
     if normalization != "none":
         mean, std = feature_statistics(train_set, per_band=normalization != "global", seed=params.seed,
                                        center_per_clip=center)

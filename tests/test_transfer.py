@@ -13,6 +13,7 @@ import torch
 
 from audioclf.checkpoint import load_checkpoint
 from audioclf.classifier import AudioClassifier, constructor_args
+from audioclf.config import ConfigError
 from audioclf.frontend import FeatureParams
 from audioclf.listfile import FEATURE_CONFIG, LISTS_DIR
 from audioclf.training import build_optimizer, build_scheduler, train
@@ -85,6 +86,29 @@ def test_frozen_backbone_trains_only_the_head_and_keeps_batch_norm_statistics(tm
         if key not in head and not key.startswith("normalize."):
             assert torch.equal(trained[key], value), key
     assert not torch.equal(trained[head[0]], pretrained[head[0]])
+
+
+def test_freeze_bn_fine_tunes_the_weights_but_keeps_the_pretrained_statistics(tmp_path, yamnet_weights):
+    """freeze_bn: conv weights and BN shifts move, every BN running statistic stays the pretrained one."""
+    features = yamnet_features(tmp_path)
+    params = yamnet_config(tmp_path, features, freeze_bn=True, epochs=1, lr=0.01)
+    pretrained = AudioClassifier(**constructor_args("yamnet", 3, 64, {}), pretrained=True).state_dict()
+    train(params, show_progress=False)
+    trained = load_checkpoint(Path(params.checkpoint_dir) / "checkpoint_epoch0001.pth.tar")["model"]
+    statistics = [key for key in pretrained if key.endswith(("running_mean", "running_var"))]
+    assert len(statistics) == 2 * 27  # YAMNet's 27 batch-norm layers
+    for key in statistics:
+        assert torch.equal(trained[key], pretrained[key]), key
+    moved = {key for key in pretrained if not torch.equal(trained[key], pretrained[key])}
+    assert {"backbone.classifier.weight", "backbone.features.0.conv.weight", "backbone.features.0.bn.bias"} <= moved
+
+
+def test_freeze_bn_needs_pretrained_weights(tmp_path):
+    """From scratch there are no statistics to keep: the config error says which key to set."""
+    features = make_feature_dataset(tmp_path, per_class=(2, 1, 1), n_mels=16, n_frames=20)
+    with pytest.raises(ConfigError, match='"freeze_bn": true keeps pretrained batch-norm statistics, so it needs '
+                                          '"pretrained": true'):
+        Params(make_config(tmp_path, features, freeze_bn=True))
 
 
 def test_frozen_model_keeps_batch_norm_in_eval_mode_when_training():
