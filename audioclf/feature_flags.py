@@ -65,6 +65,9 @@ def add_feature_arguments(parser: argparse.ArgumentParser) -> argparse._Argument
     group.add_argument("--trim_db", type=float, default=None,
                        help="cut each clip's leading and trailing frames quieter than this many dB below its "
                             "loudest frame, e.g. 40 (default: keep clips as recorded)")
+    group.add_argument("--level_db", type=float, default=None,
+                       help="scale each clip so that its active level (the RMS of its frames within 30 dB of "
+                            "the loudest) is this many dB re full scale, e.g. -25 (default: as recorded)")
     return group
 
 

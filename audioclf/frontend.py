@@ -67,17 +67,18 @@ YAMNET_PATCH_HOP_FRAMES = 48  # patches overlap by half: 0.48 s
 YAMNET_PRESET = dict(frontend="yamnet", sample_rate=16000, window_ms=25.0, hop_ms=10.0, n_fft=512, n_mels=64,
                      n_frames=YAMNET_PATCH_FRAMES, f_min=125.0, f_max=7500.0)
 PRESETS = {"default": {}, "yamnet": YAMNET_PRESET}
-# Parameters a preset leaves to the user: clip length, how short clips are filled, whole clips, trimming.
-FREE_PARAMETERS = ("n_frames", "pad_mode", "max_seconds", "trim_db")
+# Parameters a preset leaves to the user: clip length, how short clips are filled, whole clips, trimming, level.
+FREE_PARAMETERS = ("n_frames", "pad_mode", "max_seconds", "trim_db", "level_db")
 # fields newer than the first feature format
-_OMITTED_AT_DEFAULT = {"frontend": "default", "max_seconds": None, "trim_db": None}
+_OMITTED_AT_DEFAULT = {"frontend": "default", "max_seconds": None, "trim_db": None, "level_db": None}
 DEFAULT_MAX_SECONDS = 10.0  # whole clips: longer ones keep their first 10 s (ESC-50 5 s, UrbanSound8K 4 s fit)
 # The preprocessing flag (audioclf.feature_flags defines them) that sets each field on its own, so
 # messages name what a user typed: --window_size and --hop_size are the milliseconds of window_ms
 # and hop_ms. frontend and max_seconds are flags of their own name; f_min and f_max have none (the
 # preset's).
 FLAG_OF_FIELD = {"sample_rate": "samplerate", "window_ms": "window_size", "hop_ms": "hop_size", "n_fft": "n_fft",
-                 "n_mels": "n_mels", "n_frames": "n_frames", "pad_mode": "pad_mode", "trim_db": "trim_db"}
+                 "n_mels": "n_mels", "n_frames": "n_frames", "pad_mode": "pad_mode", "trim_db": "trim_db",
+                 "level_db": "level_db"}
 
 
 def _flag(field: str) -> str:
@@ -109,6 +110,9 @@ class FeatureParams:
     # None: clips as recorded. A number: each clip's leading and trailing frames quieter than this
     # many dB below its loudest frame are cut before padding (``trim_silence``).
     trim_db: float | None = None
+    # None: clips at their recorded level. A number (dB re full scale, e.g. -25): each clip is scaled
+    # so that its active level is this (``normalize_level``), after trimming.
+    level_db: float | None = None
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "FeatureParams":
@@ -242,6 +246,8 @@ class FeatureParams:
             problems.append(f"--max_seconds must be positive, got {self.max_seconds}")
         if self.trim_db is not None and not (math.isfinite(self.trim_db) and self.trim_db > 0):
             problems.append(f"--trim_db must be a positive number of dB (e.g. 40), got {self.trim_db}")
+        if self.level_db is not None and not (math.isfinite(self.level_db) and self.level_db <= 0):
+            problems.append(f"--level_db must be a level in dB re full scale, 0 or below (e.g. -25), got {self.level_db}")
         if problems:
             raise ValueError("invalid feature parameters:\n  " + "\n  ".join(problems))
         return self
@@ -600,7 +606,19 @@ def iter_audio_blocks(path: str | Path, target_rate: int, block_seconds: float =
 # Waveform -> feature
 # ---------------------------------------------------------------------------------------
 
-TRIM_BLOCK_FRAMES = 1024  # trim_silence squares this many frames at a time (3 MB in float64 for 400-sample frames)
+FRAME_BLOCK = 1024  # frame_rms squares this many frames at a time (3 MB in float64 for 400-sample frames)
+ACTIVE_RANGE_DB = 30.0  # normalize_level: frames within this many dB of the loudest one are the clip's active part
+
+
+def frame_rms(audio: np.ndarray, frame_length: int, hop_length: int) -> np.ndarray:
+    """RMS of each frame of ``frame_length`` samples every ``hop_length``, float64 ``(F,)``; a clip
+    shorter than one frame is one frame."""
+    if audio.shape[-1] < frame_length:
+        return np.sqrt(np.mean(np.square(audio, dtype=np.float64), axis=-1, keepdims=True))
+    frames = np.lib.stride_tricks.sliding_window_view(audio, frame_length)[::hop_length]  # (F, frame_length)
+    # a block of frames at a time: the frames overlap, so squaring them all at once takes 2.5 x 8 bytes a sample
+    blocks = (frames[start:start + FRAME_BLOCK] for start in range(0, len(frames), FRAME_BLOCK))
+    return np.concatenate([np.sqrt(np.mean(np.square(block, dtype=np.float64), axis=1)) for block in blocks])
 
 
 def trim_silence(audio: np.ndarray, top_db: float, frame_length: int, hop_length: int) -> np.ndarray:
@@ -613,10 +631,7 @@ def trim_silence(audio: np.ndarray, top_db: float, frame_length: int, hop_length
     """
     if audio.shape[-1] < frame_length:
         return audio
-    frames = np.lib.stride_tricks.sliding_window_view(audio, frame_length)[::hop_length]  # (F, frame_length)
-    # a block of frames at a time: the frames overlap, so squaring them all at once takes 2.5 x 8 bytes a sample
-    blocks = (frames[start:start + TRIM_BLOCK_FRAMES] for start in range(0, len(frames), TRIM_BLOCK_FRAMES))
-    rms = np.concatenate([np.sqrt(np.mean(np.square(block, dtype=np.float64), axis=1)) for block in blocks])  # (F,)
+    rms = frame_rms(audio, frame_length, hop_length)
     if not rms.max() > 0:
         return audio
     loud = np.flatnonzero(rms > rms.max() * 10.0 ** (-top_db / 20.0))
@@ -624,14 +639,32 @@ def trim_silence(audio: np.ndarray, top_db: float, frame_length: int, hop_length
     return audio[loud[0] * hop_length: end]
 
 
+def normalize_level(audio: np.ndarray, level_db: float, frame_length: int, hop_length: int) -> np.ndarray:
+    """``audio`` scaled so that its active level is ``level_db`` dB re full scale (float32).
+
+    The active level is the RMS over the frames (as in ``trim_silence``) within ``ACTIVE_RANGE_DB``
+    of the loudest one, so the silence around a sound does not lower it (as speech's active level,
+    ITU-T P.56, leaves out pauses). Recordings of the same sound differ in level by tens of dB
+    with the microphone and its distance; scaled, the level no longer tells the source apart. The
+    result may exceed full scale (it stays float). A silent clip is returned as it is.
+    """
+    power = np.square(frame_rms(audio, frame_length, hop_length))
+    if not power.max() > 0:
+        return audio
+    active = power[power >= power.max() * 10.0 ** (-ACTIVE_RANGE_DB / 10.0)]
+    gain = 10.0 ** (level_db / 20.0) / np.sqrt(active.mean())
+    return (audio * gain).astype(np.float32)
+
+
 def clip_waveform(audio: np.ndarray, params: FeatureParams) -> np.ndarray:
-    """A clip's waveform as its feature is made from it: trimmed (``trim_db``), then fitted to
-    ``n_samples``, or for whole clips cut to ``kept_samples``."""
+    """A clip's waveform as its feature is made from it: trimmed (``trim_db``), brought to its level
+    (``level_db``), then fitted to ``n_samples``, or for whole clips cut to ``kept_samples``."""
     if params.trim_db is not None:
         audio = trim_silence(audio, params.trim_db, params.win_length, params.hop_length)
-    if params.whole_clips:
-        return audio[: params.kept_samples]
-    return fit_length(audio, params.n_samples, params.pad_mode)
+    audio = audio[..., : params.kept_samples]  # the level is that of the samples the feature is made from
+    if params.level_db is not None:
+        audio = normalize_level(audio, params.level_db, params.win_length, params.hop_length)
+    return audio if params.whole_clips else fit_length(audio, params.n_samples, params.pad_mode)
 
 
 def fit_length(audio: np.ndarray, n_samples: int, pad_mode: str = "repeat") -> np.ndarray:

@@ -843,3 +843,49 @@ def test_trim_db_flag_trims_before_padding_records_itself_and_predict_makes_the_
     assert "trim_db" not in FeatureParams().to_dict()  # features made without it keep their feature_config.json
     with pytest.raises(ValueError, match="--trim_db must be a positive number"):
         FeatureParams(trim_db=-3.0).validate()
+
+
+def test_normalize_level_sets_the_active_level_whatever_the_silence_around_it():
+    from audioclf.frontend import frame_rms, normalize_level
+    frame, hop = 400, 160
+    tone = (0.02 * np.sin(2 * np.pi * 440 * np.arange(8000) / 16000)).astype(np.float32)  # RMS -37 dBFS
+    padded = np.concatenate([np.full(16000, 1e-5, np.float32), tone, np.zeros(8000, np.float32)])
+    scaled = normalize_level(tone, -20.0, frame, hop)
+    assert scaled.dtype == np.float32
+    assert 20 * np.log10(np.sqrt(np.mean(np.square(scaled, dtype=np.float64)))) == pytest.approx(-20.0, abs=0.01)
+    # the silence (60+ dB below the tone) is left out of the level, which over the whole clip would be 6 dB
+    # lower: the tone gets the same gain, but for the frames that straddle its edges (0.2 dB)
+    gain_db = 20 * np.log10(np.max(np.abs(normalize_level(padded, -20.0, frame, hop))) / np.max(np.abs(scaled)))
+    assert abs(gain_db) < 0.3
+    assert normalize_level(0.1 * tone, -20.0, frame, hop) == pytest.approx(scaled, abs=1e-6)  # level-free
+    silent = np.zeros(4000, np.float32)
+    assert normalize_level(silent, -20.0, frame, hop) is silent
+    short = tone[:100]  # shorter than one frame: one frame, its RMS
+    assert 20 * np.log10(np.sqrt(np.mean(np.square(normalize_level(short, -20.0, frame, hop))))) == pytest.approx(-20.0,
+                                                                                                                 abs=0.01)
+    assert frame_rms(short, frame, hop).shape == (1,)
+
+
+def test_level_db_flag_makes_a_clip_and_its_quieter_copy_the_same_feature_and_predict_follows(dataset_factory):
+    from audioclf.frontend import FeatureExtractor
+    dataset = dataset_factory(clips_per_class=10, duration=0.3)
+    loud, quiet = dataset.rows[0], dataset.rows[1]
+    noise = np.random.default_rng(0).uniform(-1, 1, 4800).astype(np.float32)  # every band, far above 16-bit steps
+    write_wav(dataset.audio_path(loud), 0.5 * noise)
+    write_wav(dataset.audio_path(quiet), 0.005 * noise)  # 40 dB quieter
+    levelled = dataclasses.replace(dataset, save_dir=dataset.root / "levelled")
+    assert preprocessingBabyCrying.main(cli(levelled, "--level_db", "-25")) == 0
+    config = json.loads((levelled.save_dir / "filenames" / "feature_config.json").read_text())
+    params = FeatureParams.from_dict(config["feature_params"])
+    assert config["feature_params"]["level_db"] == -25.0 and params == dataclasses.replace(PARAMS, level_db=-25.0)
+    features = [np.load(levelled.feature_path(row)) for row in (loud, quiet)]
+    # dB power; the quiet 16-bit clip holds 50 dB of signal over its rounding steps
+    assert np.max(np.abs(features[0] - features[1])) < 0.5 and np.mean(np.abs(features[0] - features[1])) < 0.05
+    as_recorded = [FeatureExtractor(PARAMS).file_to_feature(dataset.audio_path(row)) for row in (loud, quiet)]
+    assert np.max(as_recorded[0] - as_recorded[1]) > 30  # 40 dB apart as recorded (dB power features)
+    # predict.py's clip mode (FeatureExtractor.file_to_feature with the checkpoint's parameters): the same feature
+    np.testing.assert_allclose(FeatureExtractor(params).file_to_feature(dataset.audio_path(quiet)), features[1],
+                               atol=1e-4)
+    assert "level_db" not in FeatureParams().to_dict()  # features made without it keep their feature_config.json
+    with pytest.raises(ValueError, match=r"--level_db must be a level in dB re full scale, 0 or below \(e.g. -25\)"):
+        FeatureParams(level_db=25.0).validate()

@@ -51,7 +51,7 @@ def test_an_unknown_flag_names_the_key_the_file_and_every_valid_name(tmp_path):
     assert 'unknown feature flag "features.nmels" (did you mean "n_mels"?)' in message
     assert ", ".join(FEATURE_FLAGS) in message
     assert set(FEATURE_FLAGS) == {"frontend", "samplerate", "window_size", "hop_size", "n_fft", "n_mels", "n_frames",
-                                  "pad_mode", "whole_clips", "max_seconds", "trim_db"}
+                                  "pad_mode", "whole_clips", "max_seconds", "trim_db", "level_db"}
 
 
 @pytest.mark.parametrize("block, problem", [
