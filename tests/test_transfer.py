@@ -74,13 +74,17 @@ def test_normalisation_is_forced_off_and_an_explicit_one_refused(tmp_path, yamne
     assert json.loads((Path(params.checkpoint_dir) / "config.json").read_text())["normalization"] == "none"
 
 
-def test_frozen_backbone_trains_only_the_head_and_keeps_batch_norm_statistics(tmp_path, yamnet_weights):
-    """Linear probe: after training, every backbone tensor (BN running stats included) is the pretrained one."""
-    features = yamnet_features(tmp_path)
-    params = yamnet_config(tmp_path, features, freeze_backbone=True, epochs=2, lr=0.01)
+def pretrained_and_trained(tmp_path: Path, epochs: int, **overrides) -> tuple[dict, dict]:
+    """YAMNet's pretrained state dict (3-class head) and the one after ``epochs`` of training with ``overrides``."""
+    params = yamnet_config(tmp_path, yamnet_features(tmp_path), epochs=epochs, lr=0.01, **overrides)
     pretrained = AudioClassifier(**constructor_args("yamnet", 3, 64, {}), pretrained=True).state_dict()
     train(params, show_progress=False)
-    trained = load_checkpoint(Path(params.checkpoint_dir) / "checkpoint_epoch0002.pth.tar")["model"]
+    return pretrained, load_checkpoint(Path(params.checkpoint_dir) / f"checkpoint_epoch{epochs:04d}.pth.tar")["model"]
+
+
+def test_frozen_backbone_trains_only_the_head_and_keeps_batch_norm_statistics(tmp_path, yamnet_weights):
+    """Linear probe: after training, every backbone tensor (BN running stats included) is the pretrained one."""
+    pretrained, trained = pretrained_and_trained(tmp_path, 2, freeze_backbone=True)
     head = ("backbone.classifier.weight", "backbone.classifier.bias")
     for key, value in pretrained.items():
         if key not in head and not key.startswith("normalize."):
@@ -90,11 +94,7 @@ def test_frozen_backbone_trains_only_the_head_and_keeps_batch_norm_statistics(tm
 
 def test_freeze_bn_fine_tunes_the_weights_but_keeps_the_pretrained_statistics(tmp_path, yamnet_weights):
     """freeze_bn: conv weights and BN shifts move, every BN running statistic stays the pretrained one."""
-    features = yamnet_features(tmp_path)
-    params = yamnet_config(tmp_path, features, freeze_bn=True, epochs=1, lr=0.01)
-    pretrained = AudioClassifier(**constructor_args("yamnet", 3, 64, {}), pretrained=True).state_dict()
-    train(params, show_progress=False)
-    trained = load_checkpoint(Path(params.checkpoint_dir) / "checkpoint_epoch0001.pth.tar")["model"]
+    pretrained, trained = pretrained_and_trained(tmp_path, 1, freeze_bn=True)
     statistics = [key for key in pretrained if key.endswith(("running_mean", "running_var"))]
     assert len(statistics) == 2 * 27  # YAMNet's 27 batch-norm layers
     for key in statistics:
