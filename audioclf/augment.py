@@ -15,6 +15,8 @@ from audioclf.windows import fit_frames
 EQ_POINTS = 5  # random_equalization's gains across the mel axis: lowest band, highest and three between
 NOISE_TILT_DB = 12.0  # added noise's spectrum rises or falls by up to this much from the lowest band to the highest
 NOISE_BINS_PER_BAND = 4  # its band energies fluctuate like the mean of this many FFT bins' (Gamma shape)
+LOWPASS_CUTOFF = (0.5, 1.0)  # random_lowpass's cutoff band, as a fraction of the mel bands (uniform)
+LOWPASS_SLOPE_DB = (1.0, 8.0)  # its roll-off above the cutoff, dB per mel band (uniform)
 
 
 class SpecAugment(nn.Module):
@@ -156,6 +158,26 @@ def random_equalization(inputs: torch.Tensor, max_db: float, scale: LogScale) ->
     points = (2.0 * torch.rand(batch, 1, EQ_POINTS, device=inputs.device) - 1.0) * max_db  # (B, 1, EQ_POINTS)
     curve = nn.functional.interpolate(points, size=n_mels, mode="linear", align_corners=True)[:, 0]  # (B, n_mels)
     return _apply_band_gains(inputs, curve, scale)
+
+
+def random_lowpass(inputs: torch.Tensor, probability: float, scale: LogScale) -> torch.Tensor:
+    """Low-pass each example, with ``probability``, at its own random cutoff and roll-off.
+
+    The gain is 0 dB up to the cutoff band (uniform in ``LOWPASS_CUTOFF`` of the bands) and falls
+    by a slope uniform in ``LOWPASS_SLOPE_DB`` dB per band above it: the top of the spectrum as a
+    microphone, a codec or a lower sample rate's anti-aliasing filter leaves it (FSDD's speakers
+    roll off differently below their 4 kHz limit), which a smooth equaliser (``eq_db``) is too
+    coarse to make.
+    """
+    batch, n_mels = inputs.shape[0], inputs.shape[2]
+    low, high = LOWPASS_CUTOFF
+    cutoff = (low + (high - low) * torch.rand(batch, 1, device=inputs.device)) * (n_mels - 1)  # (B, 1)
+    low, high = LOWPASS_SLOPE_DB
+    slope = low + (high - low) * torch.rand(batch, 1, device=inputs.device)
+    applied = torch.rand(batch, 1, device=inputs.device) < probability
+    bands = torch.arange(n_mels, device=inputs.device)
+    gain_db = -slope * (bands - cutoff).clamp(min=0.0) * applied  # (B, n_mels)
+    return _apply_band_gains(inputs, gain_db, scale)
 
 
 def _apply_band_gains(inputs: torch.Tensor, gain_db: torch.Tensor, scale: LogScale) -> torch.Tensor:

@@ -279,6 +279,13 @@ CONFIG_SCHEMA: dict[str, ConfigKey] = {
         "many dB (FilterAugment), as another microphone, room or voice colours a sound; 0 turns it off.",
         minimum=0, maximum=40,
     ),
+    "lowpass_prob": ConfigKey(
+        (float,), 0.0,
+        "Probability that a training clip is low-passed at a random cutoff in the upper half of the mel bands, "
+        "rolling off by 1-8 dB per band above it, as a microphone, codec or lower sample rate cuts the top of the "
+        "spectrum; 0 turns it off.",
+        minimum=0, maximum=1,
+    ),
     # Reporting.
     "target_class": ConfigKey(
         (str,), None, "Class name for binary-detection reports; null for none.",

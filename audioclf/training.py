@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from audioclf.acceleration import enable_cudnn_autotune, maybe_compile, training_step
 from audioclf.augment import (BackgroundMixer, SpecAugment, add_noise, mix_labels, mixup, random_frequency_warp,
-                              random_equalization, random_gain, random_time_shift, random_time_stretch,
+                              random_equalization, random_gain, random_lowpass, random_time_shift, random_time_stretch,
                               time_splice)
 from audioclf.checkpoint import (CONFIG_FILE, checkpoint_state, latest_checkpoint, list_checkpoints, load_checkpoint,
                                  save_checkpoint, unwrap)
@@ -336,7 +336,7 @@ def step_options(params: Params, device: torch.device, background: BackgroundMix
 def input_augmentations(params: Params, background: BackgroundMixer | None, scale: LogScale
                         ) -> tuple[Callable[[torch.Tensor], torch.Tensor], ...]:
     """The config's per-example input augmentations, in the order they apply: what is added to the
-    recording (background, noise), how it was picked up (gain, equalisation), then where and how
+    recording (background, noise), how it was picked up (gain, equalisation, low-pass), then where and how
     fast it happens (time shift, frequency warp, time stretch). Mixing examples (splicing, mixup)
     and masking come after, in ``train_one_epoch`` and the model's forward."""
     steps = [
@@ -345,6 +345,7 @@ def input_augmentations(params: Params, background: BackgroundMixer | None, scal
                                         snr_db=(params.noise_snr_min, params.noise_snr_max), scale=scale)),
         (params.gain_db > 0, partial(random_gain, max_db=params.gain_db, scale=scale)),
         (params.eq_db > 0, partial(random_equalization, max_db=params.eq_db, scale=scale)),
+        (params.lowpass_prob > 0, partial(random_lowpass, probability=params.lowpass_prob, scale=scale)),
         (params.random_shift, random_time_shift),
         (params.freq_warp > 0, partial(random_frequency_warp, max_warp=params.freq_warp)),
         (params.time_stretch > 0, partial(random_time_stretch, max_stretch=params.time_stretch)),
