@@ -213,6 +213,35 @@ def test_random_equalization_is_a_smooth_per_example_curve_within_the_range():
     assert kinks.float().mean() > 0.05  # and bends there: not a broadband gain
 
 
+@pytest.mark.parametrize("scale", [LogScale("db_power", AMIN), LogScale("log_magnitude", 0.001)])
+def test_random_lowpass_is_flat_to_a_random_cutoff_then_falls_by_a_random_slope(scale):
+    from audioclf.augment import LOWPASS_CUTOFF, LOWPASS_SLOPE_DB, random_lowpass
+    torch.manual_seed(0)
+    n_mels = 41
+    energy = 100 + 900 * torch.rand(400, 1, n_mels, 6)  # far above both scales' floors down to -40 dB
+    filtered = random_lowpass(scale.from_energy(energy), 0.5, scale)
+    gain_db = 10 * torch.log10(scale.to_energy(filtered) / energy)  # (B, 1, n_mels, n_frames)
+    measurable = gain_db > -40  # deeper cuts reach the floor (0.001 of YAMNet's magnitudes)
+    spread = (gain_db - gain_db[..., :1]).abs()
+    assert spread[measurable & measurable[..., :1]].max() < 1e-2  # the same gain for every frame
+    curve = gain_db[:, 0, :, 0]  # (B, n_mels)
+    passed = curve.abs().max(1).values < 1e-3
+    assert 150 < int(passed.sum()) < 250  # about half of the examples are left as they were
+    cut = curve[~passed]
+    assert cut[:, : round(LOWPASS_CUTOFF[0] * (n_mels - 1))].abs().max() < 1e-3  # the lower half is never touched
+    assert (cut[:, 1:] <= cut[:, :-1] + 1e-2)[cut[:, 1:] > -40].all()  # falls monotonically towards the top band
+    # straight above the cutoff: the dB lost from one band to the next is the example's slope, in range
+    slopes = []
+    for row in cut:
+        steps = (row[:-1] - row[1:])[(row[1:] > -40) & (row[:-1] < -1e-3)]  # whole steps above the cutoff
+        if len(steps) >= 2:
+            assert torch.allclose(steps, steps[:1].expand_as(steps), atol=2e-2)
+            slopes.append(float(steps[0]))
+    assert len(slopes) > 100
+    assert LOWPASS_SLOPE_DB[0] - 2e-2 <= min(slopes) < LOWPASS_SLOPE_DB[0] + 1
+    assert LOWPASS_SLOPE_DB[1] - 1 < max(slopes) <= LOWPASS_SLOPE_DB[1] + 2e-2
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("stretch", ["time", "frequency"])
 def test_stretches_of_half_precision_inputs_read_the_float32_positions_and_keep_the_dtype(dtype, stretch):

@@ -221,15 +221,17 @@ def test_resuming_a_checkpoint_without_best_loss_keeps_its_model_best_on_a_tie()
 
 
 def test_input_augmentations_are_the_configs_in_their_order(tmp_path):
-    from audioclf.augment import add_noise, random_gain, random_time_shift, random_time_stretch
+    from audioclf.augment import add_noise, random_gain, random_lowpass, random_time_shift, random_time_stretch
     from audioclf.frontend import LogScale
     from audioclf.training import input_augmentations
     features = tmp_path / "features"  # the config only names it
     none = Params(make_config(tmp_path, features))
     assert input_augmentations(none, None, LogScale()) == ()
-    some = Params(make_config(tmp_path, features, time_stretch=0.1, gain_db=6.0, random_shift=True, noise_prob=0.3))
+    some = Params(make_config(tmp_path, features, time_stretch=0.1, gain_db=6.0, random_shift=True, noise_prob=0.3,
+                              lowpass_prob=0.5))
     steps = input_augmentations(some, None, LogScale("log_magnitude", 0.001))
-    assert [getattr(step, "func", step) for step in steps] == [add_noise, random_gain, random_time_shift,
-                                                               random_time_stretch]
+    assert [getattr(step, "func", step) for step in steps] == [add_noise, random_gain, random_lowpass,
+                                                               random_time_shift, random_time_stretch]
+    assert steps[2].keywords == {"probability": 0.5, "scale": LogScale("log_magnitude", 0.001)}
     assert steps[0].keywords["probability"] == 0.3 and steps[0].keywords["snr_db"] == (10.0, 40.0)
     assert steps[1].keywords == {"max_db": 6.0, "scale": LogScale("log_magnitude", 0.001)}
