@@ -247,7 +247,8 @@ class FeatureParams:
         if self.trim_db is not None and not (math.isfinite(self.trim_db) and self.trim_db > 0):
             problems.append(f"--trim_db must be a positive number of dB (e.g. 40), got {self.trim_db}")
         if self.level_db is not None and not (math.isfinite(self.level_db) and self.level_db <= 0):
-            problems.append(f"--level_db must be a level in dB re full scale, 0 or below (e.g. -25), got {self.level_db}")
+            problems.append(
+                f"--level_db must be a level in dB re full scale, 0 or below (e.g. -25), got {self.level_db}")
         if problems:
             raise ValueError("invalid feature parameters:\n  " + "\n  ".join(problems))
         return self
