@@ -258,6 +258,13 @@ CONFIG_SCHEMA: dict[str, ConfigKey] = {
     "background_snr_max": ConfigKey(
         (float,), 12.0, "Highest clip-to-background energy ratio of a mix (dB, over the crop).",
     ),
+    "train_soundscapes": ConfigKey(
+        (str,), None,
+        "Folder of soundscapes built from the training list (`tools.soundscapes`); each mixture adds one "
+        "training crop per epoch, labelled `target_class` where it holds the event, else by the background clip "
+        "that covers most of it, so a detector learns the windows it scores in long mode; null for none.",
+        is_path=True,
+    ),
     # Added noise.
     "noise_prob": ConfigKey(
         (float,), 0.0,
@@ -434,6 +441,9 @@ def _combination_problems(values: Mapping[str, Any]) -> list[str]:
     if values["background_prob"] > 0 and not (values["background_list"] or values["background_classes"]):
         problems.append('"background_prob" > 0 needs background clips: set "background_list" or '
                         '"background_classes" (or set "background_prob" to 0)')
+    if values["train_soundscapes"] is not None and values["target_class"] is None:
+        problems.append('"train_soundscapes" labels windows with their event: set "target_class" (the class '
+                        "of the soundscapes' events)")
     if values["freeze_bn"] and not values["pretrained"]:
         problems.append('"freeze_bn": true keeps pretrained batch-norm statistics, so it needs "pretrained": true '
                         "(from scratch the statistics are never learned)")

@@ -40,9 +40,10 @@ from audioclf.listfile import FEATURE_CONFIG
 from audioclf.runtime import (DistInfo, RunningAverage, amp_dtype_for, autocast, resolve_device, rng_state,
                               seed_everything, set_rng_state)
 from audioclf.windows import default_hop, iter_window_outputs, pool_log_softmax
-from dataloaders.crops import EpochSampler, RandomCrops, padding_for, window_loader
+from dataloaders.crops import ConcatCrops, EpochSampler, RandomCrops, padding_for, window_loader
 from dataloaders.dataloader import FeatureDataError, SpectrogramDataset, check_compatible, feature_statistics
 from dataloaders.feature_cache import CachedBatchLoader, CachedClips, cache_for_dataset
+from dataloaders.soundscapes import SoundscapeCrops, load_training_soundscapes
 from models import check_input_size, get_model_entry
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class Data:
     hop: int
 
 
-def _train_sampler(params: Params, dataset: SpectrogramDataset, info: DistInfo):
+def _train_sampler(params: Params, dataset: SpectrogramDataset | ConcatCrops, info: DistInfo):
     if info.enabled:
         if params.balanced_sampling:
             raise ValueError('"balanced_sampling" is not supported under torchrun; use '
@@ -129,18 +130,22 @@ def build_data(params: Params, info: DistInfo, device: torch.device) -> Data:
     check_compatible(train_set, val_set)
     window = params.crop_frames or train_set.n_frames
     hop = params.crop_hop_frames or default_hop(window)
-    sampler = EpochSampler(_train_sampler(params, train_set, info))
+    pad_mode, silence = padding_for(train_set.info.feature_params)
+    soundscapes = soundscape_crops(params, train_set, window, pad_mode, silence)
+    cropped = train_set.variable_length or train_set.n_frames != window or soundscapes is not None
+    if cropped:
+        clips = clip_source(train_set, params, info)
+        workers = params.num_workers if clips is train_set else 0  # the mapped cache is read in this process
+        crops = RandomCrops(clips, window, params.seed, pad_mode, silence)
+        if soundscapes is not None:
+            crops = ConcatCrops(crops, soundscapes)
+    sampler = EpochSampler(_train_sampler(params, crops if soundscapes is not None else train_set, info))
     per_process = len(sampler)  # under torchrun each process sees ~N / world_size clips
     # Keep every clip, except a final batch of one: BatchNorm cannot train on a single example.
     drop_last = per_process > params.batch_size and per_process % params.batch_size == 1
     pin_memory = device.type == "cuda"
-    cropped = train_set.variable_length or train_set.n_frames != window
     if cropped:
-        clips = clip_source(train_set, params, info)
-        workers = params.num_workers if clips is train_set else 0  # the mapped cache is read in this process
-        pad_mode, silence = padding_for(train_set.info.feature_params)
-        train_loader = DataLoader(RandomCrops(clips, window, params.seed, pad_mode, silence),
-                                  batch_sampler=BatchSampler(sampler, params.batch_size, drop_last),
+        train_loader = DataLoader(crops, batch_sampler=BatchSampler(sampler, params.batch_size, drop_last),
                                   num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
                                   generator=loader_generator(params))
     else:  # whole fixed-length features: the epoch only matters to the sampler it wraps
@@ -156,6 +161,23 @@ def build_data(params: Params, info: DistInfo, device: torch.device) -> Data:
         val_loader = make_loader(val_set, BatchSampler(val_shard, params.eval_batch_size, drop_last=False), params,
                                  info, pin_memory)
     return Data(train_set, val_set, train_loader, val_loader, sampler, window, hop)
+
+
+def soundscape_crops(params: Params, train_set: SpectrogramDataset, window: int, pad_mode: str,
+                     silence: float) -> SoundscapeCrops | None:
+    """One crop per mixture of ``train_soundscapes`` and epoch (``dataloaders.soundscapes``), or None when unset."""
+    if params.train_soundscapes is None:
+        return None
+    if params.balanced_sampling:
+        raise ValueError('"train_soundscapes" cannot be combined with "balanced_sampling" (a mixture has no one '
+                         'class); use "class_weighting": "balanced" instead')
+    training_clips = {entry.feature_file for entry in train_set.entries}
+    recordings = load_training_soundscapes(params.train_soundscapes, trained_features(train_set),
+                                           train_set.class_names, params.target_class, training_clips)
+    log.info("train_soundscapes: %d mixtures (%d with a %s event), one crop each per epoch", len(recordings),
+             sum(recording.event is not None for recording in recordings), params.target_class)
+    return SoundscapeCrops(recordings, window, params.seed, train_set.class_names.index(params.target_class),
+                           pad_mode, silence)
 
 
 def trained_features(train_set: SpectrogramDataset) -> FeatureParams:

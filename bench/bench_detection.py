@@ -58,6 +58,7 @@ log = logging.getLogger("bench_detection")
 
 # The demo's soundscapes (Makefile): 40 validation mixtures tune, 60 evaluation mixtures (30 min) test.
 SOUNDSCAPES = {"validation": (40, 1), "evaluation": (60, 2)}  # split -> (mixtures, seed)
+TRAIN_SOUNDSCAPES = (120, 3)  # make demo's training soundscapes (train_soundscapes): mixtures, seed
 DEMO_CLIPS_PER_CLASS = 80
 DEMO_SEED = 0
 # Feature settings by name: a config's features block (preprocessing flags without dashes).
@@ -67,7 +68,7 @@ FEATURES = {
 }
 # The issue-11 pieces turned off: the demo recipe before them.
 PIECES_OFF = {"crop_frames": None, "background_prob": 0.0, "background_classes": [], "splice_prob": 0.0,
-              "detection_soundscapes": None, "detection_reference": None}
+              "detection_soundscapes": None, "detection_reference": None, "train_soundscapes": None}
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class Variant:
     features: str = "fixed"
     config: dict = field(default_factory=dict)
     tune: bool = False  # detection settings tuned on the validation soundscapes (else the clip threshold)
+    train_soundscapes: bool = False  # crops of soundscapes of the training clips (else as --config says)
 
 
 RECIPE = "recipe"  # the variant (and feature setting) that is --config itself
@@ -92,6 +94,8 @@ VARIANTS = (
     Variant("whole", "+ whole clips, random 1 s crops", "whole", PIECES_OFF, tune=True),
     Variant("mixing", "+ background mixing (p 0.5, other classes, -6..12 dB)", "whole",
             {**PIECES_OFF, **MIXING}, tune=True),
+    Variant("soundscapes", "+ training crops of soundscapes built from the training clips (train_soundscapes)",
+            "whole", {**PIECES_OFF, **MIXING}, tune=True, train_soundscapes=True),
     Variant(RECIPE, "the config as make demo trains it (--config, its features block)", RECIPE, tune=True),
     Variant("low_snr", "+ mixing more often and lower (p 0.8, -12..6 dB: the soundscapes' -6 dB with margin)",
             "whole", {**PIECES_OFF, **MIXING, **LOW_SNR}, tune=True),
@@ -114,6 +118,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="demo data folder (default: <work_dir>/data; generated when missing or different)")
     parser.add_argument("--n_mixtures", type=int, nargs=2, default=None, metavar=("VALIDATION", "EVALUATION"),
                         help="soundscapes per split (default: make demo's 40 and 60)")
+    parser.add_argument("--n_train_mixtures", type=int, default=TRAIN_SOUNDSCAPES[0],
+                        help="training soundscapes, for variants with train_soundscapes (default: make demo's)")
     parser.add_argument("--duration", type=float, default=MIXTURE_SECONDS, help="soundscape length (s)")
     parser.add_argument("--epochs", type=int, default=None, help="override the config's epochs")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=JSON",
@@ -179,8 +185,9 @@ class Bench:
     def soundscape_dir(self, split: str) -> Path:
         """The soundscapes of ``split``'s clips (built once, from the first feature setting's lists)."""
         if split not in self.soundscapes:
-            n_mixtures, seed = SOUNDSCAPES[split]
-            if self.args.n_mixtures is not None:
+            n_mixtures, seed = SOUNDSCAPES[split] if split in SOUNDSCAPES else (self.args.n_train_mixtures,
+                                                                                 TRAIN_SOUNDSCAPES[1])
+            if self.args.n_mixtures is not None and split in SOUNDSCAPES:
                 n_mixtures = self.args.n_mixtures[list(SOUNDSCAPES).index(split)]
             lists = next(iter(self.features.values())) / LISTS_DIR
             out = self.work_dir / "soundscapes" / split
@@ -200,6 +207,8 @@ def run_config(bench: Bench, variant: Variant, seed: int, features: Path) -> Par
                   vallist=str(list_path(lists, "validation")), evallist=str(list_path(lists, "evaluation")),
                   checkpoint_dir=str(run_dir / "checkpoints"), summaries_dir=str(run_dir / "tensorboard"),
                   seed=seed, target_class=TARGET_CLASS, resume=False)
+    if variant.train_soundscapes or config.get("train_soundscapes"):  # the bench's own, from its training clips
+        config["train_soundscapes"] = str(bench.soundscape_dir("train"))
     if variant.tune:
         validation = bench.soundscape_dir("validation")
         config.update(detection_soundscapes=str(validation), detection_reference=str(validation / EVENTS_FILE))

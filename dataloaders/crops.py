@@ -89,6 +89,22 @@ class RandomCrops(Dataset):
         return torch.from_numpy(np.ascontiguousarray(crop)).unsqueeze(0), int(self.clips.labels[index])
 
 
+class ConcatCrops(Dataset):
+    """Crop datasets keyed by one ``EpochSampler``: index ``i`` of the whole is index ``i - offset`` of one part."""
+
+    def __init__(self, *parts: Dataset):
+        self.parts = parts
+        self.offsets = np.cumsum([0] + [len(part) for part in parts])  # (n_parts + 1,)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, key: CropKey) -> tuple[torch.Tensor, int]:
+        index, epoch, position = key
+        part = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        return self.parts[part][(index - int(self.offsets[part]), epoch, position)]
+
+
 class ClipWindows(Dataset):
     """Evaluation items: every window of clip ``index``, ``((n_windows, 1, n_mels, window), label)``."""
 

@@ -113,7 +113,8 @@ def test_events_in_half_ebrs_cycle_and_only_listed_clips_are_used(clips, tmp_pat
     build(clips, tmp_path / "out", n_mixtures=7, ebr_db=[-6.0, 0.0, 6.0])
     parts = (tmp_path / "out" / PARTS_FILE).read_text().splitlines()
     header, rows = parts[0].split(","), [line.split(",") for line in parts[1:]]
-    assert header == ["file", "part", "clip", "start_s", "end_s", "ebr_db", "event_gain", "output_gain"]
+    assert header == ["file", "part", "clip", "start_s", "end_s", "ebr_db", "event_gain", "output_gain", "class"]
+    assert {(row[2].split("/")[0], row[8]) for row in rows} == {("cry", "babycry"), ("other", "other")}
     events = [row for row in rows if row[1] == "event"]
     assert [row[0] for row in events] == [f"mixture_{i:04d}.wav" for i in (0, 2, 4, 6)]
     assert sorted(float(row[5]) for row in events[:3]) == [-6.0, 0.0, 6.0]  # each EBR once per cycle

@@ -19,11 +19,13 @@ from audioclf.config import ConfigError, Params
 from audioclf.evaluation import predict_list, read_score_file, run_evaluation
 from audioclf.frontend import FeatureParams
 from audioclf.inference import Predictor
+from audioclf.listfile import LISTS_DIR, list_path
 from audioclf.preprocess import PreprocessOptions, run_preprocessing
 from audioclf.training import train
 from conftest import make_dataset, write_wav
 from audioclf.windows import window_starts
 from dataloaders.dataloader import SpectrogramDataset
+from tools.soundscapes import build_soundscapes
 from tools.synthetic_features import make_config
 
 PARAMS = FeatureParams(n_fft=512, n_mels=32, n_frames=50, max_seconds=2.0)  # 0.5 s crops, clips up to 2 s
@@ -175,3 +177,32 @@ def test_a_background_list_from_another_feature_folder_is_mixed_in(prepared, tmp
     with pytest.raises(ValueError, match=r"\"background_list\" .*differ from the training features \(\['n_fft'\]\)"):
         train(Params(wrong), show_progress=False)
     assert json.loads((noise.save_dir / "filenames" / "feature_config.json").read_text())["whole_clips"]["n_at_max_frames"] == 0
+
+
+def test_training_soundscapes_add_one_crop_per_mixture_and_resume_identically(prepared, tmp_path):
+    lists = prepared.features / LISTS_DIR
+    soundscapes = tmp_path / "soundscapes"
+    build_soundscapes(prepared.root / "metadata.csv", prepared.audio_dir, list_path(lists, "train"), "baby cry",
+                      soundscapes, n_mixtures=4, seed=0, duration_s=3.0)
+    common = dict(crop_frames=30, train_soundscapes=str(soundscapes), target_class="baby cry", background_prob=0.5,
+                  background_classes=["noise"], mixup_alpha=0.2)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    straight.mkdir(), resumed.mkdir()
+    train(Params(make_config(straight, prepared.features, epochs=3, **common)), show_progress=False)
+    train(Params(make_config(resumed, prepared.features, epochs=2, **common)), show_progress=False)
+    train(Params(make_config(resumed, prepared.features, epochs=3, **common)), resume=True, show_progress=False)
+    a = load_checkpoint(straight / "checkpoints" / "checkpoint_epoch0003.pth.tar")
+    b = load_checkpoint(resumed / "checkpoints" / "checkpoint_epoch0003.pth.tar")
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    n_clips = len(SpectrogramDataset(list_path(lists, "train"), prepared.features))
+    assert a["metrics"]["train"]["n"] == n_clips + 4  # every clip's crop, and one of each mixture
+
+
+def test_training_soundscapes_need_a_target_class_and_refuse_balanced_sampling(prepared, tmp_path):
+    with pytest.raises(ConfigError, match='"train_soundscapes" labels windows with their event: set "target_class"'):
+        Params(make_config(tmp_path, prepared.features, train_soundscapes=str(tmp_path)))
+    config = make_config(tmp_path, prepared.features, train_soundscapes=str(tmp_path), target_class="baby cry",
+                         balanced_sampling=True)
+    with pytest.raises(ValueError, match='"train_soundscapes" cannot be combined with "balanced_sampling"'):
+        train(Params(config), show_progress=False)

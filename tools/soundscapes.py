@@ -67,9 +67,10 @@ MIXTURE_PREFIX = "mixture_"
 EVENTS_FILE = "events.csv"
 MANIFEST_FILE = "manifest.json"
 PARTS_FILE = "parts.csv"
-PARTS_COLUMNS = ("file", "part", "clip", "start_s", "end_s", "ebr_db", "event_gain", "output_gain")
+# "class" came last (generator version 2), so that scripts reading columns by position still work
+PARTS_COLUMNS = ("file", "part", "clip", "start_s", "end_s", "ebr_db", "event_gain", "output_gain", "class")
 GENERATOR = "tools.soundscapes"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: parts.csv names each clip's class
 
 
 class SoundscapeError(ValueError):
@@ -348,8 +349,10 @@ def _clear_previous(out: Path) -> None:
                               "score them too, so choose an empty folder")
 
 
-def parts_csv_text(plans: Sequence[MixturePlan], gains: Sequence[tuple[float, float]], sample_rate: int) -> str:
-    """``parts.csv``: one row per background clip and event of every mixture; ``gains``: (event, output) per mixture."""
+def parts_csv_text(plans: Sequence[MixturePlan], gains: Sequence[tuple[float, float]], sample_rate: int,
+                   classes: dict[str, str]) -> str:
+    """``parts.csv``: one row per background clip and event of every mixture; ``gains``: (event, output) per
+    mixture; ``classes``: each clip's class name."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(PARTS_COLUMNS)
@@ -357,11 +360,12 @@ def parts_csv_text(plans: Sequence[MixturePlan], gains: Sequence[tuple[float, fl
         for segment in plan.background:
             end = min(segment.start + segment.n_samples, plan.n_samples)
             writer.writerow([plan.file, "background", segment.clip, f"{segment.start / sample_rate:.6f}",
-                             f"{end / sample_rate:.6f}", "", "", f"{output_gain:.6f}"])
+                             f"{end / sample_rate:.6f}", "", "", f"{output_gain:.6f}", classes[segment.clip]])
         if plan.event is not None:
             writer.writerow([plan.file, "event", plan.event.clip, f"{plan.event.onset / sample_rate:.6f}",
                              f"{(plan.event.onset + plan.event.n_samples) / sample_rate:.6f}",
-                             f"{plan.event.ebr_db:g}", f"{event_gain:.6f}", f"{output_gain:.6f}"])
+                             f"{plan.event.ebr_db:g}", f"{event_gain:.6f}", f"{output_gain:.6f}",
+                             classes[plan.event.clip]])
     return buffer.getvalue()
 
 
@@ -415,7 +419,8 @@ def build_soundscapes(csv_file: str | Path, data_dir: str | Path, list_file: str
         if reference is not None:
             events.append(reference)
     write_events_csv(events, out / EVENTS_FILE, REFERENCE_CSV_COLUMNS)
-    atomic_write_text(out / PARTS_FILE, parts_csv_text(plans, gains, sample_rate))
+    classes = {clip.slice_file_name: clip.class_name for clip in listed_clips(csv_file, list_file)}
+    atomic_write_text(out / PARTS_FILE, parts_csv_text(plans, gains, sample_rate, classes))
     manifest = {
         "generator": GENERATOR, "generator_version": GENERATOR_VERSION, "seed": seed,
         "csv_file": str(csv_file), "list": str(list_file), "target_class": target_class,
