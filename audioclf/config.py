@@ -148,6 +148,12 @@ CONFIG_SCHEMA: dict[str, ConfigKey] = {
         (float,), 0.1, "Decay factor of the `step` schedule.", positive=True,
     ),
     "warmup_epochs": ConfigKey((int,), 0, "Epochs of linear learning-rate warm-up.", minimum=0),
+    "multi_label": ConfigKey(
+        (bool,), False,
+        "A sigmoid per class (binary cross-entropy) instead of a softmax over classes: each class's probability "
+        "says whether it is present, whatever else sounds with it, as a detector over mixtures needs "
+        "(`background_*`, `train_soundscapes`).",
+    ),
     "label_smoothing": ConfigKey(
         (float,), 0.0, "Label smoothing of the cross-entropy loss.", minimum=0, maximum=1,
     ),
@@ -444,6 +450,9 @@ def _combination_problems(values: Mapping[str, Any]) -> list[str]:
     if values["train_soundscapes"] is not None and values["target_class"] is None:
         problems.append('"train_soundscapes" labels windows with their event: set "target_class" (the class '
                         "of the soundscapes' events)")
+    if values["multi_label"] and values["label_smoothing"] > 0:
+        problems.append('"label_smoothing" smooths the softmax of a single-label head; set it to 0 with '
+                        '"multi_label": true')
     if values["freeze_bn"] and not values["pretrained"]:
         problems.append('"freeze_bn": true keeps pretrained batch-norm statistics, so it needs "pretrained": true '
                         "(from scratch the statistics are never learned)")

@@ -39,7 +39,7 @@ from audioclf.distributed import (ShardSampler, all_reduce_sum, barrier, broadca
 from audioclf.listfile import FEATURE_CONFIG
 from audioclf.runtime import (DistInfo, RunningAverage, amp_dtype_for, autocast, resolve_device, rng_state,
                               seed_everything, set_rng_state)
-from audioclf.windows import default_hop, iter_window_outputs, pool_log_softmax
+from audioclf.windows import default_hop, iter_window_outputs, pool_log_softmax, pool_windows
 from dataloaders.crops import ConcatCrops, EpochSampler, RandomCrops, padding_for, window_loader
 from dataloaders.dataloader import FeatureDataError, SpectrogramDataset, check_compatible, feature_statistics
 from dataloaders.feature_cache import CachedBatchLoader, CachedClips, cache_for_dataset
@@ -232,7 +232,8 @@ def build_model(params: Params, train_set: SpectrogramDataset, window: int | Non
     if normalization != params.normalization:
         params.update({"normalization": normalization})  # the saved config says what was done
     center = normalization == "per_clip"
-    args = constructor_args(params.model, len(train_set.class_names), train_set.n_mels, params.model_args, center)
+    args = constructor_args(params.model, len(train_set.class_names), train_set.n_mels, params.model_args, center,
+                            multi_label=params.multi_label)
     model = AudioClassifier(**args, pretrained=params.pretrained,
                             head_from_pretrained=head_rows(params, train_set.class_names))
     if params.freeze_backbone:
@@ -270,8 +271,30 @@ def build_scheduler(params: Params, optimizer: torch.optim.Optimizer):
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, main], milestones=[params.warmup_epochs])
 
 
+class MultiLabelLoss(nn.Module):
+    """Binary cross-entropy per class on logits ``(B, C)``: the loss of a sigmoid head (``multi_label``).
+
+    Targets are class ids ``(B,)`` (one-hot) or probability targets ``(B, C)`` of mixed inputs; the
+    loss is summed over classes and averaged over examples, so one class present costs about what
+    cross-entropy does. ``weight`` ``(C,)`` scales each class's term.
+    """
+
+    def __init__(self, weight: torch.Tensor | None = None):
+        super().__init__()
+        self.register_buffer("weight", weight)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if targets.ndim == 1:
+            targets = nn.functional.one_hot(targets, logits.shape[1])
+        losses = nn.functional.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="none")
+        if self.weight is not None:
+            losses = losses * self.weight
+        return losses.sum(dim=1).mean()
+
+
 def build_criterion(params: Params, train_set: SpectrogramDataset, device: torch.device) -> nn.Module:
-    """Cross-entropy, optionally class-weighted (inverse frequency) and label-smoothed.
+    """Cross-entropy (``MultiLabelLoss`` for ``multi_label``), optionally class-weighted (inverse
+    frequency) and label-smoothed.
 
     Mixed inputs (mixup, time splicing) get probability targets; with class weights their batch
     loss is then the plain mean of the weighted per-example losses (torch's rule for soft targets).
@@ -280,6 +303,8 @@ def build_criterion(params: Params, train_set: SpectrogramDataset, device: torch
     if params.class_weighting == "balanced":
         counts = train_set.class_counts().float()
         weight = (counts.sum() / (len(counts) * counts.clamp(min=1))).to(device)
+    if params.multi_label:
+        return MultiLabelLoss(weight).to(device)
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=params.label_smoothing)
 
 
@@ -447,16 +472,22 @@ def evaluate(model: nn.Module, loader: Loader, options: StepOptions, info: DistI
     """Loss and accuracy over ``loader`` summed across processes: ``{"loss", "accuracy", "n"}``.
 
     A clip's prediction is the mean of its windows' probabilities and its loss the negative log
-    of that mean for the true class: the cross-entropy, for a clip of one window. Each process
+    of that mean for the true class: the cross-entropy, for a clip of one window (for a multi-label
+    head, the binary cross-entropy of the mean sigmoid per class, summed over classes). Each process
     sees a disjoint shard (no padding), so the result equals one process evaluating the whole list.
     The model runs on at most ``max_windows`` windows at a time (all of a batch's when None).
     """
     totals = torch.zeros(3, dtype=torch.float64, device=options.device)  # loss sum, correct, count
     for output, counts in iter_window_outputs(model, loader, options.device, options.amp_dtype, options.channels_last,
                                               max_windows):
-        log_probabilities = pool_log_softmax(output.logits, counts)  # (B, C)
-        totals[0] += nn.functional.nll_loss(log_probabilities, output.targets, reduction="sum").double()
-        totals[1] += (log_probabilities.argmax(1) == output.targets).sum()
+        if getattr(unwrap(model), "multi_label", False):
+            pooled = pool_windows(torch.sigmoid(output.logits.float()), counts).clamp(1e-7, 1 - 1e-7)  # (B, C)
+            one_hot = nn.functional.one_hot(output.targets, pooled.shape[1]).to(pooled.dtype)
+            totals[0] += nn.functional.binary_cross_entropy(pooled, one_hot, reduction="sum").double()
+        else:
+            pooled = pool_log_softmax(output.logits, counts)  # (B, C) log probabilities
+            totals[0] += nn.functional.nll_loss(pooled, output.targets, reduction="sum").double()
+        totals[1] += (pooled.argmax(1) == output.targets).sum()
         totals[2] += len(output.targets)
     loss_sum, correct, count = all_reduce_sum(totals, info).tolist()
     return {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1), "n": int(count)}

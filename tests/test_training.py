@@ -9,7 +9,9 @@ import torch
 
 import train as train_script
 from audioclf.checkpoint import model_from_checkpoint
-from audioclf.training import NonFiniteLossError, is_better, resumed_best, train
+from audioclf.config import ConfigError
+from audioclf.training import MultiLabelLoss, NonFiniteLossError, is_better, resumed_best, train
+from dataloaders.dataloader import SpectrogramDataset
 from tools.synthetic_features import make_config, make_feature_dataset
 from utils import Params, list_checkpoints, load_checkpoint
 
@@ -235,3 +237,39 @@ def test_input_augmentations_are_the_configs_in_their_order(tmp_path):
     assert steps[2].keywords == {"probability": 0.5, "scale": LogScale("log_magnitude", 0.001)}
     assert steps[0].keywords["probability"] == 0.3 and steps[0].keywords["snr_db"] == (10.0, 40.0)
     assert steps[1].keywords == {"max_db": 6.0, "scale": LogScale("log_magnitude", 0.001)}
+
+
+def test_multi_label_loss_is_binary_cross_entropy_summed_over_classes():
+    logits = torch.tensor([[2.0, -1.0, 0.5], [-0.5, 0.0, 3.0]])
+    one_hot = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    expected = -(one_hot * torch.log(torch.sigmoid(logits)) + (1 - one_hot) * torch.log(1 - torch.sigmoid(logits)))
+    assert MultiLabelLoss()(logits, torch.tensor([0, 2])).item() == pytest.approx(expected.sum(1).mean().item())
+    soft = torch.tensor([[0.7, 0.3, 0.0], [0.0, 0.0, 1.0]])  # a mixed example's probability targets
+    expected_soft = -(soft * torch.log(torch.sigmoid(logits)) + (1 - soft) * torch.log(1 - torch.sigmoid(logits)))
+    assert MultiLabelLoss()(logits, soft).item() == pytest.approx(expected_soft.sum(1).mean().item())
+    weight = torch.tensor([2.0, 1.0, 0.5])
+    assert MultiLabelLoss(weight)(logits, torch.tensor([0, 2])).item() == pytest.approx(
+        (expected * weight).sum(1).mean().item())
+
+
+def test_multi_label_training_saves_a_sigmoid_head_whose_validation_loss_is_its_bce(tmp_path, features):
+    config = make_config(tmp_path, features, epochs=3, multi_label=True, mixup_alpha=0.2)
+    result = train(Params(config), show_progress=False)
+    assert result["best_accuracy"] >= 0.9
+    checkpoint = load_checkpoint(tmp_path / "checkpoints" / "model_best.pth.tar")
+    assert checkpoint["model_args"]["multi_label"] is True
+    model = model_from_checkpoint(checkpoint).eval()
+    inputs = torch.randn(5, 1, 32, 50) * 10 - 40
+    with torch.no_grad():
+        logits = model(inputs)
+    probabilities = model.probabilities(logits)
+    assert torch.allclose(probabilities, torch.sigmoid(logits))
+    assert not torch.allclose(probabilities.sum(1), torch.ones(5))  # independent classes, not a softmax
+    # the validation loss recorded for the best epoch is the BCE of the validation clips (one window each)
+    val = SpectrogramDataset(Params(config).vallist, features)
+    batch = torch.stack([val[i][0] for i in range(len(val))])
+    with torch.no_grad():
+        bce = MultiLabelLoss()(model(batch), val.labels).item()
+    assert checkpoint["best_loss"] == pytest.approx(bce, rel=1e-4)
+    with pytest.raises(ConfigError, match='"label_smoothing" smooths the softmax'):
+        Params(make_config(tmp_path, features, multi_label=True, label_smoothing=0.1))
