@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchvision import models as tv
 
 from .layers import SameConv2d
 from .registry import register_model
-from .weights import PackagedWeights
+from .weights import PackagedWeights, TorchvisionWeights
 
 BATCHNORM_EPSILON = 1e-3  # TensorFlow's EfficientNet; momentum 0.99 there is 0.01 here
 BATCHNORM_MOMENTUM = 0.01
@@ -103,7 +102,7 @@ class EfficientNetLite(nn.Module):
 
 def imagenet_categories() -> list[str]:
     """The 1000 ImageNet class names in output order (torchvision's list)."""
-    return list(tv.ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+    return list(TorchvisionWeights("ResNet18_Weights.IMAGENET1K_V1").meta["categories"])
 
 
 EFFICIENTNET_LITE0_IMAGENET = PackagedWeights(

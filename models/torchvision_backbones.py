@@ -12,9 +12,8 @@ import re
 
 import torch
 from torch import nn
-from torchvision import models as tv
-
 from .registry import register_model
+from .weights import TorchvisionWeights, torchvision_models
 
 # Legacy DenseNet checkpoints name layers 'norm.1', 'conv.2', ...; torchvision's
 # densenet._load_state_dict renames them to 'norm1', 'conv2' before loading. Same here.
@@ -34,30 +33,30 @@ def remap_legacy_densenet_keys(state_dict: dict[str, torch.Tensor]) -> dict[str,
 
 @register_model(
     "resnet18",
-    weights=tv.ResNet18_Weights.IMAGENET1K_V1,
+    weights=TorchvisionWeights("ResNet18_Weights.IMAGENET1K_V1"),
     first_conv="conv1",
     classifier="fc",
     min_input_size=(32, 32),
 )
 def resnet18(num_classes: int) -> nn.Module:
     """ResNet-18."""
-    return tv.resnet18(weights=None, num_classes=num_classes)
+    return torchvision_models().resnet18(weights=None, num_classes=num_classes)
 
 
 @register_model(
     "resnet34",
-    weights=tv.ResNet34_Weights.IMAGENET1K_V1,
+    weights=TorchvisionWeights("ResNet34_Weights.IMAGENET1K_V1"),
     first_conv="conv1",
     classifier="fc",
     min_input_size=(32, 32),
 )
 def resnet34(num_classes: int) -> nn.Module:
     """ResNet-34."""
-    return tv.resnet34(weights=None, num_classes=num_classes)
+    return torchvision_models().resnet34(weights=None, num_classes=num_classes)
 
 
 _RESNET50_ENTRY = dict(
-    weights=tv.ResNet50_Weights.IMAGENET1K_V2,
+    weights=TorchvisionWeights("ResNet50_Weights.IMAGENET1K_V2"),
     first_conv="conv1",
     classifier="fc",
     min_input_size=(32, 32),
@@ -68,12 +67,12 @@ _RESNET50_ENTRY = dict(
 @register_model("resnet50", **_RESNET50_ENTRY)
 def resnet50(num_classes: int) -> nn.Module:
     """ResNet-50 (registered as both 'resnet50' and 'resnet')."""
-    return tv.resnet50(weights=None, num_classes=num_classes)
+    return torchvision_models().resnet50(weights=None, num_classes=num_classes)
 
 
 @register_model(
     "densenet",
-    weights=tv.DenseNet201_Weights.IMAGENET1K_V1,
+    weights=TorchvisionWeights("DenseNet201_Weights.IMAGENET1K_V1"),
     first_conv="features.conv0",
     classifier="classifier",
     min_input_size=(32, 32),
@@ -81,7 +80,7 @@ def resnet50(num_classes: int) -> nn.Module:
 )
 def densenet201(num_classes: int, dropout: float = 0.0) -> nn.Module:
     """DenseNet-201; ``dropout`` is torchvision's ``drop_rate`` after each dense layer."""
-    return tv.densenet201(weights=None, num_classes=num_classes, drop_rate=dropout)
+    return torchvision_models().densenet201(weights=None, num_classes=num_classes, drop_rate=dropout)
 
 
 def drop_inception_aux_head(model: nn.Module) -> None:
@@ -92,7 +91,7 @@ def drop_inception_aux_head(model: nn.Module) -> None:
 
 @register_model(
     "inception",
-    weights=tv.Inception_V3_Weights.IMAGENET1K_V1,
+    weights=TorchvisionWeights("Inception_V3_Weights.IMAGENET1K_V1"),
     first_conv="Conv2d_1a_3x3.conv",
     classifier="fc",
     min_input_size=(75, 75),
@@ -107,30 +106,30 @@ def inception_v3(num_classes: int, dropout: float = 0.5) -> nn.Module:
     weights are in: ``get_model('inception', ...)`` returns a (B, num_classes) tensor in both
     train and eval mode, never ``InceptionOutputs``.
     """
-    return tv.Inception3(
+    return torchvision_models().Inception3(
         num_classes=num_classes, aux_logits=True, transform_input=False, init_weights=True, dropout=dropout
     )
 
 
 @register_model(
     "efficientnetv2_s",
-    weights=tv.EfficientNet_V2_S_Weights.IMAGENET1K_V1,
+    weights=TorchvisionWeights("EfficientNet_V2_S_Weights.IMAGENET1K_V1"),
     first_conv="features.0.0",
     classifier="classifier.1",
     min_input_size=(32, 32),
 )
 def efficientnet_v2_s(num_classes: int, dropout: float = 0.2) -> nn.Module:
     """EfficientNetV2-S; ``dropout`` before the classifier."""
-    return tv.efficientnet_v2_s(weights=None, num_classes=num_classes, dropout=dropout)
+    return torchvision_models().efficientnet_v2_s(weights=None, num_classes=num_classes, dropout=dropout)
 
 
 @register_model(
     "mobilenetv3_small",
-    weights=tv.MobileNet_V3_Small_Weights.IMAGENET1K_V1,
+    weights=TorchvisionWeights("MobileNet_V3_Small_Weights.IMAGENET1K_V1"),
     first_conv="features.0.0",
     classifier="classifier.3",
     min_input_size=(32, 32),
 )
 def mobilenet_v3_small(num_classes: int, dropout: float = 0.2) -> nn.Module:
     """MobileNetV3-Small, a CPU/edge-friendly ImageNet backbone; ``dropout`` before the last Linear."""
-    return tv.mobilenet_v3_small(weights=None, num_classes=num_classes, dropout=dropout)
+    return torchvision_models().mobilenet_v3_small(weights=None, num_classes=num_classes, dropout=dropout)

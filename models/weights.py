@@ -21,17 +21,53 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from functools import cached_property
+from types import ModuleType
+from typing import TYPE_CHECKING, Callable, Optional, Union
 from urllib.parse import urlparse
 
 import torch
-from torchvision.models import WeightsEnum
+
+if TYPE_CHECKING:
+    from torchvision.models import WeightsEnum
 
 
 # A download gives up when no byte arrives for STALL_TIMEOUT_S, or when the whole file has not
 # arrived after DOWNLOAD_TIMEOUT_S (torchvision's largest weights here are ~100 MB).
 STALL_TIMEOUT_S = 60.0
 DOWNLOAD_TIMEOUT_S = 1800.0
+
+
+def torchvision_models() -> ModuleType:
+    """``torchvision.models``, imported on first use: importing torchvision takes about 2 s (its ops
+    import ``torch._dynamo``), which every command that never builds a torchvision network would pay."""
+    from torchvision import models
+
+    return models
+
+
+class TorchvisionWeights:
+    """A torchvision weights enum by name, e.g. ``TorchvisionWeights("ResNet18_Weights.IMAGENET1K_V1")``.
+
+    The registry names each torchvision backbone's weights with one; the enum (``enum``) is looked
+    up at first use, and its attributes (``url``, ``meta``, ...) read through.
+    """
+
+    def __init__(self, qualified_name: str):
+        self.qualified_name = qualified_name
+
+    @cached_property
+    def enum(self) -> WeightsEnum:
+        enum_name, member = self.qualified_name.split(".")
+        return getattr(getattr(torchvision_models(), enum_name), member)
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name in ("qualified_name", "enum"):  # unset during copy / unpickling
+            raise AttributeError(name)
+        return getattr(self.enum, name)
+
+    def __repr__(self) -> str:
+        return f"TorchvisionWeights({self.qualified_name!r})"
 
 
 class PretrainedWeightsUnavailable(RuntimeError):
@@ -216,11 +252,11 @@ class PackagedWeights:
         return self.remap(state_dict) if self.remap is not None else state_dict
 
 
-AnyWeights = Union[WeightsEnum, ConvertedWeights, PackagedWeights]
+AnyWeights = Union[TorchvisionWeights, ConvertedWeights, PackagedWeights]
 
 
 def load_any_weights(weights: AnyWeights) -> dict[str, torch.Tensor]:
     """State dict of torchvision, converted or packaged weights (each from its own offline source)."""
     if isinstance(weights, (ConvertedWeights, PackagedWeights)):
         return weights.load_state_dict()
-    return load_weights_state_dict(weights)
+    return load_weights_state_dict(weights.enum if isinstance(weights, TorchvisionWeights) else weights)

@@ -11,16 +11,19 @@ import io
 import os
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 import types
 import urllib.error
+from pathlib import Path
 
 import pytest
 import torch
-from torchvision.models import WeightsEnum
 
 import models.weights
+from models.weights import TorchvisionWeights
 from models import (
     AudioCNN,
     PretrainedWeightsUnavailable,
@@ -54,7 +57,7 @@ def offline_torch_home(tmp_path, monkeypatch):
 def _pretrained_names() -> list[str]:
     """Registered models with torchvision weights (cached by torch.hub; yamnet's and
     efficientnet_lite0's come from installed packages and have tests of their own)."""
-    return [name for name in list_models() if isinstance(get_model_entry(name).weights, WeightsEnum)]
+    return [name for name in list_models() if isinstance(get_model_entry(name).weights, TorchvisionWeights)]
 
 
 def _write_fake_weights(name: str, torch_home: str) -> dict[str, torch.Tensor]:
@@ -256,7 +259,7 @@ def test_pretrained_and_random_models_have_the_same_state_dict_layout(name, offl
     """A checkpoint of a pretrained=True model loads into the pretrained=False rebuild."""
     if name == "yamnet":
         monkeypatch.setenv("TORCH_HOME", str(request.getfixturevalue("yamnet_torch_home")))
-    elif isinstance(get_model_entry(name).weights, WeightsEnum):
+    elif isinstance(get_model_entry(name).weights, TorchvisionWeights):
         _write_fake_weights(name, str(offline_torch_home))
     pretrained_state = get_model(name, NUM_CLASSES, pretrained=True).state_dict()
     rebuilt = get_model(name, NUM_CLASSES, pretrained=False)
@@ -359,3 +362,10 @@ def test_a_download_that_arrives_is_hash_checked_cached_and_loaded(monkeypatch, 
                                                    timeout_s=5)
     checkpoint_dir = os.path.join(str(offline_torch_home), "hub", "checkpoints")
     assert os.listdir(checkpoint_dir) == [file_name]
+
+
+def test_importing_the_registry_leaves_torchvision_unimported_until_a_torchvision_model_needs_it():
+    code = ("import sys, models, predict; assert 'torchvision' not in sys.modules, 'imported early'; "
+            "weights = models.get_model_entry('resnet18').weights; "
+            "assert weights.url.endswith('resnet18-f37072fd.pth'); assert 'torchvision' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
