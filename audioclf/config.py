@@ -155,7 +155,7 @@ CONFIG_SCHEMA: dict[str, ConfigKey] = {
         "(`background_*`, `train_soundscapes`).",
     ),
     "label_smoothing": ConfigKey(
-        (float,), 0.0, "Label smoothing of the cross-entropy loss.", minimum=0, maximum=1,
+        (float,), 0.0, "Label smoothing of the loss (each target t becomes t * (1 - s) + s / n_classes).", minimum=0, maximum=1,
     ),
     "grad_clip": ConfigKey((float,), 0.0, "Max gradient norm; 0 turns clipping off.", minimum=0),
     # Runtime.
@@ -450,9 +450,6 @@ def _combination_problems(values: Mapping[str, Any]) -> list[str]:
     if values["train_soundscapes"] is not None and values["target_class"] is None:
         problems.append('"train_soundscapes" labels windows with their event: set "target_class" (the class '
                         "of the soundscapes' events)")
-    if values["multi_label"] and values["label_smoothing"] > 0:
-        problems.append('"label_smoothing" smooths the softmax of a single-label head; set it to 0 with '
-                        '"multi_label": true')
     if values["freeze_bn"] and not values["pretrained"]:
         problems.append('"freeze_bn": true keeps pretrained batch-norm statistics, so it needs "pretrained": true '
                         "(from scratch the statistics are never learned)")

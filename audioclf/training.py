@@ -276,17 +276,22 @@ class MultiLabelLoss(nn.Module):
 
     Targets are class ids ``(B,)`` (one-hot) or probability targets ``(B, C)`` of mixed inputs; the
     loss is summed over classes and averaged over examples, so one class present costs about what
-    cross-entropy does. ``weight`` ``(C,)`` scales each class's term.
+    cross-entropy does. ``weight`` ``(C,)`` scales each class's term. ``label_smoothing`` moves
+    each target as cross-entropy's does: ``t * (1 - s) + s / C``.
     """
 
-    def __init__(self, weight: torch.Tensor | None = None):
+    def __init__(self, weight: torch.Tensor | None = None, label_smoothing: float = 0.0):
         super().__init__()
         self.register_buffer("weight", weight)
+        self.label_smoothing = label_smoothing
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if targets.ndim == 1:
             targets = nn.functional.one_hot(targets, logits.shape[1])
-        losses = nn.functional.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="none")
+        targets = targets.to(logits.dtype)
+        if self.label_smoothing:
+            targets = targets * (1.0 - self.label_smoothing) + self.label_smoothing / logits.shape[1]
+        losses = nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")
         if self.weight is not None:
             losses = losses * self.weight
         return losses.sum(dim=1).mean()
@@ -304,7 +309,7 @@ def build_criterion(params: Params, train_set: SpectrogramDataset, device: torch
         counts = train_set.class_counts().float()
         weight = (counts.sum() / (len(counts) * counts.clamp(min=1))).to(device)
     if params.multi_label:
-        return MultiLabelLoss(weight).to(device)
+        return MultiLabelLoss(weight, params.label_smoothing).to(device)
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=params.label_smoothing)
 
 
