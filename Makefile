@@ -13,8 +13,9 @@ DEMO_DATA := data/demo
 DEMO_FEATURES := features/demo
 DEMO_CONFIG := configs/demo.json
 DEMO_FEATURE_FLAGS := --config_path $(DEMO_CONFIG)
-# DCASE 2017 task 2-style soundscapes: validation ones tune detection (configs/demo.json names them;
-# predict.py then takes the settings from scores/operating_point.json), evaluation ones (30 min) measure it.
+# DCASE 2017 task 2-style soundscapes: training ones add training crops (train_soundscapes), validation ones
+# tune detection (configs/demo.json names both; predict.py then takes the settings from
+# scores/operating_point.json), evaluation ones (30 min) measure it.
 DEMO_SOUNDSCAPES := $(DEMO_DATA)/soundscapes
 DEMO_SOUNDSCAPE_FLAGS := --csv_file $(DEMO_DATA)/metadata.csv --data_dir $(DEMO_DATA)/audio --target_class babycry
 
@@ -33,6 +34,8 @@ demo: $(SETUP)
 	$(PY) -m tools.demo_data --out $(DEMO_DATA) --clips_per_class 80 --long_recording $(DEMO_DATA)/long.wav
 	$(PY) preprocessingBabyCrying.py --csv_file $(DEMO_DATA)/metadata.csv --data_dir $(DEMO_DATA)/audio \
 		--save_dir $(DEMO_FEATURES) $(DEMO_FEATURE_FLAGS)
+	$(PY) -m tools.soundscapes $(DEMO_SOUNDSCAPE_FLAGS) --list $(DEMO_FEATURES)/filenames/train.txt \
+		--out $(DEMO_SOUNDSCAPES)/train --n_mixtures 240 --seed 3
 	$(PY) -m tools.soundscapes $(DEMO_SOUNDSCAPE_FLAGS) --list $(DEMO_FEATURES)/filenames/validation.txt \
 		--out $(DEMO_SOUNDSCAPES)/validation --n_mixtures 40 --seed 1
 	$(PY) -m tools.soundscapes $(DEMO_SOUNDSCAPE_FLAGS) --list $(DEMO_FEATURES)/filenames/evaluation.txt \

@@ -58,7 +58,7 @@ log = logging.getLogger("bench_detection")
 
 # The demo's soundscapes (Makefile): 40 validation mixtures tune, 60 evaluation mixtures (30 min) test.
 SOUNDSCAPES = {"validation": (40, 1), "evaluation": (60, 2)}  # split -> (mixtures, seed)
-TRAIN_SOUNDSCAPES = (120, 3)  # make demo's training soundscapes (train_soundscapes): mixtures, seed
+TRAIN_SOUNDSCAPES = (240, 3)  # make demo's training soundscapes (train_soundscapes): mixtures, seed
 DEMO_CLIPS_PER_CLASS = 80
 DEMO_SEED = 0
 # Feature settings by name: a config's features block (preprocessing flags without dashes).
@@ -68,7 +68,8 @@ FEATURES = {
 }
 # The issue-11 pieces turned off: the demo recipe before them.
 PIECES_OFF = {"crop_frames": None, "background_prob": 0.0, "background_classes": [], "splice_prob": 0.0,
-              "detection_soundscapes": None, "detection_reference": None, "train_soundscapes": None}
+              "detection_soundscapes": None, "detection_reference": None, "train_soundscapes": None,
+              "multi_label": False}
 
 
 @dataclass(frozen=True)
