@@ -110,10 +110,8 @@ def test_evaluation_of_whole_clips_keeps_the_score_file_format(prepared, trained
     assert len(rows) == metrics["n_clips"] == 3 and accuracy == pytest.approx(metrics["accuracy"])
 
 
-def test_resume_with_crops_and_background_mixing_equals_an_uninterrupted_run(prepared, tmp_path):
-    common = dict(crop_frames=30, crop_hop_frames=15, background_prob=0.5, background_classes=["noise"],
-                  background_snr_min=-3.0, background_snr_max=9.0, spec_augment=True, freq_mask=4, time_mask=8,
-                  mixup_alpha=0.2, random_shift=True)
+def straight_and_resumed(prepared: Prepared, tmp_path: Path, common: dict) -> tuple[dict, dict]:
+    """Epoch 3's checkpoints of a 3-epoch run and of a 2-epoch run resumed for a third; their weights must match."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     straight.mkdir(), resumed.mkdir()
     train(Params(make_config(straight, prepared.features, epochs=3, **common)), show_progress=False)
@@ -123,6 +121,14 @@ def test_resume_with_crops_and_background_mixing_equals_an_uninterrupted_run(pre
     b = load_checkpoint(resumed / "checkpoints" / "checkpoint_epoch0003.pth.tar")
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
+    return a, b
+
+
+def test_resume_with_crops_and_background_mixing_equals_an_uninterrupted_run(prepared, tmp_path):
+    common = dict(crop_frames=30, crop_hop_frames=15, background_prob=0.5, background_classes=["noise"],
+                  background_snr_min=-3.0, background_snr_max=9.0, spec_augment=True, freq_mask=4, time_mask=8,
+                  mixup_alpha=0.2, random_shift=True)
+    a, b = straight_and_resumed(prepared, tmp_path, common)
     assert a["metrics"] == {**b["metrics"], "train": {**b["metrics"]["train"],
                                                       "samples_per_s": a["metrics"]["train"]["samples_per_s"]}}
     # mixing changed what the model saw: the same run without it ends elsewhere
@@ -186,15 +192,7 @@ def test_training_soundscapes_add_one_crop_per_mixture_and_resume_identically(pr
                       soundscapes, n_mixtures=4, seed=0, duration_s=3.0)
     common = dict(crop_frames=30, train_soundscapes=str(soundscapes), target_class="baby cry", background_prob=0.5,
                   background_classes=["noise"], mixup_alpha=0.2)
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    straight.mkdir(), resumed.mkdir()
-    train(Params(make_config(straight, prepared.features, epochs=3, **common)), show_progress=False)
-    train(Params(make_config(resumed, prepared.features, epochs=2, **common)), show_progress=False)
-    train(Params(make_config(resumed, prepared.features, epochs=3, **common)), resume=True, show_progress=False)
-    a = load_checkpoint(straight / "checkpoints" / "checkpoint_epoch0003.pth.tar")
-    b = load_checkpoint(resumed / "checkpoints" / "checkpoint_epoch0003.pth.tar")
-    for name, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][name]), name
+    a, b = straight_and_resumed(prepared, tmp_path, common)
     n_clips = len(SpectrogramDataset(list_path(lists, "train"), prepared.features))
     assert a["metrics"]["train"]["n"] == n_clips + 4  # every clip's crop, and one of each mixture
 
