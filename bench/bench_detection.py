@@ -17,7 +17,8 @@ offset collars), recall per event-to-background ratio and the wall time, as the 
 reference event (its clip, EBR, found or not).
 
 Variants (``VARIANTS``) are cumulative, each the previous one plus one piece; ``recipe`` is
-``--config`` (configs/demo.json) exactly as ``make demo`` trains it; ``low_snr`` and ``splice``
+``--config`` (configs/demo.json) exactly as ``make demo`` trains it (today ``soundscapes``: mixing
+plus crops of the bench's own soundscapes of the training clips); ``low_snr`` and ``splice``
 are measured dead ends (each is ``mixing`` plus one change), kept to be repeated.
 """
 from __future__ import annotations
