@@ -51,6 +51,11 @@ from audioclf.files import atomic_write_text
 
 EVENT_CSV_COLUMNS = ("file", "class", "onset_s", "offset_s", "peak_probability", "mean_probability")
 REFERENCE_CSV_COLUMNS = ("file", "onset_s", "offset_s", "class")  # annotations: no probabilities
+# A soundscape folder (tools.soundscapes): its reference events and its parts (which clip where, of which class).
+SOUNDSCAPE_EVENTS_FILE = "events.csv"
+SOUNDSCAPE_PARTS_FILE = "parts.csv"
+# "class" came last (tools.soundscapes version 2), so that scripts reading columns by position still work
+SOUNDSCAPE_PARTS_COLUMNS = ("file", "part", "clip", "start_s", "end_s", "ebr_db", "event_gain", "output_gain", "class")
 # DCASE / sed_eval scoring: onset collar (s); offset collar max(ONSET_COLLAR_S, fraction x reference length).
 ONSET_COLLAR_S = 0.2
 OFFSET_COLLAR_FRACTION = 0.2

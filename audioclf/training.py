@@ -276,7 +276,9 @@ class MultiLabelLoss(nn.Module):
 
     Targets are class ids ``(B,)`` (one-hot) or probability targets ``(B, C)`` of mixed inputs; the
     loss is summed over classes and averaged over examples, so one class present costs about what
-    cross-entropy does. ``weight`` ``(C,)`` scales each class's term. ``label_smoothing`` moves
+    cross-entropy does. ``weight`` ``(C,)`` weights each example by its label's class, as
+    cross-entropy's does (a mixed example by the mix of its labels' weights), so ``"balanced"``
+    weights rebalance each sigmoid's positives against its negatives. ``label_smoothing`` moves
     each target as cross-entropy's does: ``t * (1 - s) + s / C``.
     """
 
@@ -289,12 +291,11 @@ class MultiLabelLoss(nn.Module):
         if targets.ndim == 1:
             targets = nn.functional.one_hot(targets, logits.shape[1])
         targets = targets.to(logits.dtype)
+        example_weight = None if self.weight is None else targets @ self.weight.to(logits.dtype)  # (B,)
         if self.label_smoothing:
             targets = targets * (1.0 - self.label_smoothing) + self.label_smoothing / logits.shape[1]
-        losses = nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-        if self.weight is not None:
-            losses = losses * self.weight
-        return losses.sum(dim=1).mean()
+        losses = nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(dim=1)
+        return (losses if example_weight is None else losses * example_weight).mean()
 
 
 def build_criterion(params: Params, train_set: SpectrogramDataset, device: torch.device) -> nn.Module:

@@ -209,12 +209,14 @@ def run_config(bench: Bench, variant: Variant, seed: int, features: Path) -> Par
                   vallist=str(list_path(lists, "validation")), evallist=str(list_path(lists, "evaluation")),
                   checkpoint_dir=str(run_dir / "checkpoints"), summaries_dir=str(run_dir / "tensorboard"),
                   seed=seed, target_class=TARGET_CLASS, resume=False)
-    if variant.train_soundscapes or config.get("train_soundscapes"):  # the bench's own, from its training clips
+    overrides = key_values(bench.args.set, "--set")
+    wanted = variant.train_soundscapes or config.get("train_soundscapes")
+    if wanted and overrides.get("train_soundscapes", wanted) is not None:  # the bench's own, of its training clips
         config["train_soundscapes"] = str(bench.soundscape_dir("train"))
     if variant.tune:
         validation = bench.soundscape_dir("validation")
         config.update(detection_soundscapes=str(validation), detection_reference=str(validation / EVENTS_FILE))
-    config.update(key_values(bench.args.set, "--set"))
+    config.update(overrides)
     if bench.args.epochs is not None:
         config["epochs"] = bench.args.epochs
     return Params.from_dict(config, source=f"{bench.args.config} ({variant.name}, seed {seed})")

@@ -25,13 +25,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from audioclf.events import read_events_csv
+from audioclf.events import SOUNDSCAPE_EVENTS_FILE, SOUNDSCAPE_PARTS_FILE, read_events_csv
 from audioclf.frontend import AudioReadError, FeatureExtractor, FeatureParams, read_audio
 from dataloaders.crops import CropKey, random_crop
 
-EVENTS_FILE = "events.csv"  # tools.soundscapes' names (the tool imports audioclf, not the other way round)
-PARTS_FILE = "parts.csv"
-PARTS_NEEDED = ("file", "part", "clip", "class", "start_s", "end_s")
+PARTS_NEEDED = ("file", "part", "clip", "class", "start_s", "end_s")  # the parts.csv columns read here
 EVENT_CROP_SHARE = 0.5
 _STREAM = 1  # keeps these crops' random numbers apart from the clips' crops of the same key
 
@@ -116,18 +114,23 @@ def load_training_soundscapes(folder: str | Path, params: FeatureParams, class_n
     if target_class not in class_names:
         raise SoundscapeDataError(f'"target_class" {target_class!r} is not a training class ({class_names})')
     class_ids = {name: index for index, name in enumerate(class_names)}
-    rows = _read_parts(folder / PARTS_FILE)
-    events = {event.file: event for event in read_events_csv(folder / EVENTS_FILE)}
+    rows = _read_parts(folder / SOUNDSCAPE_PARTS_FILE)
+    events = {event.file: event for event in read_events_csv(folder / SOUNDSCAPE_EVENTS_FILE)}
     by_file: dict[str, list[dict]] = {}
     for row in rows:
         clip_feature = str(Path(row["clip"]).with_suffix(".npy"))
         if clip_feature not in training_clips:
             raise SoundscapeDataError(
-                f"{folder / PARTS_FILE}:{row['line']}: {row['clip']!r} is not a training clip; build "
+                f"{folder / SOUNDSCAPE_PARTS_FILE}:{row['line']}: {row['clip']!r} is not a training clip; build "
                 '"train_soundscapes" from the training list only (other clips would leak into training)')
+        if row["part"] == "event" and row["class"] != target_class:
+            raise SoundscapeDataError(
+                f"{folder / SOUNDSCAPE_PARTS_FILE}:{row['line']}: its event is a {row['class']!r} clip, not "
+                f'"target_class" {target_class!r}; rebuild the folder with python -m tools.soundscapes '
+                f"--target_class {target_class!r}")
         if row["class"] not in class_ids:
-            raise SoundscapeDataError(f"{folder / PARTS_FILE}:{row['line']}: class {row['class']!r} is not a "
-                                      f"training class ({class_names})")
+            raise SoundscapeDataError(f"{folder / SOUNDSCAPE_PARTS_FILE}:{row['line']}: class {row['class']!r} is "
+                                      f"not a training class ({class_names})")
         by_file.setdefault(row["file"], []).append(row)
     extractor = FeatureExtractor(params)
     frame_s = params.hop_length / params.sample_rate
@@ -145,13 +148,14 @@ def load_training_soundscapes(folder: str | Path, params: FeatureParams, class_n
         background = tuple((frames(row["start_s"]), frames(row["end_s"]), class_ids[row["class"]])
                            for row in parts if row["part"] == "background")
         if not background:
-            raise SoundscapeDataError(f"{folder / PARTS_FILE}: {name} has no background rows; rebuild the folder")
+            raise SoundscapeDataError(f"{folder / SOUNDSCAPE_PARTS_FILE}: {name} has no background rows; rebuild "
+                                      "the folder")
         event = events.get(name)
         event_frames = None if event is None else (frames(event.onset_s), max(frames(event.offset_s),
                                                                               frames(event.onset_s) + 1))
         recordings.append(LabelledRecording(name, feature.astype(np.float32), background, event_frames))
     if not recordings:
-        raise SoundscapeDataError(f"{folder / PARTS_FILE} lists no mixtures; rebuild the folder")
+        raise SoundscapeDataError(f"{folder / SOUNDSCAPE_PARTS_FILE} lists no mixtures; rebuild the folder")
     return recordings
 
 

@@ -58,8 +58,12 @@ class TorchvisionWeights:
 
     @cached_property
     def enum(self) -> WeightsEnum:
-        enum_name, member = self.qualified_name.split(".")
-        return getattr(getattr(torchvision_models(), enum_name), member)
+        enum_name, _, member = self.qualified_name.partition(".")
+        try:
+            return getattr(getattr(torchvision_models(), enum_name), member)
+        except AttributeError:  # re-raised as such, __getattr__ would hide it behind "enum"
+            raise LookupError(f"torchvision.models has no weights {self.qualified_name!r}; check the name "
+                              "against the installed torchvision") from None
 
     def __getattr__(self, name: str):
         if name.startswith("__") or name in ("qualified_name", "enum"):  # unset during copy / unpickling

@@ -113,6 +113,21 @@ def test_the_bench_builds_the_demo_that_make_demo_builds():
     """bench_detection's demo size and soundscapes are the Makefile's (they live in both: make has no Python)."""
     makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
     assert f"--clips_per_class {bench_detection.DEMO_CLIPS_PER_CLASS} " in makefile
-    for split, (n_mixtures, seed) in bench_detection.SOUNDSCAPES.items():
+    splits = {**bench_detection.SOUNDSCAPES, "train": bench_detection.TRAIN_SOUNDSCAPES}
+    for split, (n_mixtures, seed) in splits.items():
         command = makefile.split(f"filenames/{split}.txt", 1)[1].split("\n\t$(PY)", 1)[0]
         assert f"--n_mixtures {n_mixtures} --seed {seed}" in command, split
+
+
+def test_training_soundscapes_are_the_benchs_own_and_built_only_when_used(tmp_path):
+    work = tmp_path / "bench"
+    args = tiny_args(work, "soundscapes") + ["--n_train_mixtures", "3", "--json", str(tmp_path / "a.json")]
+    assert bench_detection.main(args) == 0
+    config = json.loads((work / "runs" / "soundscapes_seed3" / "checkpoints" / bench_detection.RUN_CONFIG).read_text())
+    assert config["train_soundscapes"] == str(work / "soundscapes" / "train")
+    assert len(read_events_csv(work / "soundscapes" / "train" / "events.csv")) == 2  # half of the 3 mixtures
+    plain = tmp_path / "plain"  # the recipe (configs/demo.json names training soundscapes) with them turned off
+    args = tiny_args(plain, "recipe")
+    args.insert(args.index("batch_size=16") + 1, "train_soundscapes=null")  # one --set flag: a second replaces it
+    assert bench_detection.main(args) == 0
+    assert not (plain / "soundscapes" / "train").exists()

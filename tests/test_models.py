@@ -369,3 +369,8 @@ def test_importing_the_registry_leaves_torchvision_unimported_until_a_torchvisio
             "weights = models.get_model_entry('resnet18').weights; "
             "assert weights.url.endswith('resnet18-f37072fd.pth'); assert 'torchvision' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_a_mistyped_torchvision_weights_name_is_named_in_the_error():
+    with pytest.raises(LookupError, match="no weights 'ResNet18_Weights.IMAGENET1K_V9'"):
+        TorchvisionWeights("ResNet18_Weights.IMAGENET1K_V9").url

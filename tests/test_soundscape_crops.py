@@ -138,6 +138,12 @@ def test_a_soundscape_of_clips_outside_the_training_list_is_refused(folder):
         load_training_soundscapes(out, PARAMS, CLASSES, "babycry", training - {"cry/cry_1.npy"})
 
 
+def test_soundscapes_built_for_another_target_class_are_refused(folder):
+    out, training = folder  # its events are babycry clips
+    with pytest.raises(SoundscapeDataError, match=r"its event is a 'babycry' clip, not \"target_class\" 'speech'"):
+        load_training_soundscapes(out, PARAMS, CLASSES, "speech", training)
+
+
 def test_folder_errors_name_the_file_and_the_fix(folder, tmp_path):
     out, training = folder
     with pytest.raises(SoundscapeDataError, match='"train_soundscapes" folder not found: .*python -m tools.soundscapes'):

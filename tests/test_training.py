@@ -250,9 +250,27 @@ def test_multi_label_loss_is_binary_cross_entropy_summed_over_classes():
     expected_smooth = -(smoothed * torch.log(torch.sigmoid(logits)) + (1 - smoothed) * torch.log(1 - torch.sigmoid(logits)))
     assert MultiLabelLoss(label_smoothing=0.1)(logits, torch.tensor([0, 2])).item() == pytest.approx(
         expected_smooth.sum(1).mean().item())
-    weight = torch.tensor([2.0, 1.0, 0.5])
+    weight = torch.tensor([2.0, 1.0, 0.5])  # each example weighted by its label's class, as cross-entropy does
     assert MultiLabelLoss(weight)(logits, torch.tensor([0, 2])).item() == pytest.approx(
-        (expected * weight).sum(1).mean().item())
+        (expected.sum(1) * torch.tensor([2.0, 0.5])).mean().item())
+
+
+def test_balanced_class_weights_rebalance_a_sigmoid_head():
+    targets = torch.tensor([0] * 10 + [1] * 90)  # a rare class: 10 %
+    counts = torch.bincount(targets).float()
+    weight = counts.sum() / (2 * counts)  # build_criterion's "balanced"
+    for loss, expected in ((MultiLabelLoss(), 0.1), (MultiLabelLoss(weight), 0.5)):
+        bias = torch.zeros(2, requires_grad=True)
+        optimizer = torch.optim.LBFGS([bias], max_iter=200)
+
+        def closure():
+            optimizer.zero_grad()
+            value = loss(bias.expand(100, 2), targets)
+            value.backward()
+            return value
+
+        optimizer.step(closure)
+        assert torch.sigmoid(bias)[0].item() == pytest.approx(expected, abs=0.02)  # the rare class's probability
 
 
 def test_multi_label_training_saves_a_sigmoid_head_whose_validation_loss_is_its_bce(tmp_path, features):

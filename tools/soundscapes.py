@@ -48,7 +48,8 @@ from pathlib import Path
 
 import numpy as np
 
-from audioclf.events import REFERENCE_CSV_COLUMNS, Event, write_events_csv
+from audioclf.events import (REFERENCE_CSV_COLUMNS, SOUNDSCAPE_EVENTS_FILE, SOUNDSCAPE_PARTS_COLUMNS,
+                             SOUNDSCAPE_PARTS_FILE, Event, write_events_csv)
 from audioclf.files import atomic_write_json, atomic_write_text
 from audioclf.frontend import AudioReadError, FeatureParams, read_audio, write_audio
 from audioclf.listfile import FEATURE_CONFIG, read_list
@@ -64,11 +65,10 @@ BACKGROUND_RMS_DBFS = -30.0
 EDGE_MARGIN_S = 0.5  # events start and end at least this far from the mixture's ends
 PEAK_LIMIT = 0.99
 MIXTURE_PREFIX = "mixture_"
-EVENTS_FILE = "events.csv"
+EVENTS_FILE = SOUNDSCAPE_EVENTS_FILE
 MANIFEST_FILE = "manifest.json"
-PARTS_FILE = "parts.csv"
-# "class" came last (generator version 2), so that scripts reading columns by position still work
-PARTS_COLUMNS = ("file", "part", "clip", "start_s", "end_s", "ebr_db", "event_gain", "output_gain", "class")
+PARTS_FILE = SOUNDSCAPE_PARTS_FILE
+PARTS_COLUMNS = SOUNDSCAPE_PARTS_COLUMNS
 GENERATOR = "tools.soundscapes"
 GENERATOR_VERSION = 2  # 2: parts.csv names each clip's class
 
