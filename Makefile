@@ -34,12 +34,14 @@ demo: $(SETUP)
 	$(PY) -m tools.demo_data --out $(DEMO_DATA) --clips_per_class 80 --long_recording $(DEMO_DATA)/long.wav
 	$(PY) preprocessingBabyCrying.py --csv_file $(DEMO_DATA)/metadata.csv --data_dir $(DEMO_DATA)/audio \
 		--save_dir $(DEMO_FEATURES) $(DEMO_FEATURE_FLAGS)
+# (the training soundscapes build on one core while the other builds the validation and evaluation ones)
 	$(PY) -m tools.soundscapes $(DEMO_SOUNDSCAPE_FLAGS) --list $(DEMO_FEATURES)/filenames/train.txt \
-		--out $(DEMO_SOUNDSCAPES)/train --n_mixtures 240 --seed 3
+		--out $(DEMO_SOUNDSCAPES)/train --n_mixtures 240 --seed 3 & train=$$!; \
 	$(PY) -m tools.soundscapes $(DEMO_SOUNDSCAPE_FLAGS) --list $(DEMO_FEATURES)/filenames/validation.txt \
-		--out $(DEMO_SOUNDSCAPES)/validation --n_mixtures 40 --seed 1
+		--out $(DEMO_SOUNDSCAPES)/validation --n_mixtures 40 --seed 1 && \
 	$(PY) -m tools.soundscapes $(DEMO_SOUNDSCAPE_FLAGS) --list $(DEMO_FEATURES)/filenames/evaluation.txt \
-		--out $(DEMO_SOUNDSCAPES)/evaluation --n_mixtures 60 --seed 2
+		--out $(DEMO_SOUNDSCAPES)/evaluation --n_mixtures 60 --seed 2; status=$$?; \
+	wait $$train && exit $$status
 	$(PY) train.py --config_path $(DEMO_CONFIG) --no_progress --resume
 	$(PY) evaluation.py --config_path $(DEMO_CONFIG) --no_progress
 	$(PY) predict.py --checkpoint runs/demo/checkpoints/model_best.pth.tar --long $(DEMO_DATA)/long.wav \
