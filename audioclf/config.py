@@ -155,7 +155,8 @@ CONFIG_SCHEMA: dict[str, ConfigKey] = {
         "(`background_*`, `train_soundscapes`).",
     ),
     "label_smoothing": ConfigKey(
-        (float,), 0.0, "Label smoothing of the loss (each target t becomes t * (1 - s) + s / n_classes).", minimum=0, maximum=1,
+        (float,), 0.0, "Label smoothing of the loss (each target t becomes t * (1 - s) + s / n_classes).",
+        minimum=0, maximum=1,
     ),
     "grad_clip": ConfigKey((float,), 0.0, "Max gradient norm; 0 turns clipping off.", minimum=0),
     # Runtime.

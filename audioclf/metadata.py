@@ -28,6 +28,11 @@ class MetadataError(ValueError):
     """The metadata CSV cannot be used as it is; the message names file, rows and columns."""
 
 
+def feature_file_of(slice_file_name: str) -> str:
+    """The feature file preprocessing writes for a CSV row's ``slice_file_name`` (relative, ``.npy``)."""
+    return str(PurePosixPath(slice_file_name).with_suffix(".npy"))
+
+
 @dataclass(frozen=True)
 class Clip:
     """One usable CSV row. ``line`` is the CSV line number (header = line 1)."""
@@ -42,7 +47,7 @@ class Clip:
     @property
     def feature_file(self) -> str:
         """Feature path relative to the save dir: the CSV's relative path with ``.npy``."""
-        return str(PurePosixPath(self.slice_file_name).with_suffix(".npy"))
+        return feature_file_of(self.slice_file_name)
 
 
 @dataclass(frozen=True)

@@ -487,7 +487,7 @@ def evaluate(model: nn.Module, loader: Loader, options: StepOptions, info: DistI
     for output, counts in iter_window_outputs(model, loader, options.device, options.amp_dtype, options.channels_last,
                                               max_windows):
         if getattr(unwrap(model), "multi_label", False):
-            pooled = pool_windows(torch.sigmoid(output.logits.float()), counts).clamp(1e-7, 1 - 1e-7)  # (B, C)
+            pooled = pool_windows(output.probabilities, counts).clamp(1e-7, 1 - 1e-7)  # (B, C): mean sigmoid
             one_hot = nn.functional.one_hot(output.targets, pooled.shape[1]).to(pooled.dtype)
             totals[0] += nn.functional.binary_cross_entropy(pooled, one_hot, reduction="sum").double()
         else:

@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from audioclf.events import SOUNDSCAPE_EVENTS_FILE, SOUNDSCAPE_PARTS_FILE, read_events_csv
 from audioclf.frontend import AudioReadError, FeatureExtractor, FeatureParams, read_audio
+from audioclf.metadata import feature_file_of
 from dataloaders.crops import CropKey, random_crop
 
 PARTS_NEEDED = ("file", "part", "clip", "class", "start_s", "end_s")  # the parts.csv columns read here
@@ -118,8 +119,7 @@ def load_training_soundscapes(folder: str | Path, params: FeatureParams, class_n
     events = {event.file: event for event in read_events_csv(folder / SOUNDSCAPE_EVENTS_FILE)}
     by_file: dict[str, list[dict]] = {}
     for row in rows:
-        clip_feature = str(Path(row["clip"]).with_suffix(".npy"))
-        if clip_feature not in training_clips:
+        if feature_file_of(row["clip"]) not in training_clips:
             raise SoundscapeDataError(
                 f"{folder / SOUNDSCAPE_PARTS_FILE}:{row['line']}: {row['clip']!r} is not a training clip; build "
                 '"train_soundscapes" from the training list only (other clips would leak into training)')
@@ -134,6 +134,10 @@ def load_training_soundscapes(folder: str | Path, params: FeatureParams, class_n
         by_file.setdefault(row["file"], []).append(row)
     extractor = FeatureExtractor(params)
     frame_s = params.hop_length / params.sample_rate
+
+    def frames(seconds: str | float) -> int:
+        return round(float(seconds) / frame_s)
+
     recordings = []
     for name, parts in sorted(by_file.items()):
         path = folder / name
@@ -141,10 +145,6 @@ def load_training_soundscapes(folder: str | Path, params: FeatureParams, class_n
             feature = extractor.recording_frames(read_audio(path, params.sample_rate))
         except AudioReadError as error:
             raise SoundscapeDataError(f"{path}: {error}") from None
-
-        def frames(seconds: str | float) -> int:
-            return round(float(seconds) / frame_s)
-
         background = tuple((frames(row["start_s"]), frames(row["end_s"]), class_ids[row["class"]])
                            for row in parts if row["part"] == "background")
         if not background:

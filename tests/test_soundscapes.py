@@ -77,7 +77,7 @@ def test_same_seed_same_bytes_other_seed_other_mixtures(clips, tmp_path):
 def test_mixture_minus_background_is_the_scaled_clip_at_the_reference_times(clips, tmp_path):
     manifest = build(clips, tmp_path / "out")
     assert (manifest["sample_rate"], manifest["n_mixtures"], manifest["n_events"]) == (RATE, 6, 3)
-    targets, background = load_sources(clips["csv_file"], clips["data_dir"], clips["list_file"], "babycry", RATE,
+    targets, background, _ = load_sources(clips["csv_file"], clips["data_dir"], clips["list_file"], "babycry", RATE,
                                        DURATION_S)
     plans = plan_soundscapes(background, targets, 6, 3, RATE, DURATION_S)
     reference = read_events_csv(tmp_path / "out" / EVENTS_FILE)

@@ -371,8 +371,10 @@ def parts_csv_text(plans: Sequence[MixturePlan], gains: Sequence[tuple[float, fl
 
 def load_sources(csv_file: str | Path, data_dir: str | Path, list_file: str | Path, target_class: str,
                  sample_rate: int, duration_s: float = MIXTURE_SECONDS) -> tuple[dict[str, np.ndarray],
-                                                                                 dict[str, np.ndarray]]:
-    """``(targets, background)``: the list's target and other clips, read at ``sample_rate``, checked."""
+                                                                                 dict[str, np.ndarray],
+                                                                                 dict[str, str]]:
+    """``(targets, background, classes)``: the list's target and other clips, read at ``sample_rate``,
+    checked, and each listed clip's class name."""
     if not Path(data_dir).is_dir():
         raise SoundscapeError(f"--data_dir {data_dir}: folder not found")
     clips = listed_clips(csv_file, list_file)
@@ -390,7 +392,7 @@ def load_sources(csv_file: str | Path, data_dir: str | Path, list_file: str | Pa
         raise SoundscapeError(
             f"--list {list_file}: its {len(background)} readable non-{target_class} clips hold {background_s:.1f} s "
             f"of audio, less than one {duration_s:g} s mixture; use a longer list or a shorter --duration")
-    return targets, background
+    return targets, background, {clip.slice_file_name: clip.class_name for clip in clips}
 
 
 def build_soundscapes(csv_file: str | Path, data_dir: str | Path, list_file: str | Path, target_class: str,
@@ -404,7 +406,7 @@ def build_soundscapes(csv_file: str | Path, data_dir: str | Path, list_file: str
     if not ebr_db:
         raise SoundscapeError("--ebr needs at least one value (dB)")
     sample_rate = feature_sample_rate(list_file, sample_rate)
-    targets, background = load_sources(csv_file, data_dir, list_file, target_class, sample_rate, duration_s)
+    targets, background, classes = load_sources(csv_file, data_dir, list_file, target_class, sample_rate, duration_s)
     plans = plan_soundscapes(background, targets, n_mixtures, seed, sample_rate, duration_s, ebr_db)
 
     out = Path(out)
@@ -419,7 +421,6 @@ def build_soundscapes(csv_file: str | Path, data_dir: str | Path, list_file: str
         if reference is not None:
             events.append(reference)
     write_events_csv(events, out / EVENTS_FILE, REFERENCE_CSV_COLUMNS)
-    classes = {clip.slice_file_name: clip.class_name for clip in listed_clips(csv_file, list_file)}
     atomic_write_text(out / PARTS_FILE, parts_csv_text(plans, gains, sample_rate, classes))
     manifest = {
         "generator": GENERATOR, "generator_version": GENERATOR_VERSION, "seed": seed,
