@@ -89,7 +89,7 @@ from audioclf.files import atomic_write, atomic_write_json, atomic_write_text
 from audioclf.inference import LONG_MODE_KEY, Predictor
 from audioclf.listfile import FEATURE_CONFIG
 from audioclf.frontend import FeatureParams
-from audioclf.runtime import amp_dtype_for, resolve_device
+from audioclf.runtime import amp_dtype_for, fold_batch_norms, resolve_device
 from audioclf.transfer import check_features
 from audioclf.tuning import tune_on_recordings
 from audioclf.windows import default_hop, iter_window_outputs, pool_windows
@@ -629,7 +629,7 @@ def run_evaluation(params: Params, checkpoint_path: str | Path | None = None, ta
         check_matches_checkpoint(validation_set, checkpoint, checkpoint_path)
 
     device = resolve_device(params.device)
-    model = model_from_checkpoint(checkpoint)
+    model = fold_batch_norms(model_from_checkpoint(checkpoint))  # as Predictor scores windows
     epoch = int(checkpoint.get("epoch", 0))
     log.info("evaluating %s (epoch %d, %s) on %s (%d clips, %s)", checkpoint_path, epoch,
              checkpoint["model_args"].get("model_name"), evaluation_set.list_file, len(evaluation_set), device)

@@ -36,7 +36,7 @@ from audioclf.files import atomic_write_json, atomic_write_text
 from audioclf.frontend import (AUDIO_EXTENSIONS, AudioReadError, FeatureExtractor, FeatureParams, LogMelStream,
                                audio_info, iter_audio_blocks, log_scale_for)
 from audioclf.listfile import FEATURE_CONFIG
-from audioclf.runtime import amp_dtype_for, predict_probabilities
+from audioclf.runtime import amp_dtype_for, fold_batch_norms, predict_probabilities
 from audioclf.windows import WindowSlicer, cut_windows, hop_from_seconds, pool_windows
 
 log = logging.getLogger(__name__)
@@ -224,11 +224,13 @@ class Predictor:
 
     ``channels_last`` (default on) stores conv weights and inputs channels-last: measured
     1.1-2x faster on CPU for resnet18 and audiocnn (``bench/bench_predict.py --sweep``).
+    ``fold_batch_norm`` (default on) folds batch norms into the convs before them
+    (``runtime.fold_batch_norms``); evaluation.py scores clips with the same folded model.
     AMP applies on CUDA only (``amp_dtype_for``), as in training.
     """
 
     def __init__(self, checkpoint: dict, device: str | torch.device = "cpu", amp: bool = True,
-                 channels_last: bool = True):
+                 channels_last: bool = True, fold_batch_norm: bool = True):
         self.device = torch.device(device)
         self.class_names: list[str] = list(checkpoint["class_names"])
         if not checkpoint.get("feature_params"):
@@ -238,7 +240,10 @@ class Predictor:
         self.extractor = FeatureExtractor(self.params, self.device)
         self.window, self.hop = checkpoint_windows(checkpoint)  # frames
         self.silence = log_scale_for(self.params).silence  # what a padded window is filled with (pad_mode zeros)
-        self.model = model_from_checkpoint(checkpoint).to(self.device)
+        self.model = model_from_checkpoint(checkpoint)
+        if fold_batch_norm:
+            fold_batch_norms(self.model)
+        self.model.to(self.device)
         self.channels_last = channels_last
         if channels_last:
             self.model.to(memory_format=torch.channels_last)

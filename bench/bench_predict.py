@@ -3,7 +3,8 @@
 Run as a module from the repo root::
 
     .venv/bin/python -m bench.bench_predict                    # 10-min recording, both models
-    .venv/bin/python -m bench.bench_predict --sweep            # + resnet18 threads/batch/layout sweep
+    .venv/bin/python -m bench.bench_predict --sweep            # + resnet18 threads/batch/layout sweep,
+                                                               #   batch norms folded or kept
 
 The recording is the demo's kind (``make_long_recording``: background, confusers, cries),
 10 minutes, written once as 16 kHz mono and once as 44.1 kHz stereo (to include resampling).
@@ -152,6 +153,17 @@ def main(argv: list[str] | None = None) -> int:
                             {"threads": threads, "batch_size": batch, "channels_last": layout, **r})
             torch.set_num_threads(args.threads)
             print("\nresnet18 sweep:\n" + format_table(HEADERS, sweep_rows))
+            print("\nbatch norms folded into the convs (Predictor's default) against kept, model seconds:")
+            for spec in MODELS:
+                seconds = {}
+                for fold in (False, True):
+                    predictor = Predictor(untrained_checkpoint(spec), "cpu", channels_last=channels_last,
+                                          fold_batch_norm=fold)
+                    seconds[fold] = time_one(predictor, excerpt, args.batch_size, recordings["warmup"])["model_s"]
+                results.setdefault("fold_batch_norm", []).append(
+                    {"model": spec.label, "kept_model_s": seconds[False], "folded_model_s": seconds[True]})
+                print(f"  {spec.label}: kept {seconds[False]:.2f} s, folded {seconds[True]:.2f} s, "
+                      f"{seconds[False] / seconds[True]:.2f}x")
     return finish(results, args.json)
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,7 +18,8 @@ from audioclf.checkpoint import model_from_checkpoint
 from audioclf.classifier import AudioClassifier, constructor_args
 from audioclf.config import Params
 from audioclf.events import DetectionParams
-from audioclf.runtime import DistInfo, iter_outputs, predict_probabilities, resolve_device
+from audioclf.inference import Predictor
+from audioclf.runtime import DistInfo, fold_batch_norms, iter_outputs, predict_probabilities, resolve_device
 from audioclf.training import train
 from models import get_model_entry, list_models
 from tools.synthetic_features import make_config, make_feature_dataset
@@ -286,3 +288,51 @@ def test_a_rebuilt_checkpoint_model_keeps_its_activation():
     rebuilt = model_from_checkpoint(checkpoint)
     assert rebuilt.multi_label is False
     assert rebuilt.probabilities(torch.zeros(1, 3)).tolist()[0] == pytest.approx([1 / 3] * 3)
+
+
+def trained_statistics(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
+    """``model`` (eval mode) with batch-norm statistics and affine weights away from the initial ones."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            shape = module.running_mean.shape
+            module.running_mean.data = torch.randn(shape, generator=generator) * 0.2
+            module.running_var.data = torch.rand(shape, generator=generator) * 1.5 + 0.5
+            module.weight.data = torch.rand(shape, generator=generator) + 0.5
+            module.bias.data = torch.randn(shape, generator=generator) * 0.2
+    return model.eval()
+
+
+@pytest.mark.parametrize("name, n_mels, n_frames", [("audiocnn", 16, 40), ("yamnet", 64, 96)])
+def test_folding_batch_norms_removes_them_and_keeps_the_outputs(name, n_mels, n_frames):
+    def build(seed: int) -> AudioClassifier:
+        torch.manual_seed(0)  # the same weights; only the batch-norm statistics differ by seed
+        return trained_statistics(AudioClassifier(**constructor_args(name, 3, n_mels, {})), seed)
+
+    inputs = torch.randn(4, 1, n_mels, n_frames) * 3 - 5
+    model = build(1)
+    with torch.inference_mode():
+        before, other_statistics = model(inputs), build(2)(inputs)
+        folded = fold_batch_norms(model)
+        after = folded(inputs)
+    assert folded is model
+    assert not any(isinstance(module, torch.nn.BatchNorm2d) for module in model.modules())
+    scale = (before - other_statistics).abs().max()
+    assert scale > 1e-2  # the statistics change the outputs, so equal outputs mean they were folded in
+    assert (after - before).abs().max() < 1e-3 * scale
+
+
+def test_folding_batch_norms_refuses_a_model_in_training_mode():
+    with pytest.raises(ValueError, match=r"call model.eval\(\) first"):
+        fold_batch_norms(tiny_classifier().train())
+
+
+def test_the_predictor_folds_batch_norms_unless_told_not_to():
+    checkpoint = {"model": trained_statistics(tiny_classifier()).state_dict(), "class_names": ["a", "b", "c"],
+                  "model_args": constructor_args("audiocnn", 3, 16, {"width": 4}),
+                  "feature_params": {"n_mels": 16, "n_frames": 40}, "feature_shape": [16, 40]}
+    features = np.random.default_rng(0).normal(-5, 3, (6, 16, 40)).astype(np.float32)
+    folded, plain = Predictor(checkpoint), Predictor(checkpoint, fold_batch_norm=False)
+    assert not any(isinstance(module, torch.nn.BatchNorm2d) for module in folded.model.modules())
+    assert any(isinstance(module, torch.nn.BatchNorm2d) for module in plain.model.modules())
+    np.testing.assert_allclose(folded.classify_features(features), plain.classify_features(features), atol=1e-5)
