@@ -17,6 +17,7 @@ from pathlib import Path
 
 from audioclf.checkpoint import CheckpointError, check_required_keys, load_checkpoint
 from audioclf.export import OnnxExportError, export_onnx
+from audioclf.files import check_writable
 from audioclf.inference import LONG_MODE_KEY, exported_operating_point, load_operating_point
 from audioclf.runtime import setup_logging
 from audioclf.zeroshot import ZERO_SHOT_PREFIX, is_zero_shot, zero_shot_checkpoint
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     args = parse_args(argv)
     try:
+        check_writable(args.onnx, "--onnx model")  # before the export and its check run
         if is_zero_shot(args.checkpoint):  # audioset:yamnet: the pretrained model with its AudioSet head
             checkpoint = zero_shot_checkpoint(args.checkpoint)
         else:

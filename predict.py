@@ -41,7 +41,7 @@ import torch
 from audioclf.checkpoint import OPERATING_POINT_FILE, SCORES_DIRNAME, CheckpointError
 from audioclf.events import (DetectionParams, Event, LOW_THRESHOLD_RATIO, format_comparison, format_events_table,
                              read_events_csv, score_events, write_events_csv)
-from audioclf.files import atomic_write_json
+from audioclf.files import atomic_write_json, check_writable
 from audioclf.inference import (LONG_FACTOR, LONG_MODE_KEY, Predictor, align_reference, collect_inputs, detect,
                                 format_clip_table, format_metrics, load_operating_point, parse_operating_point,
                                 write_clip_csv,
@@ -54,6 +54,7 @@ from audioclf.streaming import (PCM_FORMATS, PcmFormat, StreamDetector, StreamEr
 
 log = logging.getLogger("predict")
 ALL_CLASSES = "all"
+OUTPUT_FLAGS = ("output_csv", "output_json", "windows_csv", "events_csv", "events_json", "metrics_json")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -255,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.stream is not None:
         return stream(args)
     try:
+        for flag in OUTPUT_FLAGS:  # before any work: results are not lost to an output that cannot be written
+            if getattr(args, flag):
+                check_writable(getattr(args, flag), f"--{flag}")
         predictor = Predictor.from_checkpoint(args.checkpoint, resolve_device(args.device))
     except (FileNotFoundError, CheckpointError, PretrainedWeightsUnavailable, ValueError) as error:
         log.error("%s", error)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -208,9 +209,13 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
             f"checkpoint not found: {path}. Train a model first with "
             "`python train.py --config_path <config.json>`, or check the path."
         )
+    what_to_do = ("use one that train.py wrote; a damaged checkpoint_epoch*.pth.tar can be deleted, and --resume "
+                  "then continues from the newest one left")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; torch's own message would be about pickles
+        raise CheckpointError(f"cannot load checkpoint {path}: not a torch.save file (truncated, or another kind "
+                              f"of file); {what_to_do}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
-        raise CheckpointError(
-            f"cannot load checkpoint {path} (corrupt, truncated or not a torch.save file?): {error}"
-        ) from error
+        reason = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise CheckpointError(f"cannot load checkpoint {path} (corrupt or truncated?): {reason}; {what_to_do}") from None

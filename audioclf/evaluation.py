@@ -85,13 +85,13 @@ from audioclf.checkpoint import (BEST_CHECKPOINT_NAME, CONFUSION_MATRIX_FILE, DE
                                  SCORE_FILE, check_required_keys, checkpoint_windows, load_checkpoint,
                                  model_from_checkpoint, scores_dir)
 from audioclf.config import Params
-from audioclf.files import atomic_write, atomic_write_json, atomic_write_text
+from audioclf.files import atomic_write, atomic_write_json, atomic_write_text, make_folder
 from audioclf.inference import LONG_MODE_KEY, Predictor
 from audioclf.listfile import FEATURE_CONFIG
 from audioclf.frontend import FeatureParams
 from audioclf.runtime import amp_dtype_for, fold_batch_norms, resolve_device
 from audioclf.transfer import check_features
-from audioclf.tuning import tune_on_recordings
+from audioclf.tuning import load_tuning_set, tune_on_recordings
 from audioclf.windows import default_hop, iter_window_outputs, pool_windows
 from dataloaders.crops import window_loader
 from dataloaders.dataloader import SpectrogramDataset
@@ -552,8 +552,7 @@ def write_report(output_dir: str | Path, files: Sequence[str], probabilities: np
     ``metrics`` is what ``metrics.json`` holds: ``extra_metrics``, ``report``, ``detection`` and
     ``files`` (``{kind: path}``); ``images`` are the pictures' RGB pixels (for TensorBoard).
     """
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = make_folder(output_dir, "report folder")
     probabilities, labels = np.asarray(probabilities), np.asarray(labels)
     predictions = probabilities.argmax(axis=1)
     paths = {"score": output_dir / SCORE_FILE, "probabilities": output_dir / PROBABILITIES_FILE,
@@ -616,6 +615,9 @@ def run_evaluation(params: Params, checkpoint_path: str | Path | None = None, ta
     class_id = resolve_target_class(class_names, target_class if target_class is not None else params.target_class)
 
     check_detection_keys(params, class_id)
+    tuning_set = None  # read and checked before any scoring, as is the report's folder (below)
+    if class_id is not None and params.detection_soundscapes is not None:
+        tuning_set = load_tuning_set(params.detection_soundscapes, params.detection_reference, class_names[class_id])
     evaluation_set = load_list(params.evallist, params.datapath, "evallist")
     feature_params, feature_source = evaluation_set.info.feature_params, evaluation_set.info.source
     if feature_params is None:  # a hand-made list: its features are the checkpoint's (check_matches_checkpoint)
@@ -628,6 +630,7 @@ def run_evaluation(params: Params, checkpoint_path: str | Path | None = None, ta
         validation_set = load_list(params.vallist, params.datapath, "vallist")
         check_matches_checkpoint(validation_set, checkpoint, checkpoint_path)
 
+    make_folder(output_dir, "report folder")
     device = resolve_device(params.device)
     model = fold_batch_norms(model_from_checkpoint(checkpoint))  # as Predictor scores windows
     epoch = int(checkpoint.get("epoch", 0))
@@ -645,12 +648,12 @@ def run_evaluation(params: Params, checkpoint_path: str | Path | None = None, ta
         detection = detection_report(class_names[class_id], class_id, params.max_false_alarm_rate,
                                      validation, (probabilities, labels))
         detection["checkpoint"] = str(checkpoint_path)  # the model these thresholds belong to
-        if params.detection_soundscapes is not None:
+        if tuning_set is not None:
             # The same windows, batches and post-processing as predict.py --long.
             predictor = Predictor(checkpoint, device, amp=params.amp, channels_last=params.channels_last)
-            detection[LONG_MODE_KEY] = tune_on_recordings(
-                predictor, params.detection_soundscapes, params.detection_reference, class_names[class_id],
-                params.detection_hop_seconds, batch_size=params.batch_size, progress=show_progress)
+            detection[LONG_MODE_KEY] = tune_on_recordings(predictor, tuning_set, class_names[class_id],
+                                                          params.detection_hop_seconds, batch_size=params.batch_size,
+                                                          progress=show_progress)
 
     files = [entry.feature_file for entry in evaluation_set.entries]
     metrics, images = write_report(output_dir, files, probabilities, labels, class_names, report, detection,

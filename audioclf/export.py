@@ -379,7 +379,12 @@ class OnnxClassifier:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such ONNX model (export one with export.py)")
-        self.session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own classes (InvalidProtobuf, Fail, ...)
+            reason = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+            raise ValueError(f"{self.path}: not an ONNX model onnxruntime can load ({reason}); export one with "
+                             "export.py") from None
         props = dict(self.session.get_modelmeta().custom_metadata_map)
         self._metadata: OnnxMetadata | None = None
         self._props = props

@@ -1,6 +1,12 @@
-"""Atomic file writes: a reader sees the old file or the new one, never a partial one."""
+"""Atomic file writes: a reader sees the old file or the new one, never a partial one.
+
+An output that cannot be written (a read-only folder, a folder where a file should go, a file
+where a folder should be) raises ``OutputPathError``, a ValueError whose one line names the path,
+so every script reports it like any other bad input.
+"""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -25,6 +31,49 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+class OutputPathError(ValueError):
+    """An output that cannot be written where it was asked for; the message names the path and why."""
+
+
+def _why_unwritable(error: OSError) -> str:
+    if isinstance(error, IsADirectoryError):
+        return "it is a folder"
+    if isinstance(error, (NotADirectoryError, FileExistsError)):
+        return "a part of its folder path is a file"
+    if isinstance(error, PermissionError) or error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "the folder is not writable"
+    return error.strerror or str(error)
+
+
+def make_folder(folder: str | os.PathLike[str], what: str = "folder") -> Path:
+    """``folder`` created with its parents (fine if it exists); OutputPathError naming it when it cannot be."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputPathError(f"cannot create the {what} {folder}: {_why_unwritable(error)}; "
+                              "choose a path in a writable folder") from None
+    return folder
+
+
+def check_writable(path: str | os.PathLike[str], what: str = "output") -> None:
+    """OutputPathError naming ``path`` unless a file could be written there (before slow work starts).
+
+    Refused: a folder at ``path``, a file where one of its folders should be, a folder that exists
+    but is not writable. Folders that do not exist yet are fine (``atomic_write`` creates them).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"cannot write the {what} {path}: it is a folder; give a file name")
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputPathError(f"cannot write the {what} {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputPathError(f"cannot write the {what} {path}: {existing} is not writable; choose another path")
+
+
 def atomic_write(
     path: str | os.PathLike[str],
     write: Callable[[Any], None],
@@ -38,10 +87,16 @@ def atomic_write(
     fsyncs (still atomic; for many small files that a re-run would recompute anyway).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
+    if path.is_dir():
+        raise OutputPathError(f"cannot write {path}: it is a folder; give a file name")
     temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    # os.open with 0o666 honours the umask, unlike tempfile's 0o600.
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        # os.open with 0o666 honours the umask, unlike tempfile's 0o600.
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as error:
+        raise OutputPathError(f"cannot write {path}: {_why_unwritable(error)}; "
+                              "choose a path in a writable folder") from None
     try:
         with os.fdopen(fd, "wb") as file:
             write(file)

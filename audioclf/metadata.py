@@ -116,15 +116,15 @@ def _check_duplicates(frame: pd.DataFrame, csv_path: Path) -> None:
             "each clip must appear once")
 
 
-def refusal_reason(slice_file_name: str) -> str | None:
-    """Why a CSV path may not be read (absolute, escaping the data dir, empty), else None."""
+def refusal_reason(slice_file_name: str, column: str = "slice_file_name", folder: str = "--data_dir") -> str | None:
+    """Why a path from a CSV's ``column`` may not be read (absolute, escaping ``folder``, empty), else None."""
     if not slice_file_name.strip():
-        return "refused: empty slice_file_name"
+        return f"refused: empty {column}"
     if os.path.isabs(slice_file_name) or PurePosixPath(slice_file_name).is_absolute() \
             or (len(slice_file_name) > 1 and slice_file_name[1] == ":"):
-        return "refused: absolute path; slice_file_name must be relative to --data_dir"
+        return f"refused: absolute path; {column} must be relative to {folder}"
     if ".." in PurePosixPath(slice_file_name.replace("\\", "/")).parts:
-        return "refused: '..' in path escapes --data_dir"
+        return f"refused: '..' in path escapes {folder}"
     return None
 
 

@@ -33,6 +33,7 @@ from audioclf.classifier import AudioClassifier, constructor_args
 from audioclf.transfer import (check_features, head_rows, parameter_groups, resolve_normalization,
                                trainable_summary)
 from audioclf.config import Params
+from audioclf.files import make_folder
 from audioclf.frontend import FeatureParams, LogScale, log_scale_for
 from audioclf.distributed import (ShardSampler, all_reduce_sum, barrier, broadcast_object, cleanup_distributed,
                                   init_distributed, sync_buffers)
@@ -128,6 +129,9 @@ def build_data(params: Params, info: DistInfo, device: torch.device) -> Data:
     train_set = SpectrogramDataset(params.trainlist, params.datapath)
     val_set = SpectrogramDataset(params.vallist, params.datapath, class_names=train_set.class_names)
     check_compatible(train_set, val_set)
+    if params.target_class is not None and params.target_class not in train_set.class_names:
+        raise ValueError(f'"target_class" {params.target_class!r} is not a class of {params.trainlist}; '
+                         f"its classes are {train_set.class_names}")
     window = params.crop_frames or train_set.n_frames
     hop = params.crop_hop_frames or default_hop(window)
     pad_mode, silence = padding_for(train_set.info.feature_params)
@@ -590,7 +594,7 @@ def _train(params: Params, info: DistInfo, device: torch.device, resume: bool, s
         model.to(memory_format=torch.channels_last)
     refuse_to_overwrite(checkpoint_dir, resume)
     if info.is_main:
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        make_folder(checkpoint_dir, "checkpoint folder")
         params.save(checkpoint_dir / CONFIG_FILE)
         shape = (1, data.train_set.n_mels, data.window)
         log.info("model %s, %d classes %s, input %s, %s\n%s", params.model, len(data.train_set.class_names),

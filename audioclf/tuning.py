@@ -1,5 +1,6 @@
 """Choosing long-mode detection settings on recordings with reference events (e.g. validation soundscapes).
 
+``load_tuning_set`` reads and checks the recordings and their reference (before any scoring);
 ``tune_on_recordings`` runs the model over every recording exactly as ``predict.py --long``
 does (``Predictor.predict_long``: the same windows, the same batches-to-probabilities helper),
 then tries every combination of ``DETECTION_GRID`` with the same post-processing
@@ -87,19 +88,24 @@ def select_detection_params(windows: Sequence[WindowPredictions], class_names: S
     return best[1], best[2]
 
 
-def tune_on_recordings(predictor: Predictor, recordings: str | Path, reference_csv: str | Path, target_class: str,
-                       hop_seconds: float, batch_size: int = 32, grid: DetectionGrid = DETECTION_GRID,
-                       progress: bool = False) -> dict:
-    """Long-mode detection settings chosen on the audio files under ``recordings``; the ``long_mode`` dict.
+@dataclass(frozen=True)
+class TuningSet:
+    """Recordings to tune on and their reference events of the target class (``load_tuning_set``)."""
 
-    Keys: ``hop_seconds``, ``threshold``, ``threshold_low``, ``median_filter``, ``merge_gap``,
-    ``min_duration`` (what ``predict.py --long`` uses), ``selected_by``, ``n_candidates``,
-    ``recordings``, ``reference``, ``n_recordings``, ``audio_seconds``, ``n_reference_events`` and
-    ``measured`` (``events.score_events`` of the chosen settings: event-based, ``dcase2017``, ...).
+    recordings: Path
+    reference_csv: Path
+    paths: list[str]
+    reference: list[Event]  # the target class's events, their ``file`` being one of ``paths``
+
+
+def load_tuning_set(recordings: str | Path, reference_csv: str | Path, target_class: str) -> TuningSet:
+    """The audio files under ``recordings`` and the ``target_class`` events of ``reference_csv``, checked.
+
+    TuningError (or the reference reader's ValueError naming the line) for a missing folder or
+    file, a folder without audio, events of files that are not there, or no target events: cheap,
+    so evaluation calls it before any scoring.
     """
     recordings, reference_csv = Path(recordings), Path(reference_csv)
-    if target_class not in predictor.class_names:
-        raise TuningError(f"target class {target_class!r} is not a class of the model ({predictor.class_names})")
     if not recordings.is_dir():
         raise TuningError(f'"detection_soundscapes" folder not found: {recordings}')
     paths = collect_inputs([recordings])
@@ -116,6 +122,22 @@ def tune_on_recordings(predictor: Predictor, recordings: str | Path, reference_c
     aligned = [event for event in aligned if event.class_name == target_class]
     if not aligned:
         raise TuningError(f"{reference_csv} has no {target_class!r} events to tune detection on")
+    return TuningSet(recordings, reference_csv, paths, aligned)
+
+
+def tune_on_recordings(predictor: Predictor, tuning_set: TuningSet, target_class: str, hop_seconds: float,
+                       batch_size: int = 32, grid: DetectionGrid = DETECTION_GRID, progress: bool = False) -> dict:
+    """Long-mode detection settings chosen on ``tuning_set``'s recordings (``load_tuning_set``); the ``long_mode`` dict.
+
+    Keys: ``hop_seconds``, ``threshold``, ``threshold_low``, ``median_filter``, ``merge_gap``,
+    ``min_duration`` (what ``predict.py --long`` uses), ``selected_by``, ``n_candidates``,
+    ``recordings``, ``reference``, ``n_recordings``, ``audio_seconds``, ``n_reference_events`` and
+    ``measured`` (``events.score_events`` of the chosen settings: event-based, ``dcase2017``, ...).
+    """
+    if target_class not in predictor.class_names:
+        raise TuningError(f"target class {target_class!r} is not a class of the model ({predictor.class_names})")
+    recordings, reference_csv = tuning_set.recordings, tuning_set.reference_csv
+    paths, aligned = tuning_set.paths, tuning_set.reference
     windows = [predictor.predict_long(path, hop_seconds, batch_size, progress=progress) for path in paths]
     params, _ = select_detection_params(windows, predictor.class_names, target_class, aligned, grid.candidates())
     events = detect(windows, predictor.class_names, {target_class: params})

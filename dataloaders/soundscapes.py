@@ -18,6 +18,7 @@ clip that covers most of it (the first listed on a tie).
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from torch.utils.data import Dataset
 
 from audioclf.events import SOUNDSCAPE_EVENTS_FILE, SOUNDSCAPE_PARTS_FILE, read_events_csv
 from audioclf.frontend import AudioReadError, FeatureExtractor, FeatureParams, read_audio
-from audioclf.metadata import feature_file_of
+from audioclf.metadata import feature_file_of, refusal_reason
 from dataloaders.crops import CropKey, random_crop
 
 PARTS_NEEDED = ("file", "part", "clip", "class", "start_s", "end_s")  # the parts.csv columns read here
@@ -101,6 +102,13 @@ def _read_parts(path: Path) -> list[dict]:
         return [dict(row, line=line) for line, row in enumerate(reader, start=2)]
 
 
+def _is_finite_number(text: str | None) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except (TypeError, ValueError):
+        return False
+
+
 def load_training_soundscapes(folder: str | Path, params: FeatureParams, class_names: list[str],
                               target_class: str, training_clips: set[str]) -> list[LabelledRecording]:
     """The mixtures of ``folder`` as labelled log-mels of the training features (``params``).
@@ -131,6 +139,15 @@ def load_training_soundscapes(folder: str | Path, params: FeatureParams, class_n
         if row["class"] not in class_ids:
             raise SoundscapeDataError(f"{folder / SOUNDSCAPE_PARTS_FILE}:{row['line']}: class {row['class']!r} is "
                                       f"not a training class ({class_names})")
+        problem = refusal_reason(row["file"], "file", str(folder))
+        if problem is not None:
+            raise SoundscapeDataError(f"{folder / SOUNDSCAPE_PARTS_FILE}:{row['line']}: file {row['file']!r} "
+                                      f"{problem}")
+        for column in ("start_s", "end_s"):
+            if not _is_finite_number(row[column]):
+                raise SoundscapeDataError(f"{folder / SOUNDSCAPE_PARTS_FILE}:{row['line']}: {column} "
+                                          f"{row[column]!r} is not a number; rebuild the folder with "
+                                          "python -m tools.soundscapes")
         by_file.setdefault(row["file"], []).append(row)
     extractor = FeatureExtractor(params)
     frame_s = params.hop_length / params.sample_rate

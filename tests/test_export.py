@@ -273,3 +273,13 @@ def test_the_shortest_graph_input_is_one_frames_samples(preset):
     metadata = OnnxMetadata(["a", "b"], params, params.n_samples, params.sample_rate)
     assert metadata.frame_samples == (params.win_length if preset else params.n_fft) == params.frame_length
     assert metadata.input_samples == metadata.frame_samples + 19 * params.hop_length
+
+
+def test_a_file_that_is_not_an_onnx_model_gets_one_line(tmp_path):
+    path = tmp_path / "model.onnx"
+    path.write_text("not a model\n")
+    with pytest.raises(ValueError) as info:
+        OnnxClassifier(path)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{path}: not an ONNX model")
+    assert message.endswith("export one with export.py")

@@ -211,6 +211,32 @@ def test_unreadable_inputs_are_reported_and_skipped(trained, tmp_path, capsys, c
     assert "no input could be processed" in caplog.text
 
 
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(trained, tmp_path, caplog, monkeypatch):
+    (tmp_path / "taken").mkdir()
+    monkeypatch.setattr(predict.Predictor, "from_checkpoint", None)  # reaching the model would be too late
+    assert predict.main(["--checkpoint", str(trained.checkpoint), "--long", str(trained.long_file),
+                         "--events_csv", str(tmp_path / "taken")]) == 1
+    assert f"cannot write the --events_csv {tmp_path / 'taken'}: it is a folder; give a file name" in caplog.text
+
+
+def test_a_detection_reference_that_cannot_be_read_stops_evaluation_before_any_scoring(trained, tmp_path,
+                                                                                      monkeypatch):
+    soundscapes = tmp_path / "soundscapes"
+    build_soundscapes(trained.audio_dir.parent / "metadata.csv", trained.audio_dir,
+                      list_path(trained.features_dir / LISTS_DIR, "validation"), TARGET, soundscapes, n_mixtures=2,
+                      seed=0, duration_s=8.0)
+    reference = tmp_path / "events.csv"
+    rows = (soundscapes / EVENTS_FILE).read_text().splitlines()
+    reference.write_text("\n".join([rows[0], "mixture_0000.wav,abc,2.0,babycry"]) + "\n")
+    params = Params(trained.checkpoint.parents[1] / "config.json")
+    params.update({"target_class": TARGET, "detection_soundscapes": str(soundscapes),
+                   "detection_reference": str(reference)})
+    monkeypatch.setattr("audioclf.evaluation.predict_list", None)  # scoring the clips first would waste them
+    with pytest.raises(ValueError, match=r"events.csv, line 2: onset/offset must be numbers"):
+        run_evaluation(params, checkpoint_path=trained.checkpoint, output_dir=tmp_path / "scores")
+    assert not (tmp_path / "scores").exists()
+
+
 def test_missing_checkpoint_gives_a_clear_message(tmp_path, caplog):
     assert predict.main(["--checkpoint", str(tmp_path / "nope.pth.tar"), "x.wav"]) == 1
     assert "checkpoint not found" in caplog.text and "nope.pth.tar" in caplog.text

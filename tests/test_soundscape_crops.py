@@ -154,3 +154,22 @@ def test_folder_errors_name_the_file_and_the_fix(folder, tmp_path):
     (out / PARTS_FILE).write_text("\n".join(line.rsplit(",", 1)[0] for line in text) + "\n")  # version 1: no class
     with pytest.raises(SoundscapeDataError, match="no class column; rebuild the folder"):
         load_training_soundscapes(out, PARAMS, CLASSES, "babycry", training)
+
+
+@pytest.mark.parametrize("column, value, message", [
+    ("file", "../outside.wav", r"parts.csv:2: file '\.\./outside\.wav' refused: '\.\.' in path escapes"),
+    ("file", "/tmp/outside.wav", r"parts.csv:2: file '/tmp/outside\.wav' refused: absolute path"),
+    ("start_s", "abc", r"parts.csv:2: start_s 'abc' is not a number; rebuild the folder"),
+    ("end_s", "nan", r"parts.csv:2: end_s 'nan' is not a number"),
+])
+def test_a_parts_row_that_leaves_the_folder_or_is_not_a_number_is_named(folder, column, value, message):
+    out, training = folder
+    with open(out / PARTS_FILE, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    rows[0][column] = value
+    with open(out / PARTS_FILE, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(SoundscapeDataError, match=message):
+        load_training_soundscapes(out, PARAMS, CLASSES, "babycry", training)

@@ -171,6 +171,10 @@ def test_bad_inputs_are_named(clips, tmp_path):
         build(clips, tmp_path / "x", list_file=bad_list)
     with pytest.raises(SoundscapeError, match="--n_mixtures must be >= 1"):
         build(clips, tmp_path / "x", n_mixtures=0)
+    for ebr in (float("nan"), float("inf")):  # no NaN gains or silent mixtures
+        with pytest.raises(SoundscapeError, match=r"--ebr values must be finite numbers of dB, got \[0.0, "):
+            build(clips, tmp_path / "x", ebr_db=(0.0, ebr))
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("name, text, line", [

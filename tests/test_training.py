@@ -157,6 +157,14 @@ def test_unseen_validation_class_is_an_error(tmp_path, features):
         train(Params(config), show_progress=False)
 
 
+def test_a_target_class_that_is_not_a_class_is_refused_before_training(tmp_path, features):
+    config = make_config(tmp_path, features, target_class="babycri")
+    with pytest.raises(ValueError, match=r'"target_class" \'babycri\' is not a class of .*train.txt; its classes '
+                                         r"are \['babycry', "):
+        train(Params(config), show_progress=False)
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_missing_feature_file_named(tmp_path, features):
     lists = tmp_path / "lists"
     lists.mkdir()

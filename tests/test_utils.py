@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import utils
+from audioclf.files import OutputPathError, check_writable
 from utils import (
     CONFIG_SCHEMA,
     CheckpointError,
@@ -369,6 +370,23 @@ def test_atomic_write_text_and_json(tmp_path):
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["meta.json", "notes.txt", "sub"]
 
 
+def test_an_output_that_cannot_be_written_is_one_line_naming_it(tmp_path):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file.txt").write_text("x")
+    cases = [(tmp_path / "folder", "it is a folder"),
+             (tmp_path / "file.txt" / "sub" / "out.csv", "is a file, not a folder")]
+    for path, why in cases:
+        with pytest.raises(OutputPathError, match=why) as info:  # checked before any work
+            check_writable(path, "--output_csv")
+        assert str(info.value).startswith(f"cannot write the --output_csv {path}: ")
+    with pytest.raises(OutputPathError, match=r"folder\b.*: it is a folder; give a file name"):
+        atomic_write_text(tmp_path / "folder", "x")
+    with pytest.raises(OutputPathError, match=r"file.txt/sub: a part of its folder path is a file"):
+        atomic_write_text(tmp_path / "file.txt" / "sub" / "out.csv", "x")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["file.txt", "folder"]
+    check_writable(tmp_path / "new" / "deeper" / "out.csv")  # folders still to be made are fine
+
+
 def test_atomic_write_honours_umask(tmp_path):
     old = os.umask(0o022)
     try:
@@ -472,6 +490,16 @@ def test_truncated_checkpoint_error_names_path(tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(CheckpointError, match="empty.pth.tar"):
         load_checkpoint(empty)
+
+
+def test_a_text_file_as_checkpoint_gets_one_line_that_says_what_to_do(tmp_path):
+    path = tmp_path / "model_best.pth.tar"
+    path.write_text("not a checkpoint\n")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message and "not a torch.save file" in message
+    assert "use one that train.py wrote" in message and "weights_only" not in message
 
 
 def test_missing_checkpoint_suggests_training(tmp_path):

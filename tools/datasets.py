@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable
 
-from audioclf.files import atomic_write_text
+from audioclf.files import OutputPathError, atomic_write_text
 from audioclf.frontend import AUDIO_EXTENSIONS
 from audioclf.metadata import GROUP_COLUMN, is_whole_number, refusal_reason
 from audioclf.config import Params
@@ -839,7 +839,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         outcome = build(args.names, args.root, args.out, args.target, args.classes,
                         AdapterOptions(esc10=args.esc10, segments=args.segments, clips=args.clips), args.data_dir)
-    except DatasetError as error:
+    except (DatasetError, OutputPathError) as error:
         log.error("%s", error)
         return 1
     if outcome.failed:

@@ -50,7 +50,7 @@ import numpy as np
 
 from audioclf.events import (REFERENCE_CSV_COLUMNS, SOUNDSCAPE_EVENTS_FILE, SOUNDSCAPE_PARTS_COLUMNS,
                              SOUNDSCAPE_PARTS_FILE, Event, write_events_csv)
-from audioclf.files import atomic_write_json, atomic_write_text
+from audioclf.files import atomic_write_json, atomic_write_text, make_folder
 from audioclf.frontend import AudioReadError, FeatureParams, read_audio, write_audio
 from audioclf.listfile import FEATURE_CONFIG, read_list
 from audioclf.metadata import Clip, MetadataError, read_metadata
@@ -405,11 +405,15 @@ def build_soundscapes(csv_file: str | Path, data_dir: str | Path, list_file: str
         raise SoundscapeError(f"--duration must be more than {2 * EDGE_MARGIN_S} s, got {duration_s}")
     if not ebr_db:
         raise SoundscapeError("--ebr needs at least one value (dB)")
+    if not all(math.isfinite(value) for value in ebr_db):
+        raise SoundscapeError(f"--ebr values must be finite numbers of dB, got {list(ebr_db)}")
+    if not math.isfinite(duration_s):
+        raise SoundscapeError(f"--duration must be a finite number of seconds, got {duration_s}")
     sample_rate = feature_sample_rate(list_file, sample_rate)
     targets, background, classes = load_sources(csv_file, data_dir, list_file, target_class, sample_rate, duration_s)
     plans = plan_soundscapes(background, targets, n_mixtures, seed, sample_rate, duration_s, ebr_db)
 
-    out = Path(out)
+    out = make_folder(out, "--out folder")
     _clear_previous(out)
     audio = {**background, **targets}
     gains, events = [], []
