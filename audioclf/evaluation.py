@@ -85,7 +85,7 @@ from audioclf.checkpoint import (BEST_CHECKPOINT_NAME, CONFUSION_MATRIX_FILE, DE
                                  SCORE_FILE, check_required_keys, checkpoint_windows, load_checkpoint,
                                  model_from_checkpoint, scores_dir)
 from audioclf.config import Params
-from audioclf.files import atomic_write, atomic_write_json, atomic_write_text, make_folder
+from audioclf.files import atomic_write, atomic_write_json, atomic_write_text, check_writable, make_folder
 from audioclf.inference import LONG_MODE_KEY, Predictor
 from audioclf.listfile import FEATURE_CONFIG
 from audioclf.frontend import FeatureParams
@@ -630,7 +630,7 @@ def run_evaluation(params: Params, checkpoint_path: str | Path | None = None, ta
         validation_set = load_list(params.vallist, params.datapath, "vallist")
         check_matches_checkpoint(validation_set, checkpoint, checkpoint_path)
 
-    make_folder(output_dir, "report folder")
+    check_writable(make_folder(output_dir, "report folder") / SCORE_FILE, "report")
     device = resolve_device(params.device)
     model = fold_batch_norms(model_from_checkpoint(checkpoint))  # as Predictor scores windows
     epoch = int(checkpoint.get("epoch", 0))
