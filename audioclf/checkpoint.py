@@ -166,15 +166,19 @@ def save_checkpoint(
         raise ValueError(f"keep must be >= 0, got {keep}")
     checkpoint_dir = Path(checkpoint_dir)
     epoch_path = epoch_checkpoint_path(checkpoint_dir, epoch)
-    atomic_write(epoch_path, lambda file: torch.save(state, file), check=_check_loadable)
+    # The best model first: a process killed between the two writes leaves the previous epoch as the newest
+    # checkpoint, so --resume runs this epoch again and rewrites both; the other order could leave a
+    # model_best.pth.tar older than the run's best epoch that no resume would repair.
+    first = checkpoint_dir / BEST_CHECKPOINT_NAME if is_best else epoch_path
+    atomic_write(first, lambda file: torch.save(state, file), check=_check_loadable)
     if is_best:
         # Copy the verified bytes rather than pickling the state a second time.
-        def copy_epoch_file(file: Any) -> None:
-            with open(epoch_path, "rb") as source:
+        def copy_best_file(file: Any) -> None:
+            with open(first, "rb") as source:
                 while chunk := source.read(1 << 20):
                     file.write(chunk)
 
-        atomic_write(checkpoint_dir / BEST_CHECKPOINT_NAME, copy_epoch_file)
+        atomic_write(epoch_path, copy_best_file)
     if keep:
         for old in list_checkpoints(checkpoint_dir)[:-keep]:
             if old != epoch_path:

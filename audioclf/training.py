@@ -536,11 +536,34 @@ def load_latest_for_resume(checkpoint_dir: Path, info: DistInfo) -> tuple[dict |
     return checkpoint, latest
 
 
-def check_resume_compatible(checkpoint: dict, model_args: dict, path: Path) -> None:
-    """A checkpoint from another model or class set cannot be resumed with this config."""
+# What a resumed run may change: where the files are, how fast it runs, what evaluation does after it, and
+# (but for a cosine schedule, whose length the saved scheduler holds) how many epochs it lasts.
+RESUME_FREE_KEYS = frozenset({
+    "datapath", "trainlist", "vallist", "evallist", "checkpoint_dir", "summaries_dir", "dataset_name",
+    "eval_batch_size", "num_workers", "feature_cache", "feature_cache_dtype", "prefetch_batches", "device", "amp",
+    "channels_last", "compile", "resume", "keep_checkpoints", "log_every", "max_false_alarm_rate",
+    "detection_soundscapes", "detection_reference", "detection_hop_seconds", "epochs",
+})
+
+
+def check_resume_compatible(checkpoint: dict, model_args: dict, path: Path, config: dict) -> None:
+    """A checkpoint from another model or class set, or trained with other settings, cannot be resumed.
+
+    A resumed run continues the saved optimizer, schedule and RNG state, so a changed learning
+    rate, schedule, augmentation or seed would not apply as written (and would break the
+    bit-identical resume); each such key is named.
+    """
     if checkpoint["model_args"] != model_args:
         raise ValueError(f"cannot resume from {path}: it was trained with {checkpoint['model_args']}, "
                          f"the config now gives {model_args}; use a new checkpoint_dir or restore the config")
+    saved = checkpoint.get("config") or {}
+    free = RESUME_FREE_KEYS - ({"epochs"} if config.get("scheduler") == "cosine" else set())
+    changed = [f"{key} ({saved[key]!r} -> {value!r})" for key, value in config.items()
+               if key not in free and key in saved and saved[key] != value]
+    if changed:
+        raise ValueError(f"cannot resume from {path}: the config changed {', '.join(changed)}; a resumed run "
+                         "continues the saved optimizer, schedule and random state, so restore these (the run's "
+                         f"{CONFIG_FILE} has them) or start a new checkpoint_dir")
 
 
 # ---------------------------------------------------------------------------------------
@@ -593,6 +616,9 @@ def _train(params: Params, info: DistInfo, device: torch.device, resume: bool, s
     if options.channels_last:
         model.to(memory_format=torch.channels_last)
     refuse_to_overwrite(checkpoint_dir, resume)
+    checkpoint, latest = load_latest_for_resume(checkpoint_dir, info) if resume else (None, None)
+    if checkpoint is not None:  # before config.json is written: a refused resume leaves the run as it was
+        check_resume_compatible(checkpoint, model_args, latest, params.to_dict())
     if info.is_main:
         make_folder(checkpoint_dir, "checkpoint folder")
         params.save(checkpoint_dir / CONFIG_FILE)
@@ -604,9 +630,7 @@ def _train(params: Params, info: DistInfo, device: torch.device, resume: bool, s
     scaler = torch.amp.GradScaler(device.type, enabled=options.amp_dtype == torch.float16)
     criterion = build_criterion(params, data.train_set, device)
     start_epoch, best = 1, {"accuracy": -1.0, "loss": math.inf, "epoch": 0}
-    checkpoint, latest = load_latest_for_resume(checkpoint_dir, info) if resume else (None, None)
     if checkpoint is not None:
-        check_resume_compatible(checkpoint, model_args, latest)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["lr_scheduler"])

@@ -221,3 +221,24 @@ def test_reference_events_are_library_events(clips, tmp_path):
     build(clips, tmp_path / "out", n_mixtures=1)
     (event,) = read_events_csv(tmp_path / "out" / EVENTS_FILE)
     assert isinstance(event, Event) and event.duration_s > 0.9
+
+
+def test_an_interrupted_build_leaves_no_references_and_the_next_build_completes(clips, tmp_path, monkeypatch):
+    out = tmp_path / "soundscapes"
+    complete = build(clips, out)
+    real_write, written = soundscapes.write_audio, []
+
+    def killed_on_the_third(path, *args, **kwargs):
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        written.append(path)
+        real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(soundscapes, "write_audio", killed_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        build(clips, out, seed=5)  # a rebuild with another seed, killed part-way
+    # no events.csv or parts.csv of the old build beside the new mixtures; the manifest says it is unfinished
+    assert sorted(path.name for path in out.iterdir()) == ["manifest.json", "mixture_0000.wav", "mixture_0001.wav"]
+    assert json.loads((out / "manifest.json").read_text())["complete"] is False
+    monkeypatch.setattr(soundscapes, "write_audio", real_write)
+    assert build(clips, out) == complete  # the re-run clears the unfinished folder (this tool wrote it)

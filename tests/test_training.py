@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -124,6 +125,20 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, features, monke
     with pytest.raises(NonFiniteLossError, match="loss became nan in epoch 2"):
         train(Params(config), show_progress=False)
     assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["checkpoint_epoch0001.pth.tar"]
+
+
+def test_resume_refuses_a_changed_training_setting_and_leaves_the_run_as_it_was(tmp_path, features):
+    train(Params(make_config(tmp_path, features, epochs=1)), show_progress=False)
+    saved = (tmp_path / "checkpoints" / "config.json").read_text()
+    for overrides, named in (({"lr": 0.1}, "lr (0.003 -> 0.1)"), ({"seed": 7}, "seed (0 -> 7)"),
+                             ({"scheduler": "cosine", "epochs": 2}, "scheduler ('none' -> 'cosine')")):
+        with pytest.raises(ValueError, match=re.escape(named) + ".*restore these .*config.json.* or start a new"):
+            train(Params(make_config(tmp_path, features, **{"epochs": 2, **overrides})), resume=True,
+                  show_progress=False)
+        assert (tmp_path / "checkpoints" / "config.json").read_text() == saved
+    # more epochs of a schedule that does not depend on them, and a faster loader, resume fine
+    result = train(Params(make_config(tmp_path, features, epochs=2, num_workers=0)), resume=True, show_progress=False)
+    assert [entry["epoch"] for entry in result["history"]] == [2]
 
 
 def test_interrupt_keeps_finished_epochs_and_resume_continues(tmp_path, features, monkeypatch):

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import utils
+from audioclf import checkpoint as checkpoint_module
 from audioclf.files import OutputPathError, check_writable
 from utils import (
     CONFIG_SCHEMA,
@@ -419,6 +420,22 @@ def test_save_checkpoint_keeps_last_five_and_best(tmp_path):
     assert best["epoch"] == best_epoch
     assert torch.equal(best["weights"], torch.full((3,), 3.0))
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_kill_between_the_two_writes_of_a_best_epoch_leaves_a_run_that_resumes_right(tmp_path, monkeypatch):
+    save_checkpoint({"epoch": 1}, tmp_path, 1, is_best=True)
+    real = checkpoint_module.atomic_write
+
+    def killed_after_one(path, *args, **kwargs):  # the process dies once the first file of epoch 2 is written
+        real(path, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint_module, "atomic_write", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"epoch": 2}, tmp_path, 2, is_best=True)
+    # model_best already holds epoch 2; the newest epoch file is still 1, so --resume runs epoch 2 again
+    assert load_checkpoint(tmp_path / "model_best.pth.tar")["epoch"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch0001.pth.tar", "model_best.pth.tar"]
 
 
 def test_keep_zero_keeps_all(tmp_path):

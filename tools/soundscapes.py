@@ -339,9 +339,9 @@ def _clear_previous(out: Path) -> None:
             generator = json.loads(manifest.read_text()).get("generator")
         except (ValueError, AttributeError) as error:
             raise SoundscapeError(f"{manifest}: unreadable ({error}); remove --out {out} or pick another") from None
-        if generator == GENERATOR:
-            for path in out.glob(f"{MIXTURE_PREFIX}*.wav"):
-                path.unlink()
+        if generator == GENERATOR:  # its mixtures and references go together: none may outlive the others
+            for path in [*out.glob(f"{MIXTURE_PREFIX}*.wav"), out / EVENTS_FILE, out / PARTS_FILE]:
+                path.unlink(missing_ok=True)
     others = sorted(path.name for path in out.glob("*.wav")) if out.is_dir() else []
     if others:
         shown = ", ".join(others[:5]) + (f" (+{len(others) - 5} more)" if len(others) > 5 else "")
@@ -416,6 +416,10 @@ def build_soundscapes(csv_file: str | Path, data_dir: str | Path, list_file: str
     out = make_folder(out, "--out folder")
     _clear_previous(out)
     audio = {**background, **targets}
+    # Marks the folder as this tool's while it fills: an interrupted build is cleared by the next one, and
+    # without events.csv and parts.csv (written last) nothing trains or tunes on it meanwhile.
+    atomic_write_json(out / MANIFEST_FILE, {"generator": GENERATOR, "generator_version": GENERATOR_VERSION,
+                                            "complete": False})
     gains, events = [], []
     for plan in plans:
         mixture = render_mixture(plan, audio)
@@ -432,7 +436,7 @@ def build_soundscapes(csv_file: str | Path, data_dir: str | Path, list_file: str
         "sample_rate": sample_rate, "duration_s": duration_s, "ebr_db": [float(value) for value in ebr_db],
         "crossfade_s": CROSSFADE_S, "background_rms_dbfs": BACKGROUND_RMS_DBFS, "edge_margin_s": EDGE_MARGIN_S,
         "n_mixtures": n_mixtures, "n_events": len(events), "n_target_clips": len(targets),
-        "n_background_clips": len(background), "events": EVENTS_FILE, "parts": PARTS_FILE,
+        "n_background_clips": len(background), "events": EVENTS_FILE, "parts": PARTS_FILE, "complete": True,
     }
     atomic_write_json(out / MANIFEST_FILE, manifest)
     return manifest
