@@ -13,7 +13,8 @@ the checkpoint; no training config is read.
 Modes: ``--clip`` classifies each file's first clip window (as preprocessing did); ``--file``
 scores each file by the mean of its window probabilities over the whole file; ``--long`` slides
 windows over the whole file and detects events; the default (auto) uses long mode for files
-longer than ``--long_factor`` clip lengths, clip mode for the others, and file mode for a
+longer than ``--long_factor`` windows (for a model trained on whole clips: longer than that or
+than its ``max_seconds``), clip mode for the others, and file mode for a
 pretrained model used as it is (``audioset:yamnet``: YAMNet's own per-file score). Detection
 settings not given as flags come from ``<checkpoint dir>/scores/operating_point.json`` when
 evaluation wrote one (its long-mode settings, chosen on recordings with ``detection_soundscapes``,
@@ -75,7 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help=f"score every file by the mean over all its windows (default for {ZERO_SHOT_PREFIX}<model>)")
     parser.set_defaults(mode="auto")
     parser.add_argument("--long_factor", type=float, default=LONG_FACTOR,
-                        help="auto mode: files longer than this many clip lengths use long mode")
+                        help="auto mode: files longer than this many windows (and, for whole-clip models, than "
+                             "their max_seconds) use long mode")
     parser.add_argument("--top_k", type=int, default=3, help="clip and file mode: classes shown per file")
     parser.add_argument("--output_csv", type=Path, help="clip and file mode: write the top-k classes per file here")
     parser.add_argument("--output_json", type=Path,
@@ -135,10 +137,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.stream is None:
         if not args.inputs:
             parser.error("give INPUT files, folders or lists, or --stream - for live audio")
+        if args.onnx is not None:
+            parser.error("--onnx runs with --stream only; score files with --checkpoint (the checkpoint the "
+                         "ONNX model was exported from)")
         if args.checkpoint is None:
             parser.error("--checkpoint is required")
-        if args.onnx is not None:
-            parser.error("--onnx runs with --stream only")
         return args
     if args.inputs:
         parser.error(f"--stream reads one stream; leave out the INPUT files ({' '.join(args.inputs)})")

@@ -124,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     except (MetadataError, PreprocessError, ValueError) as error:
         log.error("%s", error)
         return 1
+    except KeyboardInterrupt:  # the features written so far are kept; a re-run reuses them
+        log.error("interrupted; run the same command again to continue (finished clips are reused)")
+        return 130
     return 0
 
 

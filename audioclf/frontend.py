@@ -562,10 +562,28 @@ def read_audio(path: str | Path, target_rate: int, max_samples: int | None = Non
         raise _open_error(path, error) from None
     if audio.shape[0] == 0:
         raise AudioReadError("empty: file holds no audio samples")
-    if not np.isfinite(audio).all():
-        raise AudioReadError("corrupt: audio contains NaN or infinite samples")
+    check_samples(audio)
     audio = resample(to_mono(audio), source_rate, target_rate)
     return audio[:max_samples] if max_samples is not None else audio
+
+
+# Float audio lies in [-1, 1]; samples beyond 1e6 (120 dB above full scale) are not audio, and their
+# power would overflow float32 in the log-mel (NaN probabilities).
+MAX_ABS_SAMPLE = 1e6
+
+
+def bad_samples(audio: np.ndarray) -> np.ndarray:
+    """Boolean mask of samples that are NaN, infinite or beyond ``MAX_ABS_SAMPLE``."""
+    return ~(np.abs(audio) <= MAX_ABS_SAMPLE)  # NaN compares False
+
+
+def check_samples(audio: np.ndarray) -> None:
+    """AudioReadError when any sample is NaN, infinite or beyond ``MAX_ABS_SAMPLE``."""
+    if bad_samples(audio).any():
+        if not np.isfinite(audio).all():
+            raise AudioReadError("corrupt: audio contains NaN or infinite samples")
+        raise AudioReadError(f"corrupt: samples up to {float(np.abs(audio).max()):.3g}, beyond {MAX_ABS_SAMPLE:g} "
+                             "(float audio lies in [-1, 1])")
 
 
 def iter_audio_blocks(path: str | Path, target_rate: int, block_seconds: float = 60.0
@@ -587,8 +605,7 @@ def iter_audio_blocks(path: str | Path, target_rate: int, block_seconds: float =
         blocks = sf.blocks(str(path), blocksize=block_frames, dtype="float32", always_2d=True)
         for block in blocks:
             mono = to_mono(block)
-            if not np.isfinite(mono).all():
-                raise AudioReadError("corrupt: audio contains NaN or infinite samples")
+            check_samples(mono)
             if stream is not None:
                 mono = stream.resample_chunk(mono, last=False)
             if mono.size:

@@ -262,6 +262,11 @@ class Predictor:
         """Seconds per frame (the front end's hop)."""
         return self.params.hop_length / self.params.sample_rate
 
+    def auto_long_seconds(self, long_factor: float = LONG_FACTOR) -> float:
+        """Auto mode's limit: files longer than ``long_factor`` windows go to long mode, except that a model
+        trained on whole clips scores as one clip everything up to the ``max_seconds`` it was trained on."""
+        return max(long_factor * self.window_s, self.params.max_seconds or 0.0)
+
     @property
     def window_s(self) -> float:
         """Window length in seconds: the model's input frames."""
@@ -373,7 +378,7 @@ class Predictor:
 
     def run(self, paths: Sequence[str], mode: str = "auto", long_factor: float = LONG_FACTOR,
             hop_seconds: float | None = None, batch_size: int = 32, progress: bool = False) -> Results:
-        """Clip, file or long mode per file (``auto``: long when longer than ``long_factor`` clips, else clip)."""
+        """Clip, file or long mode per file (``auto``: long when longer than ``auto_long_seconds``, else clip)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         results = Results()
@@ -394,7 +399,7 @@ class Predictor:
             except AudioReadError as error:
                 results.skipped.append(Skipped(path, str(error)))
                 continue
-            (long_paths if duration > long_factor * self.window_s else clip_paths).append(path)
+            (long_paths if duration > self.auto_long_seconds(long_factor) else clip_paths).append(path)
         clips, skipped = self.predict_clips(clip_paths, batch_size)
         results.clips.extend(clips)
         results.skipped.extend(skipped)

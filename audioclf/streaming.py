@@ -34,7 +34,7 @@ import numpy as np
 import soxr
 
 from audioclf.events import DetectionParams, EventDetector, EventUpdate
-from audioclf.frontend import FeatureParams, LogMelStream, PaddedRecording, to_mono
+from audioclf.frontend import MAX_ABS_SAMPLE, FeatureParams, LogMelStream, PaddedRecording, bad_samples, to_mono
 from audioclf.windows import WindowSlicer, hop_from_seconds, window_starts
 
 log = logging.getLogger(__name__)
@@ -111,10 +111,11 @@ def read_pcm(stream: BinaryIO, pcm: PcmFormat, target_rate: int, read_bytes: int
             continue
         samples = np.frombuffer(data[:whole], dtype=dtype).reshape(-1, pcm.channels)
         block = samples.astype(np.float32) * np.float32(scale) if scale != 1.0 else samples.astype(np.float32)
-        if not np.isfinite(block).all():
-            bad = n_frames + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
-            raise StreamError(f"sample frame {bad} ({bad / pcm.rate:.3f} s) is NaN or infinite: "
-                              f"is the input really {pcm.sample_format}?")
+        bad_frames = bad_samples(block).any(axis=1)
+        if bad_frames.any():
+            bad = n_frames + int(np.flatnonzero(bad_frames)[0])
+            raise StreamError(f"sample frame {bad} ({bad / pcm.rate:.3f} s) is NaN, infinite or beyond "
+                              f"{MAX_ABS_SAMPLE:g}: is the input really {pcm.sample_format}?")
         n_frames += len(block)
         mono = to_mono(block)  # (n,)
         if resampler is not None:

@@ -336,3 +336,22 @@ def test_the_predictor_folds_batch_norms_unless_told_not_to():
     assert not any(isinstance(module, torch.nn.BatchNorm2d) for module in folded.model.modules())
     assert any(isinstance(module, torch.nn.BatchNorm2d) for module in plain.model.modules())
     np.testing.assert_allclose(folded.classify_features(features), plain.classify_features(features), atol=1e-5)
+
+
+def test_auto_mode_scores_a_whole_clip_models_clips_as_clips_up_to_its_max_seconds(tmp_path):
+    import soundfile as sf
+
+    checkpoint = {"model": tiny_classifier().state_dict(), "class_names": ["a", "b", "c"],
+                  "model_args": constructor_args("audiocnn", 3, 16, {"width": 4}),
+                  "feature_params": {"n_mels": 16, "n_frames": 40, "max_seconds": 6.0}, "feature_shape": [16, 40]}
+    predictor = Predictor(checkpoint)  # windows of 40 frames = 0.4 s; trained on clips of up to 6 s
+    assert predictor.auto_long_seconds() == 6.0
+    fixed = Predictor({**checkpoint, "feature_params": {"n_mels": 16, "n_frames": 40}})
+    assert fixed.auto_long_seconds() == pytest.approx(1.6)  # 4 windows
+    noise = np.random.default_rng(0).normal(0, 0.1, 16000 * 3).astype(np.float32)
+    for name, seconds in (("clip.wav", 3), ("recording.wav", 7)):
+        sf.write(tmp_path / name, noise[: 16000 * seconds] if seconds <= 3 else np.tile(noise, 3)[: 16000 * seconds],
+                 16000)
+    results = predictor.run([str(tmp_path / "clip.wav"), str(tmp_path / "recording.wav")])
+    assert [clip.file for clip in results.clips] == [str(tmp_path / "clip.wav")]
+    assert [long.file for long in results.long] == [str(tmp_path / "recording.wav")]

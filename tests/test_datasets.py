@@ -291,6 +291,16 @@ def test_folder_tree_classes_and_subfolder_groups(tmp_path):
         ["kettle/b.wav", "kettle", "folders:kettle/b.wav"]]
 
 
+def test_classes_spelt_two_ways_are_named_in_a_warning(tmp_path, caplog):
+    root = make_folders(tmp_path)
+    for name in ("Door_Bell/x.wav", "door-bell/y.wav"):
+        tiny_wav(root / name)
+    build(["folders"], [root], tmp_path / "mine.csv")
+    assert "classes 'Door_Bell' and 'door-bell' differ only in case, '_', '-' or spacing" in caplog.text
+    assert "with --classes" in caplog.text and "'kettle'" not in caplog.text
+    assert set(read_out(tmp_path / "mine.csv")["class"]) == {"doorbell", "Door_Bell", "door-bell", "kettle"}
+
+
 # ---------------------------------------------------------------------------------------
 # Several corpora in one CSV
 # ---------------------------------------------------------------------------------------
@@ -358,6 +368,17 @@ def test_missing_metadata_file_is_named_and_the_other_corpora_are_written(tmp_pa
     assert f"urbansound8k: metadata file not found: {broken / 'metadata' / 'UrbanSound8K.csv'}" in caplog.text
     assert "written without urbansound8k" in caplog.text
     assert set(read_out(out)["source"]) == {"esc50"}
+
+
+def test_a_metadata_file_that_is_not_utf8_is_named_and_the_other_corpora_are_written(tmp_path, caplog):
+    latin = make_esc50(tmp_path)
+    metadata = latin / "meta" / "esc50.csv"
+    metadata.write_bytes(metadata.read_bytes().replace(b"dog", b"d\xf6g", 1))  # Latin-1, not UTF-8
+    other = make_urbansound8k(tmp_path)
+    out = tmp_path / "both.csv"
+    assert main(["esc50", "--root", str(latin), "urbansound8k", "--root", str(other), "--out", str(out)]) == 1
+    assert f"esc50: {metadata} is not UTF-8 text (byte " in caplog.text and "save it as UTF-8" in caplog.text
+    assert set(read_out(out)["source"]) == {"urbansound8k"}
 
 
 def test_only_corpus_missing_writes_nothing(tmp_path, caplog):

@@ -269,12 +269,16 @@ def test_unusable_files_raise_audio_read_error_with_the_reason(tmp_path, extract
         list(iter_audio_blocks(path, 16000))
 
 
-def test_non_finite_samples_are_reported_as_corrupt(tmp_path, extractor):
+@pytest.mark.parametrize("value, reason", [(np.nan, "audio contains NaN or infinite samples"),
+                                           (1e20, r"samples up to 1e\+20, beyond 1e\+06 \(float audio lies in")])
+def test_non_finite_or_absurd_samples_are_reported_as_corrupt(tmp_path, extractor, value, reason):
     signal = make_signal("tone", duration=0.3)
-    signal[100] = np.nan
-    path = write_wav(tmp_path / "nan.wav", signal, subtype="FLOAT")
-    with pytest.raises(AudioReadError, match="corrupt"):
+    signal[100] = value  # 1e20 is finite, but its power overflows the log-mel into NaN probabilities
+    path = write_wav(tmp_path / "bad.wav", signal, subtype="FLOAT")
+    with pytest.raises(AudioReadError, match="corrupt: " + reason):
         extractor.file_to_feature(path)
+    with pytest.raises(AudioReadError, match="corrupt: " + reason):
+        list(iter_audio_blocks(path, 16000))
 
 
 def test_streamed_wav_with_placeholder_data_size_is_accepted(tmp_path):

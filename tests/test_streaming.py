@@ -136,8 +136,12 @@ def test_malformed_input_gets_a_clear_error_after_the_whole_frames():
     assert received == 1000
     nan = np.zeros(100, dtype="<f4")
     nan[50] = np.nan
-    with pytest.raises(StreamError, match=r"sample frame 50 \(0.003 s\) is NaN or infinite"):
+    with pytest.raises(StreamError, match=r"sample frame 50 \(0.003 s\) is NaN, infinite or beyond 1e\+06"):
         list(read_pcm(io.BytesIO(nan.tobytes()), PcmFormat("f32le", 16000, 1), 16000))
+    huge = np.zeros(100, dtype="<f4")
+    huge[70] = 1e30  # finite, but its power overflows the log-mel: NaN probabilities, not an answer
+    with pytest.raises(StreamError, match=r"sample frame 70 \(0.004 s\) is NaN, infinite or beyond"):
+        list(read_pcm(io.BytesIO(huge.tobytes()), PcmFormat("f32le", 16000, 1), 16000))
     for bad, message in ((PcmFormat(rate=0), "--rate must be a whole number of Hz"),
                          (PcmFormat(rate=44100.5), "--rate must be"),
                          (PcmFormat(channels=0), "--channels must be a whole number in 1..64"),

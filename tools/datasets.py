@@ -176,6 +176,18 @@ def _read_table(path: Path, required: tuple[str, ...], corpus: Corpus, hint: str
     """Rows of a CSV metadata file with their line numbers; malformed rows are dropped and noted."""
     if not path.is_file():
         raise CorpusError(f"{corpus.source}: metadata file not found: {path}. {hint}")
+    try:
+        return _table_rows(path, required, corpus)
+    except UnicodeDecodeError as error:
+        raise _not_utf8(corpus, path, error) from None
+
+
+def _not_utf8(corpus: Corpus, path: Path, error: UnicodeDecodeError) -> CorpusError:
+    return CorpusError(f"{corpus.source}: {path} is not UTF-8 text (byte {error.start} of a line cannot be decoded); "
+                       "save it as UTF-8")
+
+
+def _table_rows(path: Path, required: tuple[str, ...], corpus: Corpus) -> list[tuple[int, dict]]:
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle, skipinitialspace=True)
         header = [name.strip() for name in reader.fieldnames or []]
@@ -318,6 +330,14 @@ def _read_audioset_labels(path: Path, corpus: Corpus) -> dict[str, str]:
 def _read_segments(path: Path, names: dict[str, str], corpus: Corpus, unknown: Counter
                    ) -> Iterable[tuple[str, str, float, str, list[str]]]:
     """(where, YTID, start, end, known label names) per segment line of one segments CSV."""
+    try:
+        yield from _segment_lines(path, names, corpus, unknown)
+    except UnicodeDecodeError as error:
+        raise _not_utf8(corpus, path, error) from None
+
+
+def _segment_lines(path: Path, names: dict[str, str], corpus: Corpus, unknown: Counter
+                   ) -> Iterable[tuple[str, str, float, str, list[str]]]:
     with open(path, newline="", encoding="utf-8-sig") as handle:
         for line, text in enumerate(handle, start=1):
             if not text.strip() or text.lstrip().startswith("#"):
@@ -663,6 +683,13 @@ def merge(corpora: list[Corpus], target: list[str], classes: list[str], data_dir
                            "both; merge a corpus of the missing kind (e.g. add esc50 for other sounds)")
     if target_spec is None:
         class_names = [name for name in class_names if name in present]
+    if target_spec is None and kept is None:  # every label kept as it is spelt: say which look like one class
+        spellings: dict[str, list[str]] = {}
+        for name in class_names:
+            spellings.setdefault(normalise(name), []).append(name)
+        for names in (names for names in spellings.values() if len(names) > 1):
+            log.warning("classes %s differ only in case, '_', '-' or spacing and stay separate classes; to merge "
+                        "them, name the class once with --classes", " and ".join(map(repr, names)))
     class_id = {name: index for index, name in enumerate(class_names)}
     has_fold = any(row.fold for _, row, *_ in assigned)
     extras = list(dict.fromkeys(key for _, row, *_ in assigned for key in row.extras))

@@ -476,6 +476,9 @@ def main(args: argparse.Namespace) -> int:
     except (SoundscapeError, MetadataError, ValueError, OSError) as error:
         log.error("%s", error)
         return 1
+    except KeyboardInterrupt:
+        log.error("interrupted; the folder is marked unfinished, and the same command builds it again")
+        return 130
     log.info("wrote %d mixtures (%.1f min, %d %s events) to %s", manifest["n_mixtures"],
              manifest["n_mixtures"] * manifest["duration_s"] / 60, manifest["n_events"], manifest["target_class"],
              args.out)
