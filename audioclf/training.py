@@ -32,7 +32,7 @@ from audioclf.checkpoint import (CONFIG_FILE, checkpoint_state, latest_checkpoin
 from audioclf.classifier import AudioClassifier, constructor_args
 from audioclf.transfer import (check_features, head_rows, parameter_groups, resolve_normalization,
                                trainable_summary)
-from audioclf.config import Params
+from audioclf.config import CONFIG_SCHEMA, Params
 from audioclf.files import make_folder
 from audioclf.frontend import FeatureParams, LogScale, log_scale_for
 from audioclf.distributed import (ShardSampler, all_reduce_sum, barrier, broadcast_object, cleanup_distributed,
@@ -536,13 +536,13 @@ def load_latest_for_resume(checkpoint_dir: Path, info: DistInfo) -> tuple[dict |
     return checkpoint, latest
 
 
-# What a resumed run may change: where the files are, how fast it runs, what evaluation does after it, and
-# (but for a cosine schedule, whose length the saved scheduler holds) how many epochs it lasts.
-RESUME_FREE_KEYS = frozenset({
-    "datapath", "trainlist", "vallist", "evallist", "checkpoint_dir", "summaries_dir", "dataset_name",
-    "eval_batch_size", "num_workers", "feature_cache", "feature_cache_dtype", "prefetch_batches", "device", "amp",
-    "channels_last", "compile", "resume", "keep_checkpoints", "log_every", "max_false_alarm_rate",
-    "detection_soundscapes", "detection_reference", "detection_hop_seconds", "epochs",
+# What a resumed run may change: where the files are (every path key: a moved folder), how fast it runs,
+# what evaluation does after it, and (but for a cosine schedule, whose length the saved scheduler holds)
+# how many epochs it lasts.
+RESUME_FREE_KEYS = frozenset({key for key, spec in CONFIG_SCHEMA.items() if spec.is_path} | {
+    "dataset_name", "eval_batch_size", "num_workers", "feature_cache", "feature_cache_dtype", "prefetch_batches",
+    "device", "amp", "channels_last", "compile", "resume", "keep_checkpoints", "log_every", "max_false_alarm_rate",
+    "detection_hop_seconds", "epochs",
 })
 
 
