@@ -13,8 +13,8 @@ the checkpoint; no training config is read.
 Modes: ``--clip`` classifies each file's first clip window (as preprocessing did); ``--file``
 scores each file by the mean of its window probabilities over the whole file; ``--long`` slides
 windows over the whole file and detects events; the default (auto) uses long mode for files
-longer than ``--long_factor`` windows (for a model trained on whole clips: longer than that or
-than its ``max_seconds``), clip mode for the others, and file mode for a
+longer than ``--long_factor`` windows (for a model trained on whole clips: longer than both that
+and its ``max_seconds``), clip mode for the others, and file mode for a
 pretrained model used as it is (``audioset:yamnet``: YAMNet's own per-file score). Detection
 settings not given as flags come from ``<checkpoint dir>/scores/operating_point.json`` when
 evaluation wrote one (its long-mode settings, chosen on recordings with ``detection_soundscapes``,

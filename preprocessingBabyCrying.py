@@ -124,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     except (MetadataError, PreprocessError, ValueError) as error:
         log.error("%s", error)
         return 1
-    except KeyboardInterrupt:  # the features written so far are kept; a re-run reuses them
-        log.error("interrupted; run the same command again to continue (finished clips are reused)")
+    except KeyboardInterrupt:  # the features written so far are kept
+        log.error("interrupted; %s", "run the same command again to start the overwrite over" if args.overwrite
+                  else "run the same command again to continue (finished clips are reused)")
         return 130
     return 0
 

@@ -167,8 +167,9 @@ def save_checkpoint(
     checkpoint_dir = Path(checkpoint_dir)
     epoch_path = epoch_checkpoint_path(checkpoint_dir, epoch)
     # The best model first: a process killed between the two writes leaves the previous epoch as the newest
-    # checkpoint, so --resume runs this epoch again and rewrites both; the other order could leave a
-    # model_best.pth.tar older than the run's best epoch that no resume would repair.
+    # checkpoint, so --resume runs this epoch again (the same epoch, when it runs on the same device and
+    # loader) and rewrites both; the other order left a model_best.pth.tar older than the run's best epoch
+    # that no resume repaired.
     first = checkpoint_dir / BEST_CHECKPOINT_NAME if is_best else epoch_path
     atomic_write(first, lambda file: torch.save(state, file), check=_check_loadable)
     if is_best:
@@ -213,13 +214,23 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
             f"checkpoint not found: {path}. Train a model first with "
             "`python train.py --config_path <config.json>`, or check the path."
         )
-    what_to_do = ("use one that train.py wrote; a damaged checkpoint_epoch*.pth.tar can be deleted, and --resume "
-                  "then continues from the newest one left")
-    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; torch's own message would be about pickles
-        raise CheckpointError(f"cannot load checkpoint {path}: not a torch.save file (truncated, or another kind "
-                              f"of file); {what_to_do}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
-        reason = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
-        raise CheckpointError(f"cannot load checkpoint {path} (corrupt or truncated?): {reason}; {what_to_do}") from None
+        raise CheckpointError(f"cannot load checkpoint {path}: {_load_failure(path, error)}; use one that train.py "
+                              "wrote (a damaged checkpoint_epoch*.pth.tar can be deleted: --resume then continues "
+                              "from the newest one left)") from None
+
+
+def _load_failure(path: Path, error: Exception) -> str:
+    """One line for why ``torch.load(weights_only=True)`` failed (torch's own text spans many lines)."""
+    with open(path, "rb") as file:
+        head = file.read(2)
+    if not (zipfile.is_zipfile(path) or head[:1] == b"\x80"):  # torch.save: a zip, or (legacy) a pickle
+        return "not a torch.save file (truncated, or another kind of file)"
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # torch colours part of its message
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if "Weights only load failed" in text:
+        detail = next((line for line in lines if "Unsupported global" in line), None)
+        return "it holds objects other than tensors and plain values" + (f" ({detail})" if detail else "")
+    return f"corrupt or truncated? {lines[0] if lines else type(error).__name__}"

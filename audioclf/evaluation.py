@@ -630,7 +630,7 @@ def run_evaluation(params: Params, checkpoint_path: str | Path | None = None, ta
         validation_set = load_list(params.vallist, params.datapath, "vallist")
         check_matches_checkpoint(validation_set, checkpoint, checkpoint_path)
 
-    check_writable(make_folder(output_dir, "report folder") / SCORE_FILE, "report")
+    check_writable(output_dir / SCORE_FILE, "report")  # before the scoring, whose results it would hold
     device = resolve_device(params.device)
     model = fold_batch_norms(model_from_checkpoint(checkpoint))  # as Predictor scores windows
     epoch = int(checkpoint.get("epoch", 0))
@@ -651,9 +651,8 @@ def run_evaluation(params: Params, checkpoint_path: str | Path | None = None, ta
         if tuning_set is not None:
             # The same windows, batches and post-processing as predict.py --long.
             predictor = Predictor(checkpoint, device, amp=params.amp, channels_last=params.channels_last)
-            detection[LONG_MODE_KEY] = tune_on_recordings(predictor, tuning_set, class_names[class_id],
-                                                          params.detection_hop_seconds, batch_size=params.batch_size,
-                                                          progress=show_progress)
+            detection[LONG_MODE_KEY] = tune_on_recordings(predictor, tuning_set, params.detection_hop_seconds,
+                                                          batch_size=params.batch_size, progress=show_progress)
 
     files = [entry.feature_file for entry in evaluation_set.entries]
     metrics, images = write_report(output_dir, files, probabilities, labels, class_names, report, detection,

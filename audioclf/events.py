@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -54,6 +55,7 @@ REFERENCE_CSV_COLUMNS = ("file", "onset_s", "offset_s", "class")  # annotations:
 # A soundscape folder (tools.soundscapes): its reference events and its parts (which clip where, of which class).
 SOUNDSCAPE_EVENTS_FILE = "events.csv"
 SOUNDSCAPE_PARTS_FILE = "parts.csv"
+SOUNDSCAPE_MANIFEST_FILE = "manifest.json"  # how it was built; "complete": false while tools.soundscapes fills it
 # "class" came last (tools.soundscapes version 2), so that scripts reading columns by position still work
 SOUNDSCAPE_PARTS_COLUMNS = ("file", "part", "clip", "start_s", "end_s", "ebr_db", "event_gain", "output_gain", "class")
 # DCASE / sed_eval scoring: onset collar (s); offset collar max(ONSET_COLLAR_S, fraction x reference length).
@@ -65,6 +67,15 @@ DCASE2017_ONSET_COLLAR_S = 0.5
 ONSET_COLUMNS = ("onset_s", "onset")
 OFFSET_COLUMNS = ("offset_s", "offset")
 CLASS_COLUMNS = ("class", "event_label", "label")
+
+
+def unfinished_soundscapes(folder: str | Path) -> bool:
+    """True when ``folder``'s manifest says tools.soundscapes has not finished building it (interrupted)."""
+    try:
+        manifest = json.loads((Path(folder) / SOUNDSCAPE_MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        return False  # no manifest (a folder made by hand) or not this tool's: nothing says it is unfinished
+    return isinstance(manifest, dict) and manifest.get("complete") is False
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,8 @@ def _why_unwritable(error: OSError) -> str:
 def make_folder(folder: str | os.PathLike[str], what: str = "folder") -> Path:
     """``folder`` created with its parents (fine if it exists); OutputPathError naming it when it cannot be."""
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputPathError(f"cannot create the {what} {folder}: it is a file; choose a folder path")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:

@@ -42,7 +42,7 @@ from audioclf.windows import WindowSlicer, cut_windows, hop_from_seconds, pool_w
 log = logging.getLogger(__name__)
 
 LIST_EXTENSION = ".txt"
-# Auto mode: a file longer than this many clip lengths is analysed with sliding windows.
+# Auto mode: a file longer than this many windows (and a whole-clip model's max_seconds) gets long mode.
 LONG_FACTOR = 4.0
 MODES = ("auto", "clip", "file", "long")
 BLOCK_SECONDS = 10.0  # audio decoded per read in long mode

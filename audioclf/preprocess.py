@@ -17,6 +17,7 @@ import json
 import logging
 import multiprocessing as mp
 import shutil
+import signal
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -91,6 +92,7 @@ def _ensure_extractor(params: FeatureParams) -> None:
 
 def _init_worker(params: FeatureParams) -> None:
     torch.set_num_threads(1)  # parallelism comes from processes; threads would oversubscribe
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to report, once
     _ensure_extractor(params)
 
 

@@ -546,20 +546,32 @@ RESUME_FREE_KEYS = frozenset({key for key, spec in CONFIG_SCHEMA.items() if spec
 })
 
 
-def check_resume_compatible(checkpoint: dict, model_args: dict, path: Path, config: dict) -> None:
+# Optional training inputs: their folder may move, but one may not be added or dropped on resume.
+TRAINING_INPUTS = ("background_list", "train_soundscapes")
+
+
+def check_resume_compatible(checkpoint: dict, model_args: dict, class_names: list[str], path: Path,
+                            config: dict) -> None:
     """A checkpoint from another model or class set, or trained with other settings, cannot be resumed.
 
     A resumed run continues the saved optimizer, schedule and RNG state, so a changed learning
     rate, schedule, augmentation or seed would not apply as written (and would break the
-    bit-identical resume); each such key is named.
+    bit-identical resume); each such key is named. A path may change (a moved folder), but a
+    ``TRAINING_INPUTS`` path may not appear or vanish.
     """
     if checkpoint["model_args"] != model_args:
         raise ValueError(f"cannot resume from {path}: it was trained with {checkpoint['model_args']}, "
                          f"the config now gives {model_args}; use a new checkpoint_dir or restore the config")
+    if list(checkpoint["class_names"]) != list(class_names):
+        raise ValueError(f"cannot resume from {path}: it was trained on the classes {list(checkpoint['class_names'])}, "
+                         f"the training list now has {list(class_names)}; use a new checkpoint_dir")
     saved = checkpoint.get("config") or {}
-    free = RESUME_FREE_KEYS - ({"epochs"} if config.get("scheduler") == "cosine" else set())
+    free = set(RESUME_FREE_KEYS) - ({"epochs"} if config.get("scheduler") == "cosine" else set())
+    if saved.get("train_soundscapes") is None and config.get("train_soundscapes") is None:
+        free.add("target_class")  # then only evaluation reads it
     changed = [f"{key} ({saved[key]!r} -> {value!r})" for key, value in config.items()
-               if key not in free and key in saved and saved[key] != value]
+               if key in saved and saved[key] != value
+               and (key not in free or (key in TRAINING_INPUTS and (saved[key] is None) != (value is None)))]
     if changed:
         raise ValueError(f"cannot resume from {path}: the config changed {', '.join(changed)}; a resumed run "
                          "continues the saved optimizer, schedule and random state, so restore these (the run's "
@@ -618,7 +630,7 @@ def _train(params: Params, info: DistInfo, device: torch.device, resume: bool, s
     refuse_to_overwrite(checkpoint_dir, resume)
     checkpoint, latest = load_latest_for_resume(checkpoint_dir, info) if resume else (None, None)
     if checkpoint is not None:  # before config.json is written: a refused resume leaves the run as it was
-        check_resume_compatible(checkpoint, model_args, latest, params.to_dict())
+        check_resume_compatible(checkpoint, model_args, data.train_set.class_names, latest, params.to_dict())
     if info.is_main:
         make_folder(checkpoint_dir, "checkpoint folder")
         params.save(checkpoint_dir / CONFIG_FILE)

@@ -19,7 +19,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from audioclf.events import DetectionParams, Event, dcase2017_metrics, merge_events, read_events_csv, score_events
+from audioclf.events import (DetectionParams, Event, dcase2017_metrics, merge_events, read_events_csv, score_events,
+                             unfinished_soundscapes)
 from audioclf.inference import (Predictor, WindowPredictions, align_reference, collect_inputs, detect,
                                 long_mode_settings)
 
@@ -94,6 +95,7 @@ class TuningSet:
 
     recordings: Path
     reference_csv: Path
+    target_class: str
     paths: list[str]
     reference: list[Event]  # the target class's events, their ``file`` being one of ``paths``
 
@@ -108,6 +110,9 @@ def load_tuning_set(recordings: str | Path, reference_csv: str | Path, target_cl
     recordings, reference_csv = Path(recordings), Path(reference_csv)
     if not recordings.is_dir():
         raise TuningError(f'"detection_soundscapes" folder not found: {recordings}')
+    if unfinished_soundscapes(recordings):
+        raise TuningError(f'"detection_soundscapes" {recordings}: its build was interrupted; run the '
+                          "tools.soundscapes command again")
     paths = collect_inputs([recordings])
     if not paths:
         raise TuningError(f'"detection_soundscapes" {recordings} holds no audio files')
@@ -122,11 +127,11 @@ def load_tuning_set(recordings: str | Path, reference_csv: str | Path, target_cl
     aligned = [event for event in aligned if event.class_name == target_class]
     if not aligned:
         raise TuningError(f"{reference_csv} has no {target_class!r} events to tune detection on")
-    return TuningSet(recordings, reference_csv, paths, aligned)
+    return TuningSet(recordings, reference_csv, target_class, paths, aligned)
 
 
-def tune_on_recordings(predictor: Predictor, tuning_set: TuningSet, target_class: str, hop_seconds: float,
-                       batch_size: int = 32, grid: DetectionGrid = DETECTION_GRID, progress: bool = False) -> dict:
+def tune_on_recordings(predictor: Predictor, tuning_set: TuningSet, hop_seconds: float, batch_size: int = 32,
+                       grid: DetectionGrid = DETECTION_GRID, progress: bool = False) -> dict:
     """Long-mode detection settings chosen on ``tuning_set``'s recordings (``load_tuning_set``); the ``long_mode`` dict.
 
     Keys: ``hop_seconds``, ``threshold``, ``threshold_low``, ``median_filter``, ``merge_gap``,
@@ -134,6 +139,7 @@ def tune_on_recordings(predictor: Predictor, tuning_set: TuningSet, target_class
     ``recordings``, ``reference``, ``n_recordings``, ``audio_seconds``, ``n_reference_events`` and
     ``measured`` (``events.score_events`` of the chosen settings: event-based, ``dcase2017``, ...).
     """
+    target_class = tuning_set.target_class
     if target_class not in predictor.class_names:
         raise TuningError(f"target class {target_class!r} is not a class of the model ({predictor.class_names})")
     recordings, reference_csv = tuning_set.recordings, tuning_set.reference_csv

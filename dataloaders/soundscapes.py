@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from audioclf.events import SOUNDSCAPE_EVENTS_FILE, SOUNDSCAPE_PARTS_FILE, read_events_csv
+from audioclf.events import SOUNDSCAPE_EVENTS_FILE, SOUNDSCAPE_PARTS_FILE, read_events_csv, unfinished_soundscapes
 from audioclf.frontend import AudioReadError, FeatureExtractor, FeatureParams, read_audio
 from audioclf.metadata import feature_file_of, refusal_reason
 from dataloaders.crops import CropKey, random_crop
@@ -122,6 +122,9 @@ def load_training_soundscapes(folder: str | Path, params: FeatureParams, class_n
                                   "list with python -m tools.soundscapes --list <trainlist> --out <folder>")
     if target_class not in class_names:
         raise SoundscapeDataError(f'"target_class" {target_class!r} is not a training class ({class_names})')
+    if unfinished_soundscapes(folder):
+        raise SoundscapeDataError(f'"train_soundscapes" {folder}: its build was interrupted; run the '
+                                  "tools.soundscapes command again")
     class_ids = {name: index for index, name in enumerate(class_names)}
     rows = _read_parts(folder / SOUNDSCAPE_PARTS_FILE)
     events = {event.file: event for event in read_events_csv(folder / SOUNDSCAPE_EVENTS_FILE)}

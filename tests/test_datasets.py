@@ -377,7 +377,9 @@ def test_a_metadata_file_that_is_not_utf8_is_named_and_the_other_corpora_are_wri
     other = make_urbansound8k(tmp_path)
     out = tmp_path / "both.csv"
     assert main(["esc50", "--root", str(latin), "urbansound8k", "--root", str(other), "--out", str(out)]) == 1
-    assert f"esc50: {metadata} is not UTF-8 text (byte " in caplog.text and "save it as UTF-8" in caplog.text
+    line = next(n for n, text in enumerate(metadata.read_bytes().split(b"\n"), start=1) if b"\xf6" in text)
+    assert f"esc50: {metadata} is not UTF-8 text (line {line} cannot be decoded: " in caplog.text
+    assert "save it as UTF-8" in caplog.text
     assert set(read_out(out)["source"]) == {"urbansound8k"}
 
 

@@ -14,6 +14,7 @@ import pytest
 from audioclf.events import Event, read_events_csv
 from audioclf.frontend import read_audio
 from audioclf.listfile import ListEntry, render_list
+from audioclf.tuning import TuningError, load_tuning_set
 from conftest import make_signal, write_metadata, write_wav
 from tools import soundscapes
 from tools.soundscapes import (EDGE_MARGIN_S, EVENTS_FILE, MANIFEST_FILE, PARTS_FILE, SoundscapeError,
@@ -240,5 +241,7 @@ def test_an_interrupted_build_leaves_no_references_and_the_next_build_completes(
     # no events.csv or parts.csv of the old build beside the new mixtures; the manifest says it is unfinished
     assert sorted(path.name for path in out.iterdir()) == ["manifest.json", "mixture_0000.wav", "mixture_0001.wav"]
     assert json.loads((out / "manifest.json").read_text())["complete"] is False
+    with pytest.raises(TuningError, match=r"soundscapes.*: its build was interrupted; run the tools.soundscapes"):
+        load_tuning_set(out, out / EVENTS_FILE, "babycry")
     monkeypatch.setattr(soundscapes, "write_audio", real_write)
     assert build(clips, out) == complete  # the re-run clears the unfinished folder (this tool wrote it)

@@ -131,13 +131,26 @@ def test_resume_refuses_a_changed_training_setting_and_leaves_the_run_as_it_was(
     train(Params(make_config(tmp_path, features, epochs=1)), show_progress=False)
     saved = (tmp_path / "checkpoints" / "config.json").read_text()
     for overrides, named in (({"lr": 0.1}, "lr (0.003 -> 0.1)"), ({"seed": 7}, "seed (0 -> 7)"),
-                             ({"scheduler": "cosine", "epochs": 2}, "scheduler ('none' -> 'cosine')")):
+                             ({"scheduler": "cosine", "epochs": 2}, "scheduler ('none' -> 'cosine')"),
+                             ({"background_list": str(features / "filenames/train.txt")}, "background_list (None -> ")):
         with pytest.raises(ValueError, match=re.escape(named) + ".*restore these .*config.json.* or start a new"):
             train(Params(make_config(tmp_path, features, **{"epochs": 2, **overrides})), resume=True,
                   show_progress=False)
         assert (tmp_path / "checkpoints" / "config.json").read_text() == saved
-    # more epochs of a schedule that does not depend on them, and a faster loader, resume fine
-    result = train(Params(make_config(tmp_path, features, epochs=2, num_workers=0)), resume=True, show_progress=False)
+    renamed = tmp_path / "renamed"  # the same clips under other class names: the labels would be permuted
+    renamed.mkdir()
+    for name in ("train.txt", "validation.txt"):  # the last field is the class name
+        (renamed / name).write_text(re.sub(r" babycry$", " cry", (features / "filenames" / name).read_text(),
+                                           flags=re.MULTILINE))
+    (renamed / "feature_config.json").write_text(
+        (features / "filenames/feature_config.json").read_text().replace("babycry", "cry"))
+    with pytest.raises(ValueError, match=r"it was trained on the classes \['babycry', .*the training list now has "
+                                         r"\['cry', "):
+        train(Params(make_config(tmp_path, features, epochs=2, trainlist=str(renamed / "train.txt"),
+                                 vallist=str(renamed / "validation.txt"))), resume=True, show_progress=False)
+    # more epochs of a schedule that does not depend on them, a faster loader and a detection target resume fine
+    result = train(Params(make_config(tmp_path, features, epochs=2, num_workers=0, target_class="babycry")),
+                   resume=True, show_progress=False)
     assert [entry["epoch"] for entry in result["history"]] == [2]
 
 

@@ -1,5 +1,6 @@
 """Tests for utils.py: config loading/validation, RunningAverage, atomic files, checkpoints."""
 
+import argparse
 import copy
 import json
 import os
@@ -517,6 +518,15 @@ def test_a_text_file_as_checkpoint_gets_one_line_that_says_what_to_do(tmp_path):
     message = str(info.value)
     assert "\n" not in message and str(path) in message and "not a torch.save file" in message
     assert "use one that train.py wrote" in message and "weights_only" not in message
+    legacy = tmp_path / "legacy.pth.tar"  # the pre-zip torch.save format still loads
+    torch.save({"epoch": 3}, legacy, _use_new_zipfile_serialization=False)
+    assert load_checkpoint(legacy) == {"epoch": 3}
+    namespace = tmp_path / "namespace.pth.tar"  # a real checkpoint that weights_only refuses: say why
+    torch.save({"args": argparse.Namespace(lr=0.1)}, namespace)
+    with pytest.raises(CheckpointError, match=r"it holds objects other than tensors and plain values "
+                                              r"\(.*Unsupported global: GLOBAL argparse.Namespace") as info:
+        load_checkpoint(namespace)
+    assert "\x1b" not in str(info.value) and "\n" not in str(info.value)
 
 
 def test_missing_checkpoint_suggests_training(tmp_path):

@@ -183,8 +183,20 @@ def _read_table(path: Path, required: tuple[str, ...], corpus: Corpus, hint: str
 
 
 def _not_utf8(corpus: Corpus, path: Path, error: UnicodeDecodeError) -> CorpusError:
-    return CorpusError(f"{corpus.source}: {path} is not UTF-8 text (byte {error.start} of a line cannot be decoded); "
+    lines = path.read_bytes().split(b"\n")
+    line = next((number for number, text in enumerate(lines, start=1)
+                 if not _decodes(text)), None)
+    where = f"line {line}" if line is not None else "it"
+    return CorpusError(f"{corpus.source}: {path} is not UTF-8 text ({where} cannot be decoded: {error.reason}); "
                        "save it as UTF-8")
+
+
+def _decodes(text: bytes) -> bool:
+    try:
+        text.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _table_rows(path: Path, required: tuple[str, ...], corpus: Corpus) -> list[tuple[int, dict]]:

@@ -48,8 +48,8 @@ from pathlib import Path
 
 import numpy as np
 
-from audioclf.events import (REFERENCE_CSV_COLUMNS, SOUNDSCAPE_EVENTS_FILE, SOUNDSCAPE_PARTS_COLUMNS,
-                             SOUNDSCAPE_PARTS_FILE, Event, write_events_csv)
+from audioclf.events import (REFERENCE_CSV_COLUMNS, SOUNDSCAPE_EVENTS_FILE, SOUNDSCAPE_MANIFEST_FILE,
+                             SOUNDSCAPE_PARTS_COLUMNS, SOUNDSCAPE_PARTS_FILE, Event, write_events_csv)
 from audioclf.files import atomic_write_json, atomic_write_text, make_folder
 from audioclf.frontend import AudioReadError, FeatureParams, read_audio, write_audio
 from audioclf.listfile import FEATURE_CONFIG, read_list
@@ -66,7 +66,7 @@ EDGE_MARGIN_S = 0.5  # events start and end at least this far from the mixture's
 PEAK_LIMIT = 0.99
 MIXTURE_PREFIX = "mixture_"
 EVENTS_FILE = SOUNDSCAPE_EVENTS_FILE
-MANIFEST_FILE = "manifest.json"
+MANIFEST_FILE = SOUNDSCAPE_MANIFEST_FILE
 PARTS_FILE = SOUNDSCAPE_PARTS_FILE
 PARTS_COLUMNS = SOUNDSCAPE_PARTS_COLUMNS
 GENERATOR = "tools.soundscapes"
@@ -477,7 +477,7 @@ def main(args: argparse.Namespace) -> int:
         log.error("%s", error)
         return 1
     except KeyboardInterrupt:
-        log.error("interrupted; the folder is marked unfinished, and the same command builds it again")
+        log.error("interrupted; run the same command again to build %s", args.out)
         return 130
     log.info("wrote %d mixtures (%.1f min, %d %s events) to %s", manifest["n_mixtures"],
              manifest["n_mixtures"] * manifest["duration_s"] / 60, manifest["n_events"], manifest["target_class"],
