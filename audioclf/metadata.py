@@ -68,10 +68,15 @@ def _lines(rows: pd.Index | list[int]) -> str:
 def _check_columns(frame: pd.DataFrame, csv_path: Path) -> None:
     missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
     if missing:
+        header = ",".join(map(str, frame.columns))
+        separator = next((mark for mark in (";", "\t", "|") if all(column in header.split(mark)
+                                                                    for column in REQUIRED_COLUMNS)), None)
+        hint = (f" It looks {separator!r}-separated: the metadata CSV must be comma-separated."
+                if separator is not None else "")
         raise MetadataError(
             f"{csv_path}: missing required column(s) {', '.join(missing)}; "
             f"found {', '.join(map(str, frame.columns))}. The CSV needs "
-            f"{', '.join(REQUIRED_COLUMNS)} (extra columns are ignored).")
+            f"{', '.join(REQUIRED_COLUMNS)} (extra columns are ignored).{hint}")
 
 
 def _check_class_ids(frame: pd.DataFrame, csv_path: Path) -> pd.Series:

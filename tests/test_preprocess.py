@@ -126,6 +126,16 @@ def test_missing_required_column_is_named_and_nothing_is_written(dataset_factory
     assert_nothing_written(dataset.save_dir)
 
 
+def test_a_semicolon_separated_csv_is_named_as_such(dataset_factory):
+    dataset = dataset_factory(clips_per_class=2)
+    text = dataset.csv_file.read_text()
+    dataset.csv_file.write_text(text.replace(",", ";"))
+    with pytest.raises(MetadataError, match=r"missing required column.* It looks ';'-separated: the metadata CSV "
+                                            r"must be comma-separated\."):
+        run_preprocessing(options(dataset))
+    assert_nothing_written(dataset.save_dir)
+
+
 def test_class_ids_not_contiguous_from_zero_name_the_rows(dataset_factory):
     dataset = dataset_factory(clips_per_class=2)  # lines 2-3 class 0, 4-5 class 1, 6-7 class 2
     for row in dataset.rows[4:]:
