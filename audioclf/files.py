@@ -90,8 +90,7 @@ def atomic_write(
     """
     path = Path(path)
     make_folder(path.parent)
-    if path.is_dir():
-        raise OutputPathError(f"cannot write {path}: it is a folder; give a file name")
+    check_writable(path)
     temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         # os.open with 0o666 honours the umask, unlike tempfile's 0o600.

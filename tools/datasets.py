@@ -183,20 +183,16 @@ def _read_table(path: Path, required: tuple[str, ...], corpus: Corpus, hint: str
 
 
 def _not_utf8(corpus: Corpus, path: Path, error: UnicodeDecodeError) -> CorpusError:
-    lines = path.read_bytes().split(b"\n")
-    line = next((number for number, text in enumerate(lines, start=1)
-                 if not _decodes(text)), None)
-    where = f"line {line}" if line is not None else "it"
+    """The error for a metadata file that is not UTF-8, naming its first line that does not decode."""
+    where = "it"
+    for number, line in enumerate(path.read_bytes().split(b"\n"), start=1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            where = f"line {number}"
+            break
     return CorpusError(f"{corpus.source}: {path} is not UTF-8 text ({where} cannot be decoded: {error.reason}); "
                        "save it as UTF-8")
-
-
-def _decodes(text: bytes) -> bool:
-    try:
-        text.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def _table_rows(path: Path, required: tuple[str, ...], corpus: Corpus) -> list[tuple[int, dict]]:
