@@ -134,7 +134,15 @@ CONFIG_SCHEMA: dict[str, ConfigKey] = {
         "kept, so larger batches fit and keep a GPU busy).", positive=True,
     ),
     "lr": ConfigKey((float,), help="Peak learning rate.", positive=True),
-    "weight_decay": ConfigKey((float,), 0.0, "Optimizer weight decay.", minimum=0),
+    "weight_decay": ConfigKey(
+        (float,), 0.0, "Optimizer weight decay: an L2 term in the gradient for `adam` and `sgd`; decoupled (AdamW) "
+        "and only on conv and linear weights (not biases or norm layers) for `adamw`.", minimum=0,
+    ),
+    "optimizer": ConfigKey(
+        (str,), "adam", "`adam`, `adamw` (decoupled weight decay, the usual choice for fine-tuning with a larger "
+        "`weight_decay` such as 0.05) or `sgd` (momentum 0.9, as torchvision's references).",
+        choices=("adam", "adamw", "sgd"),
+    ),
     "scheduler": ConfigKey(
         (bool, str),
         False,

@@ -251,9 +251,28 @@ def build_model(params: Params, train_set: SpectrogramDataset, window: int | Non
     return model, args
 
 
+SGD_MOMENTUM = 0.9
+
+
 def build_optimizer(params: Params, model: AudioClassifier) -> torch.optim.Optimizer:
-    """Adam with the config's ``lr`` and ``weight_decay``; the backbone at ``lr * backbone_lr_scale``."""
-    return torch.optim.Adam(parameter_groups(params, model), lr=params.lr, weight_decay=params.weight_decay)
+    """The config's ``optimizer`` with its ``lr`` and ``weight_decay``; the backbone at ``lr * backbone_lr_scale``.
+
+    ``adamw`` decays only weights of two or more dimensions (convs, linear layers), as timm does:
+    decoupled decay pulls a batch-norm scale or a bias towards zero for no gain in generalisation.
+    """
+    groups = parameter_groups(params, model)
+    if params.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=params.lr, momentum=SGD_MOMENTUM, weight_decay=params.weight_decay)
+    if params.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=params.lr, weight_decay=params.weight_decay)
+    split = []
+    for group in groups:
+        decayed = [parameter for parameter in group["params"] if parameter.ndim >= 2]
+        kept = [parameter for parameter in group["params"] if parameter.ndim < 2]
+        split += [{**group, "params": decayed}, {**group, "params": kept, "weight_decay": 0.0,
+                                                  "name": f"{group['name']}_no_decay"}]
+    return torch.optim.AdamW([group for group in split if group["params"]], lr=params.lr,
+                             weight_decay=params.weight_decay)
 
 
 def build_scheduler(params: Params, optimizer: torch.optim.Optimizer):

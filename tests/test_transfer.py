@@ -139,6 +139,34 @@ def test_backbone_learning_rate_is_a_fraction_of_the_heads(tmp_path):
     assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([0.005, 0.0005])
 
 
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_optimizer_key_picks_the_optimizer_and_where_weight_decay_applies(tmp_path, name):
+    """adam and sgd decay every parameter (L2 in the gradient); adamw decays conv and linear weights only."""
+    features = make_feature_dataset(tmp_path, per_class=(2, 1, 1), n_mels=16, n_frames=20)
+    params = Params(make_config(tmp_path, features, optimizer=name, weight_decay=0.05, backbone_lr_scale=0.1,
+                                lr=0.01))
+    model = AudioClassifier(**constructor_args("audiocnn", 3, 16, {"width": 4}))
+    optimizer = build_optimizer(params, model)
+    assert type(optimizer) is {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[name]
+    assert sum(len(group["params"]) for group in optimizer.param_groups) == len(list(model.parameters()))
+    decay = {(group["name"], group["lr"], group["weight_decay"]) for group in optimizer.param_groups}
+    if name == "adamw":
+        assert decay == {("head", 0.01, 0.05), ("head_no_decay", 0.01, 0.0),
+                         ("backbone", 0.001, 0.05), ("backbone_no_decay", 0.001, 0.0)}
+        decayed = {id(p) for group in optimizer.param_groups if group["weight_decay"] for p in group["params"]}
+        assert decayed == {id(p) for p in model.parameters() if p.ndim >= 2}
+    else:
+        assert decay == {("head", 0.01, 0.05), ("backbone", 0.001, 0.05)}
+    if name == "sgd":
+        assert {group["momentum"] for group in optimizer.param_groups} == {0.9}
+
+
+def test_unknown_optimizer_is_refused_with_the_choices(tmp_path):
+    features = make_feature_dataset(tmp_path, per_class=(2, 1, 1), n_mels=16, n_frames=20)
+    with pytest.raises(ConfigError, match=r'optimizer.*"adam", "adamw", "sgd"'):
+        Params(make_config(tmp_path, features, optimizer="lamb"))
+
+
 def test_frozen_backbone_with_a_learning_rate_scale_is_refused(tmp_path):
     """The two keys contradict each other: the error says to remove one."""
     features = make_feature_dataset(tmp_path, per_class=(2, 1, 1), n_mels=16, n_frames=20)
