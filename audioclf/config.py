@@ -326,7 +326,7 @@ CONFIG_SCHEMA: dict[str, ConfigKey] = {
         is_path=True,
     ),
     "detection_reference": ConfigKey(
-        (str,), None, "Reference events CSV of `detection_soundscapes` (file, onset, offset, class).",
+        (str,), None, "Reference events CSV of `detection_soundscapes` (file, onset[_s], offset[_s], class).",
         is_path=True,
     ),
     "detection_hop_seconds": ConfigKey(
