@@ -22,11 +22,16 @@ LOWPASS_SLOPE_DB = (1.0, 8.0)  # its roll-off above the cutoff, dB per mel band 
 class SpecAugment(nn.Module):
     """``n_masks`` frequency and time masks per example, on ``(B, 1, n_mels, n_frames)``.
 
-    Applied after normalisation, so masked cells take the value 0 (the band's training mean).
+    Applied after normalisation, so masked cells take the value 0: the band's training mean.
+    Without normalisation (``fill_mean``: pretrained YAMNet, ``"normalization": "none"``) 0 is a
+    level of the raw log scale (in ln(mel + 0.001), broadband sound at about -35 dBFS, louder than a
+    quiet recording), so the masks would paint stripes no test input has; there masked cells take
+    each example's mean over bands and frames instead, which hides what they cover.
     """
 
-    def __init__(self, freq_mask: int, time_mask: int, n_masks: int = 2):
+    def __init__(self, freq_mask: int, time_mask: int, n_masks: int = 2, fill_mean: bool = False):
         super().__init__()
+        self.fill_mean = fill_mean
         self.masks = nn.ModuleList()
         for _ in range(n_masks):
             if freq_mask > 0:
@@ -35,9 +40,12 @@ class SpecAugment(nn.Module):
                 self.masks.append(torchaudio.transforms.TimeMasking(time_mask, iid_masks=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=(2, 3), keepdim=True) if self.fill_mean else None  # (B, 1, 1, 1)
+        if mean is not None:
+            x = x - mean
         for mask in self.masks:
             x = mask(x)
-        return x
+        return x if mean is None else x + mean
 
 
 def mixup(inputs: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

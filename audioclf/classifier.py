@@ -63,7 +63,7 @@ class AudioClassifier(nn.Module):
     def forward(self, x: torch.Tensor, augment: Callable[[torch.Tensor], torch.Tensor] | None = None
                 ) -> torch.Tensor:
         x = self.normalize(x)
-        if augment is not None:  # training-time masking acts on normalised input (0 = band mean)
+        if augment is not None:  # training-time masking acts on normalised input (SpecAugment: what it fills)
             x = augment(x)
         return self.backbone(x)
 

@@ -402,8 +402,12 @@ def resumed_best(checkpoint: dict) -> dict:
 
 def step_options(params: Params, device: torch.device, background: BackgroundMixer | None = None,
                  scale: LogScale = LogScale()) -> StepOptions:
-    """Config -> StepOptions; ``scale`` is the features' log scale."""
-    spec = SpecAugment(params.freq_mask, params.time_mask, params.n_masks) if params.spec_augment else None
+    """Config -> StepOptions; ``scale`` is the features' log scale.
+
+    ``params.normalization`` is the one ``build_model`` resolved (``none`` for a pretrained YAMNet).
+    """
+    spec = (SpecAugment(params.freq_mask, params.time_mask, params.n_masks,
+                        fill_mean=params.normalization == "none") if params.spec_augment else None)
     return StepOptions(device, amp_dtype_for(device, params.amp), params.channels_last, spec, params.mixup_alpha,
                        params.grad_clip, params.log_every, input_augmentations(params, background, scale),
                        params.splice_prob)

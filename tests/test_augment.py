@@ -11,6 +11,9 @@ from audioclf.augment import (BackgroundMixer, SpecAugment, mix_at_snr, mix_labe
                               random_time_shift, random_time_stretch, time_splice)
 from audioclf.classifier import InputNormalization
 from audioclf.frontend import AMIN, LogScale
+from audioclf.training import step_options
+from tools.synthetic_features import make_config, make_feature_dataset
+from utils import Params
 
 
 def test_time_shift_rolls_each_example_circularly():
@@ -63,6 +66,28 @@ def test_spec_augment_masks_with_zero_and_keeps_the_rest():
     masked = SpecAugment(freq_mask=8, time_mask=10, n_masks=2)(inputs)
     assert set(masked.unique().tolist()) <= {0.0, 1.0}
     assert 0 < (masked == 0).float().mean() < 0.8
+
+
+def test_spec_augment_without_normalisation_fills_with_each_examples_mean():
+    """Raw YAMNet log-mels (ln(mel + 0.001), -6.9 in silence): a mask must not paint 0 (a loud level)
+    into them; it takes the example's mean, so a constant input is left as it is."""
+    torch.manual_seed(0)
+    quiet = torch.full((2, 1, 64, 96), -5.0)
+    assert torch.equal(SpecAugment(8, 20, fill_mean=True)(quiet), quiet)
+    assert set(SpecAugment(8, 20)(quiet).unique().tolist()) == {-5.0, 0.0}  # what it did before
+    inputs = torch.randn(3, 1, 64, 96) - 4.0
+    masked = SpecAugment(8, 20, fill_mean=True)(inputs)
+    changed = masked != inputs
+    assert 0 < changed.float().mean() < 0.8
+    means = inputs.mean(dim=(2, 3), keepdim=True).expand_as(inputs)
+    assert torch.allclose(masked[changed], means[changed], atol=1e-5)
+
+
+@pytest.mark.parametrize(("normalization", "fill_mean"), [("none", True), ("per_band", False), ("per_clip", False)])
+def test_step_options_fill_masks_with_the_mean_only_without_normalisation(tmp_path, normalization, fill_mean):
+    features = make_feature_dataset(tmp_path, per_class=(2, 1, 1), n_mels=16, n_frames=20)
+    params = Params(make_config(tmp_path, features, spec_augment=True, normalization=normalization))
+    assert step_options(params, torch.device("cpu")).spec_augment.fill_mean is fill_mean
 
 
 def test_mixup_mixes_inputs_with_a_permutation_and_shares_the_labels():
