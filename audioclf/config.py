@@ -462,6 +462,9 @@ def _combination_problems(values: Mapping[str, Any]) -> list[str]:
     if values["freeze_bn"] and not values["pretrained"]:
         problems.append('"freeze_bn": true keeps pretrained batch-norm statistics, so it needs "pretrained": true '
                         "(from scratch the statistics are never learned)")
+    if values["balanced_sampling"] and values["class_weighting"] == "balanced":
+        problems.append('"balanced_sampling" and "class_weighting": "balanced" each even out the classes; together '
+                        "they weight a class by 1 / count squared, so rare classes dominate: keep one")
     return problems
 
 

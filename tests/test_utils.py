@@ -203,6 +203,14 @@ def test_value_constraints(key, value, fragment):
     assert fragment in str(config_error({**MINIMAL, key: value}))
 
 
+def test_balanced_sampling_with_balanced_class_weights_is_refused():
+    """Both even out the classes; together a class weighs 1 / count**2."""
+    assert Params.from_dict({**MINIMAL, "balanced_sampling": True}).balanced_sampling
+    message = str(config_error({**MINIMAL, "balanced_sampling": True, "class_weighting": "balanced"}))
+    assert '"balanced_sampling" and "class_weighting": "balanced" each even out the classes' in message
+    assert "keep one" in message
+
+
 @pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:12"])
 def test_valid_devices(device):
     assert Params.from_dict({**MINIMAL, "device": device}).device == device
