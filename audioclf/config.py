@@ -139,8 +139,8 @@ CONFIG_SCHEMA: dict[str, ConfigKey] = {
         "and only on conv and linear weights (not biases or norm layers) for `adamw`.", minimum=0,
     ),
     "optimizer": ConfigKey(
-        (str,), "adam", "`adam`, `adamw` (decoupled weight decay, the usual choice for fine-tuning with a larger "
-        "`weight_decay` such as 0.05) or `sgd` (momentum 0.9, as torchvision's references).",
+        (str,), "adam", "`adam`, `adamw` (decoupled weight decay; a `weight_decay` of 0.01-0.1 is usual) or `sgd` (momentum "
+        "0.9, as torchvision's references).",
         choices=("adam", "adamw", "sgd"),
     ),
     "scheduler": ConfigKey(
