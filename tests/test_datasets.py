@@ -595,10 +595,13 @@ def apply_sed(script: str, text: str) -> str:
 
 
 def test_readme_corpus_recipes_parse_and_chain(tmp_path, monkeypatch):
+    """Each recipe's commands parse, and each reads what an earlier one wrote: the CSV, the lists,
+    and the soundscape folders its config names (built from that recipe's own lists)."""
     import evaluation
     import predict
     import preprocessingBabyCrying
     import train
+    from tools import soundscapes
 
     monkeypatch.chdir(tmp_path)
     recipes = readme_recipes()
@@ -606,7 +609,7 @@ def test_readme_corpus_recipes_parse_and_chain(tmp_path, monkeypatch):
     scripts = {"preprocessingBabyCrying.py": preprocessingBabyCrying.parse_args, "train.py": train.parse_args,
                "evaluation.py": evaluation.parse_args, "predict.py": predict.parse_args}
     for recipe in recipes:
-        made_configs, csv_out, save_dir, trained = {}, None, None, []
+        made_configs, csv_out, save_dir, trained, built = {}, None, None, [], set()
         for argv in recipe:
             if argv[0] == "sed":
                 source = (REPO / argv[2]).read_text()
@@ -616,6 +619,10 @@ def test_readme_corpus_recipes_parse_and_chain(tmp_path, monkeypatch):
                 continue
             if argv[1:3] == ["-m", "tools.datasets"]:
                 csv_out = parse_args(argv[3:]).out
+            elif argv[1:3] == ["-m", "tools.soundscapes"]:
+                args = soundscapes.parse_args(argv[3:])
+                assert Path(args.csv_file) == csv_out and Path(args.list).parent == save_dir / "filenames", recipe
+                built.add(tmp_path / args.out)
             elif argv[1] in scripts:
                 if argv[1] == "preprocessingBabyCrying.py":  # its --config_path: the recipe (or the sed's copy)
                     at = argv.index("--config_path") + 1
@@ -631,6 +638,9 @@ def test_readme_corpus_recipes_parse_and_chain(tmp_path, monkeypatch):
                     params = Params(path)
                     assert Path(params.datapath) == tmp_path / save_dir, (path, params.datapath)
                     assert Path(params.trainlist) == tmp_path / save_dir / "filenames" / "train.txt"
+                    for key in ("train_soundscapes", "detection_soundscapes"):
+                        folder = getattr(params, key)
+                        assert folder is None or Path(folder) in built, f"{path}: {key} {folder} is not built first"
                     trained.append(argv[1])
             else:
                 raise AssertionError(f"unexpected command in the README: {argv}")
