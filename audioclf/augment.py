@@ -198,19 +198,23 @@ def _apply_band_gains(inputs: torch.Tensor, gain_db: torch.Tensor, scale: LogSca
 
 def mix_at_snr(clean: torch.Tensor, background: torch.Tensor, snr_db: torch.Tensor, scale: LogScale
                ) -> torch.Tensor:
-    """Add ``background`` to ``clean`` so that their energy ratio is ``snr_db``; both log-scale features.
+    """Add ``background`` to ``clean`` so that their power ratio is ``snr_db``; both log-scale features.
 
-    ``clean``, ``background``: ``(B, ...)`` in the features' log scale (``frontend.LogScale``);
-    ``snr_db``: ``(B,)``. Mel energies are added (uncorrelated sounds: the phase cross term is
-    zero on average), the background scaled so that ``sum(E_clean) / sum(g * E_background)``
-    over each example is ``10 ** (snr_db / 10)``; the result is converted back to the log scale.
+    ``clean``, ``background``: ``(B, ..., n_mels, frames)`` in the features' log scale
+    (``frontend.LogScale``); ``snr_db``: ``(B,)``. Mel energies are added (uncorrelated sounds:
+    the phase cross term is zero on average), the background's scaled by one gain ``g`` per example
+    so that ``sum(P_clean) / sum(g * P_background)`` is ``10 ** (snr_db / 10)``, with ``P`` the bands'
+    powers (``LogScale.band_power``: the waveforms' power ratio within the mel range); the result
+    is converted back to the log scale.
     """
     dtype = torch.promote_types(clean.dtype, torch.float32)  # half-precision inputs are mixed in float32
     clean_energy = scale.to_energy(clean.to(dtype))
     background_energy = scale.to_energy(background.to(dtype))
     dims = tuple(range(1, clean.ndim))
     ratio = torch.pow(10.0, snr_db.to(clean_energy) / 10.0)  # (B,)
-    gain = clean_energy.sum(dims) / (background_energy.sum(dims) * ratio).clamp(min=torch.finfo(dtype).tiny)
+    clean_power = scale.band_power(clean_energy).sum(dims)
+    background_power = scale.band_power(background_energy).sum(dims)
+    gain = clean_power / (background_power * ratio).clamp(min=torch.finfo(dtype).tiny)
     gain = gain.reshape((-1,) + (1,) * len(dims))
     return scale.from_energy(clean_energy + gain * background_energy).to(clean.dtype)
 

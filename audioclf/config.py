@@ -268,10 +268,10 @@ CONFIG_SCHEMA: dict[str, ConfigKey] = {
         (list,), [], "Training classes whose clips also serve as backgrounds, e.g. `[\"other\"]`.", items=str,
     ),
     "background_snr_min": ConfigKey(
-        (float,), -6.0, "Lowest clip-to-background energy ratio of a mix (dB, over the crop).",
+        (float,), -6.0, "Lowest clip-to-background power ratio of a mix (dB, over the crop).",
     ),
     "background_snr_max": ConfigKey(
-        (float,), 12.0, "Highest clip-to-background energy ratio of a mix (dB, over the crop).",
+        (float,), 12.0, "Highest clip-to-background power ratio of a mix (dB, over the crop).",
     ),
     "train_soundscapes": ConfigKey(
         (str,), None,
@@ -287,8 +287,8 @@ CONFIG_SCHEMA: dict[str, ConfigKey] = {
         "so that a recording's noise floor cannot stand in for its class; 0 turns it off.",
         minimum=0, maximum=1,
     ),
-    "noise_snr_min": ConfigKey((float,), 10.0, "Lowest clip-to-noise energy ratio of added noise (dB, over the crop)."),
-    "noise_snr_max": ConfigKey((float,), 40.0, "Highest clip-to-noise energy ratio of added noise (dB, over the crop)."),
+    "noise_snr_min": ConfigKey((float,), 10.0, "Lowest clip-to-noise power ratio of added noise (dB, over the crop)."),
+    "noise_snr_max": ConfigKey((float,), 40.0, "Highest clip-to-noise power ratio of added noise (dB, over the crop)."),
     "gain_db": ConfigKey(
         (float,), 0.0,
         "Random gain of each training clip, uniform in +- this many dB (mel energies, the features' log scale), so "

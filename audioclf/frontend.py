@@ -22,7 +22,7 @@ TensorFlow's mel matrix (``tf.signal.linear_to_mel_weight_matrix``: 64 bands, 12
 ``log(mel + 0.001)``. A signal of ``n`` samples gives ``1 + (n - win_length) // hop`` frames.
 
 **The log-mel of a recording** (``FeatureExtractor.recording_frames``, ``LogMelStream``): its frames
-are those centred inside the audio (default front end) or lying in it whole (yamnet), at least
+are those centred inside the audio (default front end) or enough to reach its last sample (yamnet), at least
 ``n_frames``, rounded up to ``n_frames`` plus a whole number of half windows (``frame_grid``):
 ``recording_n_frames(n)``. The recording is padded at its end with ``pad_mode`` (repeated from its
 start, or silence) to the samples those frames read, and transformed in one piece, or block by
@@ -332,6 +332,12 @@ def tf_mel_matrix(n_mels: int, n_fft: int, sample_rate: int, f_min: float, f_max
     return np.concatenate([np.zeros((1, n_mels), dtype=np.float32), weights])  # (n_bins, n_mels)
 
 
+def yamnet_mel_matrix(params: FeatureParams) -> np.ndarray:
+    """TensorFlow's mel matrix ``(n_fft // 2 + 1, n_mels)`` for ``params`` of the yamnet front end."""
+    f_max = params.f_max if params.f_max is not None else params.sample_rate / 2
+    return tf_mel_matrix(params.n_mels, params.n_fft, params.sample_rate, params.f_min, f_max)
+
+
 class YamnetLogMel(nn.Module):
     """Waveform ``(..., n_samples)`` -> YAMNet's log-mel ``(..., n_mels, frames)``.
 
@@ -344,9 +350,8 @@ class YamnetLogMel(nn.Module):
         super().__init__()
         self.win_length, self.hop_length, self.n_fft = params.win_length, params.hop_length, params.n_fft
         self.register_buffer("window", torch.hann_window(self.win_length, periodic=True), persistent=False)
-        f_max = params.f_max if params.f_max is not None else params.sample_rate / 2
-        mel = tf_mel_matrix(params.n_mels, params.n_fft, params.sample_rate, params.f_min, f_max)
-        self.register_buffer("mel_matrix", torch.from_numpy(mel), persistent=False)  # (n_fft // 2 + 1, n_mels)
+        self.register_buffer("mel_matrix", torch.from_numpy(yamnet_mel_matrix(params)),
+                             persistent=False)  # (n_fft // 2 + 1, n_mels)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         frames = waveform.unfold(-1, self.win_length, self.hop_length)  # (..., frames, win_length)
@@ -366,13 +371,15 @@ def n_frames_for(n_samples: int, hop_length: int) -> int:
 
 
 def recording_n_frames(n_samples: int, params: FeatureParams) -> int:
-    """Frames of a recording of ``n_samples``: those centred inside it (default front end), or those
-    that fit in it whole (yamnet's frames start at their first sample); at least ``n_frames``, and
-    rounded up to ``n_frames`` plus a whole number of ``frame_grid`` frames."""
+    """Frames of a recording of ``n_samples``: those centred inside it (default front end), or, for
+    yamnet's frames that start at their first sample, enough to reach its last sample; at least
+    ``n_frames``, and rounded up to ``n_frames`` plus a whole number of ``frame_grid`` frames. For
+    yamnet that is YAMNet's own count: it pads a waveform with zeros until its last 0.96-s patch
+    (every 0.48 s) covers the last sample."""
     if params.centered:
         inside = math.ceil(n_samples / params.hop_length)
     else:
-        inside = 1 + (n_samples - params.win_length) // params.hop_length
+        inside = 1 + max(0, math.ceil((n_samples - params.win_length) / params.hop_length))
     grid = params.frame_grid
     return params.n_frames + grid * max(0, math.ceil((inside - params.n_frames) / grid))
 
@@ -409,6 +416,7 @@ class LogScale:
 
     kind: str = "db_power"
     floor: float = AMIN
+    band_areas: tuple[float, ...] | None = None  # log_magnitude: each mel filter's area in FFT bins
 
     def to_energy(self, features: torch.Tensor) -> torch.Tensor:
         """Log-scale features (any shape) -> mel energies (power), same shape."""
@@ -426,6 +434,20 @@ class LogScale:
             return torch.log(torch.sqrt(torch.clamp(energy, min=0.0)) + self.floor)
         raise ValueError(f"unknown log scale {self.kind!r}; expected 'db_power' or 'log_magnitude'")
 
+    def band_power(self, energy: torch.Tensor) -> torch.Tensor:
+        """Mel energies ``(..., n_mels, frames)`` -> the bands' powers, what an SNR compares.
+
+        A ``db_power`` band's energy is its power already (at each FFT bin the triangular filters sum
+        to one). A ``log_magnitude`` band's energy is its filtered magnitude squared, which grows with
+        the square of the filter's area while its power grows with the area: divided by
+        ``band_areas`` it is the band's power for a spectrum flat across the band, so a wide high
+        band no longer counts several times a narrow low one.
+        """
+        if self.band_areas is None:
+            return energy
+        areas = torch.as_tensor(self.band_areas, dtype=energy.dtype, device=energy.device)  # (n_mels,)
+        return energy / areas[:, None]
+
     @property
     def silence(self) -> float:
         """The feature value of a silent band."""
@@ -435,7 +457,8 @@ class LogScale:
 def log_scale_for(params: FeatureParams) -> LogScale:
     """The log scale of features made with ``params``: the one place a new front end's scale is added."""
     if params.frontend == "yamnet":
-        return LogScale("log_magnitude", YAMNET_LOG_OFFSET)
+        areas = yamnet_mel_matrix(params).sum(axis=0)  # (n_mels,)
+        return LogScale("log_magnitude", YAMNET_LOG_OFFSET, tuple(float(area) for area in areas))
     return LogScale("db_power", AMIN)
 
 

@@ -10,7 +10,7 @@ import torch
 from audioclf.augment import (BackgroundMixer, SpecAugment, mix_at_snr, mix_labels, mixup, random_frequency_warp,
                               random_time_shift, random_time_stretch, time_splice)
 from audioclf.classifier import InputNormalization
-from audioclf.frontend import AMIN, LogScale
+from audioclf.frontend import AMIN, FeatureExtractor, FeatureParams, LogScale, log_scale_for
 from audioclf.training import step_options
 from tools.synthetic_features import make_config, make_feature_dataset
 from utils import Params
@@ -151,6 +151,35 @@ def test_mixing_at_a_known_snr_gives_the_expected_power_ratio(scale):
                       snr_db, scale)  # float32, as in training
     assert single.dtype == torch.float32
     np.testing.assert_allclose(single.numpy(), mixed.numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("frontend", ["default", "yamnet"])
+def test_mixing_snr_is_the_waveforms_power_ratio_within_the_mel_range(frontend):
+    # a 150-400 Hz rumble, a 4-7 kHz hiss and 125-7500 Hz white noise, mixed by their log-mels at 0 and
+    # -6 dB: the background's waveform, scaled as the mixing scaled its energies, has that power ratio to
+    # the clip's. YAMNet's magnitudes squared alone would give the hiss's wide bands ~7 dB too much weight.
+    params = FeatureParams.preset(frontend, n_frames=300)  # 3 s
+    extractor, scale = FeatureExtractor(params), log_scale_for(params)
+    rng = np.random.default_rng(0)
+
+    def band_noise(low: float, high: float, rms: float) -> np.ndarray:
+        spectrum = np.fft.rfft(rng.standard_normal(3 * 16000))
+        frequencies = np.fft.rfftfreq(3 * 16000, 1 / 16000)
+        spectrum[(frequencies < low) | (frequencies > high)] = 0
+        audio = np.fft.irfft(spectrum, 3 * 16000)
+        return (audio * rms / np.sqrt(np.mean(audio ** 2))).astype(np.float32)
+
+    sounds = {"rumble": band_noise(150, 400, 0.1), "hiss": band_noise(4000, 7000, 0.02),
+              "white": band_noise(125, 7500, 0.05)}
+    features = {name: torch.from_numpy(extractor.waveform_to_feature(audio)).double()[None, None]
+                for name, audio in sounds.items()}
+    for clean, background in [("rumble", "hiss"), ("hiss", "rumble"), ("rumble", "white"), ("white", "hiss")]:
+        for snr_db in (0.0, -6.0):
+            mixed = mix_at_snr(features[clean], features[background], torch.tensor([snr_db]), scale)
+            added = scale.to_energy(mixed) - scale.to_energy(features[clean])
+            gain = added.sum() / scale.to_energy(features[background]).sum()  # on energies: the power gain
+            power_ratio = np.mean(sounds[clean] ** 2) / (float(gain) * np.mean(sounds[background] ** 2))
+            assert 10 * np.log10(power_ratio) == pytest.approx(snr_db, abs=1.0), (frontend, clean, background)
 
 
 def test_mixing_equal_energies_at_0_db_adds_3_db():

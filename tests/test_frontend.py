@@ -445,10 +445,20 @@ def test_recording_log_mel_in_blocks_equals_the_one_piece_transform(small_params
     np.testing.assert_allclose(frames[:, :50], extractor.waveform_to_feature(audio), atol=1e-4)
 
 
-@pytest.mark.parametrize("n_samples, n_frames", [(5000, 96), (15600, 96), (15759, 96), (15760, 144), (40000, 288)])
+def test_yamnet_recordings_get_yamnets_patch_count_at_every_length():
+    params = FeatureParams.preset("yamnet")
+    lengths = np.arange(1, 200_000, 7)
+    patches = [(recording_n_frames(int(n), params) - 96) // 48 + 1 for n in lengths]
+    yamnets = 1 + np.maximum(0, np.ceil((lengths - 15600) / 7680)).astype(int)  # its pad_waveform
+    np.testing.assert_array_equal(patches, yamnets)
+
+
+@pytest.mark.parametrize("n_samples, n_frames", [(5000, 96), (15600, 96), (15601, 144), (15759, 144),
+                                                 (23280, 144), (23281, 192), (40000, 288)])
 def test_yamnet_recording_log_mel_is_yamnets_padding_to_whole_patches(n_samples, n_frames):
-    # frames start at their first sample: 1 + (n - 400) // 160 of them, rounded up to 96 + 48 k, the
-    # waveform zero-padded to match: what YAMNet does to cover its last 0.96-s patch (0.48 s hop)
+    # frames start at their first sample: enough to reach the last one, rounded up to 96 + 48 k, the
+    # waveform zero-padded to match: what YAMNet does to cover its last sample with a 0.96-s patch
+    # (0.48 s hop), 15600 + 7680 * ceil((n - 15600) / 7680) samples
     params = FeatureParams.preset("yamnet", pad_mode="zeros")
     extractor = FeatureExtractor(params)
     audio = make_signal("tone+noise", duration=n_samples / 16000, seed=n_samples)
@@ -461,7 +471,10 @@ def test_yamnet_recording_log_mel_is_yamnets_padding_to_whole_patches(n_samples,
         parts.append(stream.feed(block))
     frames = np.concatenate(parts + [stream.finish()], axis=1)
     np.testing.assert_allclose(frames, expected[:, :n_frames], atol=1e-5)
-    assert log_scale_for(params) == LogScale("log_magnitude", 0.001)
+    scale = log_scale_for(params)
+    assert (scale.kind, scale.floor) == ("log_magnitude", 0.001)
+    np.testing.assert_allclose(scale.band_areas, extractor.logmel.mel_matrix.sum(0).numpy(), rtol=1e-6)
+    assert 0.9 < min(scale.band_areas) < 1.0 and 8.9 < max(scale.band_areas) < 9.0  # 1 to 9 FFT bins wide
 
 
 def test_recording_frames_of_a_file_and_a_whole_clip_feature(tmp_path):
