@@ -102,10 +102,22 @@ def _skipped(clip: Clip, feature_path: Path, error: Exception) -> ClipResult:
     return ClipResult(clip.line, "skipped", reason)
 
 
+def is_reusable(audio_path: Path, feature_path: Path, overwrite: bool) -> bool:
+    """Whether a clip's feature from an earlier run stands: it exists, ``overwrite`` is off, and its
+    audio has not changed since it was written (as ``make`` decides: the audio's modification time is
+    not newer than the feature's). An audio file that is gone keeps its feature."""
+    if overwrite or not feature_path.exists():
+        return False
+    try:
+        return audio_path.stat().st_mtime_ns <= feature_path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return True
+
+
 def process_clip(task: tuple[Clip, Path, Path, bool]) -> ClipResult:
-    """Compute and save one clip's feature unless it already exists (and not overwrite)."""
+    """Compute and save one clip's feature unless an earlier run's stands (``is_reusable``)."""
     clip, audio_path, feature_path, overwrite = task
-    if feature_path.exists() and not overwrite:
+    if is_reusable(audio_path, feature_path, overwrite):
         return ClipResult(clip.line, "reused")
     try:
         feature = _worker_extractor.file_to_feature(audio_path)
@@ -119,7 +131,7 @@ def _read_fitted(task: tuple[Clip, Path, Path, bool], params: FeatureParams) -> 
     """A clip's waveform as ``clip_waveform`` prepares it (trimmed, fitted to ``n_samples`` unless whole
     clips are kept), or its result when it is reused or unreadable."""
     clip, audio_path, feature_path, overwrite = task
-    if feature_path.exists() and not overwrite:
+    if is_reusable(audio_path, feature_path, overwrite):
         return ClipResult(clip.line, "reused")
     try:
         audio = read_audio(audio_path, params.sample_rate, max_samples=params.read_samples)

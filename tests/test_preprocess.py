@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import preprocessingBabyCrying
-from audioclf.frontend import FeatureParams
+from audioclf.frontend import FeatureExtractor, FeatureParams
 from audioclf.listfile import SPLITS, read_list
 from audioclf.metadata import Clip, MetadataError, split_by_fold, split_random
 from audioclf.preprocess import PreprocessError, PreprocessOptions, run_preprocessing
@@ -326,6 +326,25 @@ def test_interrupted_run_leaves_no_partial_npy_and_the_rerun_reuses_finished_cli
 
     assert set(statuses(outcome).values()) == {"written"} and spy.calls == 12
     assert all(np.load(path).shape == (32, 50) for path in feature_files(dataset.save_dir))
+
+
+@pytest.mark.parametrize("device", [None, "cpu"])  # worker processes; the batched (device) path
+def test_a_rerun_recomputes_the_clips_whose_audio_changed_since(dataset_factory, device):
+    dataset = dataset_factory(clips_per_class=2)  # 6 clips, CSV lines 2-7
+    run_preprocessing(options(dataset, device=device))
+    changed = dataset.rows[1]
+    before = np.load(dataset.feature_path(changed))
+    write_wav(dataset.audio_path(changed), duration=0.6, kind="noise", seed=99)  # new audio, same name
+    feature_time = dataset.feature_path(changed).stat().st_mtime_ns
+    os.utime(dataset.audio_path(changed), ns=(feature_time + 10**9, feature_time + 10**9))  # written after it
+    outcome = run_preprocessing(options(dataset, device=device))
+    assert statuses(outcome) == {line: "written" if line == 3 else "reused" for line in range(2, 8)}
+    after = np.load(dataset.feature_path(changed))
+    assert np.abs(after - before).max() > 1.0
+    np.testing.assert_allclose(after, FeatureExtractor(PARAMS).file_to_feature(dataset.audio_path(changed)),
+                               atol=1e-4)
+    dataset.audio_path(dataset.rows[0]).unlink()  # audio gone: its feature is kept, as before
+    assert statuses(run_preprocessing(options(dataset, device=device)))[2] == "reused"
 
 
 def test_killed_script_leaves_only_complete_npy_and_a_rerun_reuses_them(dataset_factory):
