@@ -26,7 +26,7 @@ from audioclf.feature_flags import (FEATURE_FLAGS, FIELDS, FeatureFlagConflict, 
                                     feature_params_from_flags, given_feature_flags, merge_feature_flags)
 from audioclf.frontend import DEFAULT_MAX_SECONDS, FeatureParams
 from audioclf.metadata import AUTO_GROUPS, GROUP_COLUMN, NO_GROUPS, MetadataError
-from audioclf.preprocess import PreprocessError, PreprocessOptions, run_preprocessing
+from audioclf.preprocess import SPLIT_SEED, PreprocessError, PreprocessOptions, run_preprocessing
 from audioclf.runtime import setup_logging
 
 log = logging.getLogger("preprocess")
@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="a recipe config: its \"features\" block gives the feature flags (a flag also given "
                              "here must have the block's value, or the preset's for one the block leaves out); paths stay flags")
     add_feature_arguments(parser)
-    parser.add_argument("--seed", type=int, default=42, help="seed of the stratified split")
+    parser.add_argument("--seed", type=int, default=SPLIT_SEED, help="seed of the stratified split")
     parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1, help="worker processes")
     parser.add_argument("--overwrite", action="store_true", help="recompute features that already exist")
     parser.add_argument("--fold_subdirs", action="store_true",

@@ -39,6 +39,7 @@ from audioclf.metadata import (AUTO_GROUPS, NO_GROUPS, Clip, MetadataError, Refu
 log = logging.getLogger(__name__)
 
 DEVICE_BATCH = 64  # clips per batched transform with --device
+SPLIT_SEED = 42  # the stratified split's seed unless --seed gives another
 
 
 class PreprocessError(RuntimeError):
@@ -53,7 +54,7 @@ class PreprocessOptions:
     data_dir: Path
     save_dir: Path
     params: FeatureParams = field(default_factory=FeatureParams)
-    seed: int = 42
+    seed: int = SPLIT_SEED
     num_workers: int = 1
     overwrite: bool = False
     num_shards: int = 1

@@ -4,10 +4,10 @@ r"""Accuracy of the whole pipeline (preprocessing -> train -> evaluation) on a r
     python -m bench.bench_accuracy --csv_file X.csv --data_dir wav/ --protocol speaker --heldout 1 2
 
 Two protocols:
-  random   the seed's stratified 80/10/10 split (seeded, per class);
+  random   the seed's stratified 80/10/10 split (``--split_seed``, per class);
   speaker  folds from the CSV's ``fold`` column (FSDD: one speaker per fold): for each held-out
-           fold the evaluation list is that fold; the other folds train, less a seeded tenth
-           of them for validation, so the evaluation speaker is never heard in training.
+           fold the evaluation list is that fold; the other folds train, less a tenth of them
+           (``--split_seed``) for validation, so the evaluation speaker is never heard in training.
 Prints accuracy, macro-F1 and wall time per run and per protocol, and writes them as JSON.
 Training settings come from ``--config`` (default configs/fsdd.json: 8 kHz speech, 1 s windows
 of 40 mels), feature settings from its ``features`` block; feature flags given here override the
@@ -51,7 +51,7 @@ from audioclf.feature_flags import (add_feature_arguments, block_problems, featu
 from audioclf.frontend import FeatureParams
 from audioclf.listfile import FEATURE_CONFIG, LISTS_DIR, SPLITS, list_path
 from audioclf.metadata import MetadataError, read_metadata
-from audioclf.preprocess import PreprocessOptions, run_preprocessing
+from audioclf.preprocess import SPLIT_SEED, PreprocessOptions, run_preprocessing
 from audioclf.training import train
 from bench.common import feature_folder_name, key_values, write_json
 from dataloaders.dataloader import SpectrogramDataset
@@ -100,6 +100,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--validate_on_next_fold", action="store_true",
                         help="speaker protocol: validate on the next fold (default: a tenth of the training folds)")
     add_feature_arguments(parser)  # preprocessing's feature flags; not given: the config's "features" block
+    parser.add_argument("--split_seed", type=int, default=SPLIT_SEED,
+                        help="seed of the random split and of the speaker protocol's validation tenth "
+                             "(--set seed=N draws training's random choices only)")
     parser.add_argument("--epochs", type=int, default=None, help="override the config's epochs")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=JSON",
                         help='override config keys, e.g. --set model_args={"width":16} mixup_alpha=0.2')
@@ -163,7 +166,7 @@ def run_once(name: str, args: argparse.Namespace, work_dir: Path, validation_fol
     features = work_dir / feature_folder_name(params)  # runs of one feature setting share it; each writes its lists
     lists = work_dir / name / "lists"
     run_preprocessing(PreprocessOptions(
-        csv_file=args.csv_file, data_dir=args.data_dir, save_dir=features, params=params,
+        csv_file=args.csv_file, data_dir=args.data_dir, save_dir=features, params=params, seed=args.split_seed,
         num_workers=args.num_workers, validation_folds=validation_folds, evaluation_folds=evaluation_folds))
     shutil.rmtree(work_dir / name, ignore_errors=True)  # the bench owns its run folders: start clean
     lists.mkdir(parents=True, exist_ok=True)
@@ -173,6 +176,7 @@ def run_once(name: str, args: argparse.Namespace, work_dir: Path, validation_fol
     if args.baseline:
         report = baseline_report(lists, features)
         return {"run": name, "validation_folds": validation_folds, "evaluation_folds": evaluation_folds,
+                "split_seed": args.split_seed,
                 "features": flags, "model": "baseline: MFCC-40 mean+std, logistic regression", **report,
                 "preprocess_s": round(preprocess_seconds, 1), "seconds": round(time.perf_counter() - started, 1)}
     config = Params(args.config).to_dict()
@@ -186,7 +190,7 @@ def run_once(name: str, args: argparse.Namespace, work_dir: Path, validation_fol
     train(params_config, show_progress=False)
     report = run_evaluation(params_config)
     return {"run": name, "validation_folds": validation_folds, "evaluation_folds": evaluation_folds,
-            "features": flags, "accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
+            "split_seed": args.split_seed, "features": flags, "accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
             "preprocess_s": round(preprocess_seconds, 1), "seconds": round(time.perf_counter() - started, 1)}
 
 

@@ -117,6 +117,26 @@ def test_a_reused_work_dir_keeps_one_feature_folder_per_feature_setting(tmp_path
     assert n_mels == [16, 20]
 
 
+def test_split_seed_draws_the_split_and_is_recorded(tmp_path, demo_data):
+    csv_file, audio = demo_data
+
+    def evaluation_clips(split_seed: str) -> tuple[list[str], dict]:
+        results = tmp_path / f"results_{split_seed}.json"
+        assert bench_accuracy.main([
+            "--csv_file", str(csv_file), "--data_dir", str(audio), "--baseline", "--protocol", "random",
+            "--samplerate", "8000", "--n_fft", "256", "--n_mels", "16", "--n_frames", "32", "--num_workers", "1",
+            "--split_seed", split_seed, "--work_dir", str(tmp_path / "work"), "--json", str(results)]) == 0
+        lists = tmp_path / "work" / "random" / "lists"
+        split = json.loads((lists / "feature_config.json").read_text())["split"]
+        assert json.loads(results.read_text())[0]["runs"][0]["split_seed"] == int(split_seed)
+        return (lists / "evaluation.txt").read_text().splitlines(), split
+
+    default, default_split = evaluation_clips("42")
+    other, other_split = evaluation_clips("7")
+    assert (default_split["seed"], other_split["seed"]) == (42, 7)
+    assert len(default) == len(other) and sorted(default) != sorted(other)
+
+
 def test_malformed_set_items_name_the_flag_and_the_form(capsys):
     """The --set KEY=JSON of bench_accuracy reads like bench_detection's (one parser, bench.common); refused
     by parse_args (exit status 2), before any work."""
