@@ -209,7 +209,8 @@ CONFIG_SCHEMA: dict[str, ConfigKey] = {
         choices=("per_band", "per_clip", "global", "none"),
     ),
     "class_weighting": ConfigKey(
-        (str,), "none", "Loss weights per class.", choices=("none", "balanced"),
+        (str,), "none", "Loss weights per class: `balanced` weighs each inversely to its training clips (the "
+        "crops of `train_soundscapes` are not counted).", choices=("none", "balanced"),
     ),
     "balanced_sampling": ConfigKey((bool,), False, "Sample training clips class-balanced."),
     "spec_augment": ConfigKey((bool,), False, "Apply SpecAugment frequency/time masks."),

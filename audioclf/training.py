@@ -442,9 +442,10 @@ def to_device(inputs: torch.Tensor, targets: torch.Tensor, options: StepOptions)
 
 
 def train_one_epoch(model: nn.Module, loader: Loader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
-                    scaler: torch.amp.GradScaler, options: StepOptions, epoch: int, show_progress: bool = True
-                    ) -> dict:
-    """One pass over ``loader``; returns ``{"loss", "accuracy", "samples_per_s", "n"}``."""
+                    scaler: torch.amp.GradScaler, options: StepOptions, epoch: int, show_progress: bool = True,
+                    info: DistInfo = DistInfo()) -> dict:
+    """One pass over ``loader``; returns ``{"loss", "accuracy", "samples_per_s", "n"}`` over every
+    process's examples (summed across processes; the progress bar shows this process's)."""
     model.train()
     loss_avg, acc_avg = RunningAverage(), RunningAverage()
     start = time.perf_counter()
@@ -495,8 +496,10 @@ def train_one_epoch(model: nn.Module, loader: Loader, criterion: nn.Module, opti
         if options.log_every and step % options.log_every == 0:
             log.info("epoch %d step %d/%d  loss %.4f  acc %.4f", epoch, step, len(loader), loss_avg.avg, acc_avg.avg)
     seconds = time.perf_counter() - start
-    return {"loss": loss_avg.avg, "accuracy": acc_avg.avg, "n": loss_avg.count,
-            "samples_per_s": loss_avg.count / seconds if seconds > 0 else 0.0}
+    totals = torch.tensor([loss_avg.total, acc_avg.total, loss_avg.count], dtype=torch.float64, device=options.device)
+    loss_sum, hits, count = all_reduce_sum(totals, info).tolist()  # loss sum, correct, examples
+    return {"loss": loss_sum / max(count, 1), "accuracy": hits / max(count, 1), "n": int(count),
+            "samples_per_s": count / seconds if seconds > 0 else 0.0}
 
 
 @torch.inference_mode()
@@ -697,7 +700,7 @@ def _train(params: Params, info: DistInfo, device: torch.device, resume: bool, s
             started = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
             train_metrics = train_one_epoch(train_runner, data.train_loader, criterion, optimizer, scaler, options,
-                                            epoch, show_progress)
+                                            epoch, show_progress, info)
             sync_buffers(model, info)
             val_metrics = evaluate(eval_runner, data.val_loader, options, info, params.eval_batch_size)
             scheduler.step()

@@ -1,6 +1,7 @@
 """torchrun (DDP, gloo on CPU): one set of outputs, exact sharded validation, resume."""
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -62,6 +63,9 @@ def test_torchrun_two_processes_train_log_once_and_resume(tmp_path):
         assert logged["n"] == reference["n"] == 15
         assert logged["accuracy"] == pytest.approx(reference["accuracy"], abs=1e-12)
         assert logged["loss"] == pytest.approx(reference["loss"], rel=1e-5)
+        # training figures are both processes' (DistributedSampler pads the list to a multiple of 2)
+        n_train = len((features / "filenames" / "train.txt").read_text().splitlines())
+        assert checkpoint["metrics"]["train"]["n"] == 2 * math.ceil(n_train / 2)
 
     make_config(tmp_path, features, epochs=3, batch_size=4, device="cpu")
     resumed = torchrun(config, "--resume")
