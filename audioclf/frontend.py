@@ -187,8 +187,9 @@ class FeatureParams:
     @property
     def kept_samples(self) -> int:
         """Samples of a clip (after trimming) that its feature is made from: ``n_samples``, or for whole
-        clips all that a clip of ``max_frames`` frames can have (one more would give it more frames,
-        and cut it there)."""
+        clips all that a clip of ``max_frames`` whole frames can have (one more would give it another
+        frame; yamnet counts that frame as soon as it reaches a sample, then cuts the feature at
+        ``max_frames``, so its last ``hop_length - 1`` kept samples are read by no frame)."""
         if self.max_seconds is None:
             return self.n_samples
         return self.samples_for(self.max_frames + 1) - 1

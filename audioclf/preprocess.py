@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 DEVICE_BATCH = 64  # clips per batched transform with --device
 SPLIT_SEED = 42  # the stratified split's seed unless --seed gives another
+# What features of the same parameters hold, recorded beside them: 2 since yamnet recordings get YAMNet's
+# own patch count (whole yamnet clips of 2 % of lengths gained their last patch); unrecorded: 1.
+FEATURE_FORMAT = 2
 
 
 class PreprocessError(RuntimeError):
@@ -106,13 +109,16 @@ def _skipped(clip: Clip, feature_path: Path, error: Exception) -> ClipResult:
 def is_reusable(audio_path: Path, feature_path: Path, overwrite: bool) -> bool:
     """Whether a clip's feature from an earlier run stands: it exists, ``overwrite`` is off, and its
     audio has not changed since it was written (as ``make`` decides: the audio's modification time is
-    not newer than the feature's). An audio file that is gone keeps its feature."""
+    not newer than the feature's; a file replaced by one that keeps an older time, as ``cp -p`` does,
+    needs ``overwrite``). An audio file that is gone keeps its feature."""
     if overwrite or not feature_path.exists():
         return False
     try:
         return audio_path.stat().st_mtime_ns <= feature_path.stat().st_mtime_ns
     except FileNotFoundError:
         return True
+    except OSError:  # e.g. a symlink loop: reading it reports the clip as skipped, it must not stop the run
+        return False
 
 
 def process_clip(task: tuple[Clip, Path, Path, bool]) -> ClipResult:
@@ -211,7 +217,8 @@ def check_or_record_params(lists_dir: Path, params: FeatureParams, overwrite: bo
             f"an earlier --overwrite run into {lists_dir.parent} did not finish ({unfinished[0].name}), so old and "
             "new features may be mixed; run again with --overwrite")
     if path.exists() and not overwrite:
-        recorded = FeatureParams.from_dict(json.loads(path.read_text()))
+        data = json.loads(path.read_text())
+        recorded = FeatureParams.from_dict(data)
         if recorded != params:
             changed = {key: (value, asdict(params)[key]) for key, value in asdict(recorded).items()
                        if asdict(params)[key] != value}
@@ -219,8 +226,12 @@ def check_or_record_params(lists_dir: Path, params: FeatureParams, overwrite: bo
                 f"{path.parent.parent} holds features made with other parameters "
                 f"(recorded -> requested: {changed}); pass --overwrite to recompute them all, "
                 "or choose another --save_dir")
+        if params.frontend == "yamnet" and params.whole_clips and data.get("feature_format", 1) < FEATURE_FORMAT:
+            raise PreprocessError(
+                f"{path.parent.parent} holds whole yamnet clips made before they got YAMNet's own patch count "
+                "(some lack their last patch); pass --overwrite to recompute them, or choose another --save_dir")
         return
-    atomic_write_json(path, params.to_dict())
+    atomic_write_json(path, {**params.to_dict(), "feature_format": FEATURE_FORMAT})
 
 
 def shard_path(lists_dir: Path, shard_index: int, num_shards: int) -> Path:

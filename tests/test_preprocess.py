@@ -21,7 +21,7 @@ import preprocessingBabyCrying
 from audioclf.frontend import FeatureExtractor, FeatureParams
 from audioclf.listfile import SPLITS, read_list
 from audioclf.metadata import Clip, MetadataError, split_by_fold, split_random
-from audioclf.preprocess import PreprocessError, PreprocessOptions, run_preprocessing
+from audioclf.preprocess import FEATURE_FORMAT, PreprocessError, PreprocessOptions, run_preprocessing
 from conftest import CSV_COLUMNS, Dataset, write_wav
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -516,8 +516,37 @@ def test_feature_config_records_params_class_names_and_counts(dataset_factory):
     assert config["counts"]["train"]["laugh"] == len([1 for entry in read_list(lists_dir / "train.txt")
                                                        if entry.class_name == "laugh"])
     assert config["n_skipped"] == 1
-    assert json.loads((lists_dir / "feature_params.json").read_text()) == PARAMS.to_dict()
+    assert json.loads((lists_dir / "feature_params.json").read_text()) == {**PARAMS.to_dict(),
+                                                                           "feature_format": FEATURE_FORMAT}
     assert (lists_dir / "metadata.csv").read_bytes() == dataset.csv_file.read_bytes()
+
+
+def test_whole_yamnet_clips_of_the_first_feature_format_need_overwrite(dataset_factory):
+    # before FEATURE_FORMAT 2 whole yamnet clips of 2 % of lengths lacked YAMNet's last patch
+    dataset = dataset_factory(clips_per_class=2, duration=0.98)  # 15680 samples: 144 frames now, 96 before
+    whole = FeatureParams.preset("yamnet", max_seconds=2.0)
+    run_preprocessing(options(dataset, params=whole))
+    assert {np.load(path).shape for path in feature_files(dataset.save_dir)} == {(64, 144)}
+    record = dataset.save_dir / "filenames" / "feature_params.json"
+    record.write_text(json.dumps(whole.to_dict()))  # as the first format wrote it: no feature_format
+    with pytest.raises(PreprocessError, match="made before they got YAMNet's own patch count.*--overwrite"):
+        run_preprocessing(options(dataset, params=whole))
+    assert set(statuses(run_preprocessing(options(dataset, params=whole, overwrite=True))).values()) == {"written"}
+    fixed = FeatureParams.preset("yamnet")  # fixed-length features never changed: the old record stands
+    run_preprocessing(options(dataset, params=fixed, save_dir=dataset.root / "fixed"))
+    (dataset.root / "fixed" / "filenames" / "feature_params.json").write_text(json.dumps(fixed.to_dict()))
+    assert set(statuses(run_preprocessing(options(dataset, params=fixed, save_dir=dataset.root / "fixed"))
+                        ).values()) == {"reused"}
+
+
+def test_an_unreadable_audio_path_beside_its_feature_is_skipped_not_fatal(dataset_factory):
+    dataset = dataset_factory(clips_per_class=2)
+    run_preprocessing(options(dataset))
+    looped = dataset.audio_path(dataset.rows[0])
+    looped.unlink()
+    looped.symlink_to(looped.name)  # a symlink to itself: stat() fails with ELOOP
+    outcome = run_preprocessing(options(dataset))
+    assert statuses(outcome)[2] == "skipped" and list(statuses(outcome).values()).count("reused") == 5
 
 
 def test_rerun_with_other_feature_params_needs_overwrite(dataset_factory, caplog):
