@@ -501,6 +501,8 @@ class Params:
                 data = json5.load(file, allow_duplicate_keys=False)
         except FileNotFoundError:
             raise FileNotFoundError(f"config file not found: {source}") from None
+        except OSError as error:  # a folder, no permission: name the path, no traceback
+            raise ConfigError(source, [f"cannot read the config file: {error.strerror or error}"]) from None
         except ValueError as error:  # json5 reports syntax errors as "<string>:LINE message"
             message = str(error)
             match = re.match(r"^<string>:(\d+)\s+(.*)$", message, re.DOTALL)

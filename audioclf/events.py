@@ -702,6 +702,9 @@ def read_events_csv(path: str | Path) -> list[Event]:
             except (TypeError, ValueError):
                 raise ValueError(f"{path}, line {line}: onset/offset must be numbers, got "
                                  f"{row[onset_column]!r} / {row[offset_column]!r}") from None
+            if not (math.isfinite(onset) and math.isfinite(offset)) or onset < 0:
+                raise ValueError(f"{path}, line {line}: onset/offset must be finite seconds >= 0, got "
+                                 f"{row[onset_column]!r} / {row[offset_column]!r}")
             if offset < onset:
                 raise ValueError(f"{path}, line {line}: offset {offset} is before onset {onset}")
             events.append(Event(row[file_column].strip(), row[class_column].strip(), onset, offset))

@@ -70,11 +70,12 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[str]:
                 log.warning("%s: no audio files (%s) in this folder", path, ", ".join(sorted(AUDIO_EXTENSIONS)))
             paths.extend(found)
         elif path.suffix.lower() == LIST_EXTENSION and path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    listed = Path(line)
-                    paths.append(str(listed if listed.is_absolute() else path.parent / listed))
+            listed = [Path(line.strip()) for line in path.read_text(encoding="utf-8").splitlines()
+                      if line.strip() and not line.strip().startswith("#")]
+            if not listed:
+                log.warning("%s: the list names no file (one path per line; blank lines and # comments are "
+                            "ignored)", path)
+            paths.extend(str(entry if entry.is_absolute() else path.parent / entry) for entry in listed)
         else:
             paths.append(str(item))
     return paths

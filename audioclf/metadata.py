@@ -107,6 +107,13 @@ def _check_class_ids(frame: pd.DataFrame, csv_path: Path) -> pd.Series:
             f"found {present}" + (f", missing {missing}" if missing else "")
             + (f"; out-of-range IDs at {_lines(rows)}" if len(rows) else "")
             + ". Renumber the classID column.")
+    blank = frame.index[frame["class"].str.strip() == ""]
+    if len(blank):
+        problems.append(f"empty class name at {_lines(blank)}; every class needs a name")
+    broken = frame.index[frame["class"].map(_has_line_break)]
+    if len(broken):
+        problems.append(f"line break inside a class name at {_lines(broken)} (the split lists hold one clip "
+                        "per line)")
     if problems:
         raise MetadataError(f"{csv_path}: " + "; ".join(problems))
     return ids
@@ -128,9 +135,19 @@ def refusal_reason(slice_file_name: str, column: str = "slice_file_name", folder
     if os.path.isabs(slice_file_name) or PurePosixPath(slice_file_name).is_absolute() \
             or (len(slice_file_name) > 1 and slice_file_name[1] == ":"):
         return f"refused: absolute path; {column} must be relative to {folder}"
-    if ".." in PurePosixPath(slice_file_name.replace("\\", "/")).parts:
+    path = PurePosixPath(slice_file_name.replace("\\", "/"))
+    if ".." in path.parts:
         return f"refused: '..' in path escapes {folder}"
+    if not path.name:
+        return f"refused: {column} names a folder ({slice_file_name!r}), not a file"
+    if _has_line_break(slice_file_name):
+        return f"refused: line break in {column} (the split lists hold one clip per line)"
     return None
+
+
+def _has_line_break(text: str) -> bool:
+    """Whether ``text`` holds a character that ends a line (``\\n``, ``\\r``, U+2028 ...: ``str.splitlines``'s)."""
+    return len((text + "x").splitlines()) > 1
 
 
 def is_whole_number(text: str | None) -> bool:
@@ -284,14 +301,9 @@ def split_random(clips: list[Clip], n_classes: int, seed: int, by_group: bool = 
     return {"train": train, "validation": folds[VALIDATION_FOLD], "evaluation": folds[EVALUATION_FOLD]}
 
 
-def split_by_fold(clips: list[Clip], validation_folds: list[str], evaluation_folds: list[str],
-                  n_classes: int = 0, seed: int = 42, by_group: bool = False) -> dict[str, list[Clip]]:
-    """Use the CSV's own ``fold`` column (e.g. UrbanSound8K's official folds or speakers).
-
-    With evaluation folds but no validation folds, validation is one tenth of every class of
-    the remaining clips (seeded; whole groups with ``by_group``), so every other fold still
-    trains: e.g. hold out one speaker for evaluation and train on all the others.
-    """
+def check_folds(clips: list[Clip], validation_folds: list[str], evaluation_folds: list[str]) -> None:
+    """MetadataError unless the named folds are distinct and in the CSV's ``fold`` column (preprocessing
+    checks this before extracting any feature)."""
     if clips and clips[0].fold is None:
         raise MetadataError("--val_fold/--eval_fold need a 'fold' column in the metadata CSV")
     overlap = set(validation_folds) & set(evaluation_folds)
@@ -301,6 +313,17 @@ def split_by_fold(clips: list[Clip], validation_folds: list[str], evaluation_fol
     unknown = [fold for fold in validation_folds + evaluation_folds if fold not in present]
     if unknown:
         raise MetadataError(f"fold(s) {unknown} not found in the CSV's fold column (found {sorted(present)})")
+
+
+def split_by_fold(clips: list[Clip], validation_folds: list[str], evaluation_folds: list[str],
+                  n_classes: int = 0, seed: int = 42, by_group: bool = False) -> dict[str, list[Clip]]:
+    """Use the CSV's own ``fold`` column (e.g. UrbanSound8K's official folds or speakers).
+
+    With evaluation folds but no validation folds, validation is one tenth of every class of
+    the remaining clips (seeded; whole groups with ``by_group``), so every other fold still
+    trains: e.g. hold out one speaker for evaluation and train on all the others.
+    """
+    check_folds(clips, validation_folds, evaluation_folds)
     if not validation_folds:
         evaluation = [clip for clip in clips if clip.fold in evaluation_folds]
         rest = _deal([clip for clip in clips if clip.fold not in evaluation_folds], n_classes, seed, by_group)

@@ -33,8 +33,8 @@ from audioclf.files import atomic_save_npy, atomic_write_json, atomic_write_text
 from audioclf.listfile import (FEATURE_CONFIG, FEATURE_PARAMS_FILE, LISTS_DIR, SKIPPED_FILE, SPLITS, ListEntry,
                                list_path, render_list)
 from audioclf.metadata import (AUTO_GROUPS, NO_GROUPS, Clip, MetadataError, Refused,
-                               empty_split_warnings, fold_refusal_reason, read_metadata, resolve_group_column,
-                               split_by_fold, split_random, straddling_groups)
+                               check_folds, empty_split_warnings, fold_refusal_reason, read_metadata,
+                               resolve_group_column, split_by_fold, split_random, straddling_groups)
 
 log = logging.getLogger(__name__)
 
@@ -328,7 +328,7 @@ def write_lists(options: PreprocessOptions, clips: list[Clip], refused: list[Ref
     for split in SPLITS:
         atomic_write_text(list_path(lists_dir, split), render_list(_entries(splits[split])))
     atomic_write_text(lists_dir / SKIPPED_FILE, "line\tslice_file_name\treason\n" + "".join(
-        f"{line}\t{name}\t{reason}\n" for line, name, reason in skipped))
+        f"{line}\t{name if name.isprintable() else repr(name)}\t{reason}\n" for line, name, reason in skipped))
     if options.csv_file.resolve() != (lists_dir / "metadata.csv").resolve():
         shutil.copyfile(options.csv_file, lists_dir / "metadata.csv")
     counts = {split: {name: sum(c.class_id == i for c in splits[split]) for i, name in enumerate(class_names)}
@@ -439,6 +439,8 @@ def run_preprocessing(options: PreprocessOptions) -> dict:
     clips, refused, class_names = read_metadata(options.csv_file, options.group_column)
     if options.fold_subdirs and clips and clips[0].fold is not None:
         clips, refused = refuse_bad_folds(clips, refused)
+    if options.write_lists and (options.validation_folds or options.evaluation_folds):
+        check_folds(clips, options.validation_folds, options.evaluation_folds)  # before minutes of extraction
     if not options.data_dir.is_dir():
         raise PreprocessError(f"--data_dir {options.data_dir} is not a folder")
     lists_dir = options.save_dir / LISTS_DIR

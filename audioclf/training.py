@@ -692,6 +692,7 @@ def _train(params: Params, info: DistInfo, device: torch.device, resume: bool, s
         from tensorboardX import SummaryWriter
         writer = SummaryWriter(params.summaries_dir)
     history = []
+    saved_epoch = start_epoch - 1  # the newest epoch on disk, for the message if interrupted
     if start_epoch > params.epochs and info.is_main:
         log.info("all %d epochs are done; raise 'epochs' in the config to train further", params.epochs)
     try:
@@ -713,13 +714,15 @@ def _train(params: Params, info: DistInfo, device: torch.device, resume: bool, s
                 state = training_checkpoint(model, optimizer, scheduler, scaler, epoch, best, params, model_args,
                                             data, metrics)
                 save_checkpoint(state, checkpoint_dir, epoch, is_best, keep=params.keep_checkpoints)
+                saved_epoch = epoch
                 log_scalars(writer, epoch, train_metrics, val_metrics, lr)
                 log.info(epoch_line(epoch, params.epochs, train_metrics, val_metrics, lr,
                                     time.perf_counter() - started, is_best))
             barrier(info)
+            saved_epoch = epoch  # the other processes: rank 0 saved it before the barrier
     except KeyboardInterrupt:
         log.warning("interrupted: epochs up to %d are saved in %s; run again with --resume to continue",
-                    history[-1]["epoch"] if history else start_epoch - 1, checkpoint_dir)
+                    saved_epoch, checkpoint_dir)
         raise
     finally:
         if writer is not None:

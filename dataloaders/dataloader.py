@@ -57,11 +57,15 @@ def load_feature_info(list_path: str | Path, entries: list[ListEntry] | None = N
 
 
 def read_npy_shape(path: Path) -> tuple[int, ...]:
-    """Shape of a ``.npy`` file from its header, without reading the data."""
-    with open(path, "rb") as handle:
-        major, _ = np.lib.format.read_magic(handle)
-        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-        shape, _, _ = read_header(handle)
+    """Shape of a ``.npy`` file from its header, without reading the data; FeatureDataError naming
+    the file when it cannot be read (truncated, not a ``.npy``)."""
+    try:
+        with open(path, "rb") as handle:
+            major, _ = np.lib.format.read_magic(handle)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, _, _ = read_header(handle)
+    except (OSError, ValueError, EOFError) as error:
+        raise FeatureDataError(f"{path}: cannot read feature file ({error}); re-run preprocessing") from None
     return tuple(shape)
 
 

@@ -176,16 +176,9 @@ def exclusive_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def _feature_shape(path: Path) -> tuple[int, ...]:
-    try:
-        return read_npy_shape(path)
-    except (OSError, ValueError, EOFError) as error:
-        raise FeatureDataError(f"{path}: cannot read feature file ({error}); re-run preprocessing") from None
-
-
 def build_cache(files: CacheFiles, list_file: Path, paths: Sequence[Path], dtype: str) -> None:
     """Copy every feature into a new frames file, then write the index (both renamed into place)."""
-    shapes = [_feature_shape(path) for path in paths]
+    shapes = [read_npy_shape(path) for path in paths]
     bad = next((i for i, shape in enumerate(shapes) if len(shape) != 2 or shape[0] != shapes[0][0]), None)
     if bad is not None:
         raise FeatureDataError(f"{paths[bad]}: shape {shapes[bad]}, but {paths[0]} is {shapes[0]}; every feature "

@@ -41,6 +41,9 @@ class AudioCNN(nn.Module):
         dropout: float = 0.3,
     ) -> None:
         super().__init__()
+        if width < 1 or convs_per_block < 1:
+            raise ValueError(f"width and convs_per_block must be >= 1, got width={width}, "
+                             f"convs_per_block={convs_per_block}")
         channels = [in_channels] + [width * 2**index for index in range(N_BLOCKS)]  # 1-32-64-128-256
         self.blocks = nn.Sequential(
             *(ConvBlock(channels[index], channels[index + 1], convs_per_block) for index in range(N_BLOCKS))

@@ -139,9 +139,11 @@ def check_input_size(name: str, n_mels: int, n_frames: int) -> None:
 
 
 def _check_model_kwargs(entry: ModelEntry, model_kwargs: dict[str, Any]) -> None:
-    """ValueError naming any keyword the builder does not take, with the closest accepted one."""
+    """ValueError naming any keyword the builder does not take (with the closest accepted one), or
+    a value whose type is not its default's (an int where the default is a float is fine)."""
     accepted = entry.builder_arguments()
-    for key in model_kwargs:
+    parameters = inspect.signature(entry.builder).parameters
+    for key, value in model_kwargs.items():
         if key not in accepted:
             close = difflib.get_close_matches(key, accepted, n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
@@ -149,6 +151,30 @@ def _check_model_kwargs(entry: ModelEntry, model_kwargs: dict[str, Any]) -> None
                 f"Model '{entry.name}' has no argument '{key}'.{hint} "
                 f"Accepted model_args: {', '.join(accepted) or 'none'}"
             )
+        default = parameters[key].default
+        if not _same_kind(value, default):
+            raise ValueError(f"model_args '{key}' of model '{entry.name}' must be of type {type(default).__name__} "
+                             f"(default {default!r}), got {value!r}")
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    """Whether ``value`` may stand where the builder's ``default`` does (JSON types: bool, int, float, str)."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if isinstance(default, (int, str)):
+        return isinstance(value, type(default))
+    return True  # no default, or one of another kind: the builder checks it
+
+
+def _call_builder(entry: ModelEntry, num_classes: int, model_kwargs: dict[str, Any]) -> nn.Module:
+    """The entry's builder; a value it cannot build with (a negative width, dropout 2) is a ValueError
+    that names the model_args, not a traceback from deep inside torch."""
+    try:
+        return entry.builder(num_classes, **model_kwargs)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"model_args {model_kwargs} are not valid for model '{entry.name}': {error}") from None
 
 
 def adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
@@ -266,7 +292,7 @@ def _build_pretrained(
     n_pretrained = len(entry.weights.meta["categories"])
     if head_rows is not None:
         _check_head_rows(entry, num_classes, head_rows, n_pretrained)
-    model = entry.builder(n_pretrained, **model_kwargs)
+    model = _call_builder(entry, n_pretrained, model_kwargs)
     model.load_state_dict(state_dict)
     if in_channels != entry.native_in_channels:
         entry.set_first_conv(model, _pretrained_first_conv(entry.get_first_conv(model), in_channels))
@@ -281,7 +307,7 @@ def _build_random(
     entry: ModelEntry, num_classes: int, in_channels: int, model_kwargs: dict[str, Any]
 ) -> nn.Module:
     """Build with ``num_classes`` outputs and a fresh first conv taking ``in_channels``."""
-    model = entry.builder(num_classes, **model_kwargs)
+    model = _call_builder(entry, num_classes, model_kwargs)
     if in_channels != entry.native_in_channels:
         entry.set_first_conv(model, _fresh_first_conv(entry.get_first_conv(model), in_channels))
     return model

@@ -244,6 +244,15 @@ def test_read_events_csv_accepts_both_column_styles_and_tabs(tmp_path):
         read_events_csv(tmp_path / "reversed.csv")
 
 
+@pytest.mark.parametrize("onset, offset", [("nan", "3"), ("1", "inf"), ("-1", "2")])
+def test_a_reference_time_that_is_not_finite_or_negative_names_its_line(tmp_path, onset, offset):
+    """NaN or inf would stop scoring after the whole long-mode pass with a traceback; refused on reading."""
+    (tmp_path / "ref.csv").write_text(f"file,onset,offset,class\na.wav,0,1,c\na.wav,{onset},{offset},c\n")
+    with pytest.raises(ValueError, match=rf"ref\.csv, line 3: onset/offset must be finite seconds >= 0, "
+                                         rf"got '{onset}' / '{offset}'"):
+        read_events_csv(tmp_path / "ref.csv")
+
+
 def test_write_events_csv_round_trips(tmp_path):
     events = [Event("a.wav", "cry", 1.23456, 2.5, 0.91234, 0.8)]
     path = write_events_csv(events, tmp_path / "events.csv")

@@ -177,6 +177,17 @@ def test_a_bad_feature_file_is_named_and_leaves_no_cache(train_set):
     assert [name for name in cache_folder_names(train_set) if not name.endswith(".lock")] == []
 
 
+@pytest.mark.parametrize("damage", ["cut", "not_npy"])
+def test_a_bad_first_feature_file_is_named_when_the_dataset_opens(tmp_path, damage):
+    """The first list entry gives the dataset its shape; reading its header is where a damaged file
+    shows first, so that error names it too."""
+    features = make_feature_dataset(tmp_path, per_class=(2, 1, 1), n_mels=8, n_frames=6)
+    first = SpectrogramDataset(features / "filenames/train.txt", features).paths[0]
+    first.write_bytes(first.read_bytes()[:40] if damage == "cut" else b"not a numpy file")
+    with pytest.raises(FeatureDataError, match=rf"^{first}: cannot read feature file \(.*\); re-run preprocessing$"):
+        SpectrogramDataset(features / "filenames/train.txt", features)
+
+
 def _build_in_child(list_file: str, datapath: str, paths: list[str], start: multiprocessing.Barrier,
                     results) -> None:
     start.wait()  # all builders start together

@@ -253,6 +253,24 @@ def test_unknown_model_kwarg_names_accepted_ones():
         get_model("resnet18", NUM_CLASSES, dropout=0.2)
 
 
+@pytest.mark.parametrize("model_args, message", [
+    ({"width": "8"}, r"model_args 'width' of model 'audiocnn' must be of type int \(default 32\), got '8'"),
+    ({"width": 8.0}, r"'width' .* must be of type int .*got 8\.0"),
+    ({"width": True}, r"'width' .* must be of type int .*got True"),
+    ({"dropout": "0.1"}, r"'dropout' .* must be of type float \(default 0\.3\), got '0\.1'"),
+    ({"width": -8}, r"model_args \{'width': -8\} are not valid for model 'audiocnn': width and convs_per_block "
+                    r"must be >= 1"),
+    ({"width": 0}, r"are not valid for model 'audiocnn': width and convs_per_block must be >= 1"),
+    ({"dropout": 2.0}, r"model_args \{'dropout': 2\.0\} are not valid for model 'audiocnn': dropout probability"),
+])
+def test_model_args_of_the_wrong_type_or_range_name_the_key(model_args, message):
+    """A config's model_args value the builder cannot take is a ValueError naming it (train.py prints
+    one line), not a traceback from inside torch; an int stands for a float."""
+    with pytest.raises(ValueError, match=message):
+        get_model("audiocnn", NUM_CLASSES, **model_args)
+    assert get_model("audiocnn", NUM_CLASSES, width=4, dropout=0).dropout.p == 0
+
+
 @pytest.mark.parametrize("name", ["inception", "resnet18", "yamnet", "efficientnet_lite0"])
 def test_pretrained_and_random_models_have_the_same_state_dict_layout(name, offline_torch_home, request,
                                                                      monkeypatch):

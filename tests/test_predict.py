@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -251,6 +252,15 @@ def test_inputs_from_folders_and_list_files(tmp_path):
     found = collect_inputs([tmp_path / "a", listing, "loose.wav"])
     assert found == [str(tmp_path / "a/b/three.ogg"), str(tmp_path / "a/b/two.FLAC"), str(tmp_path / "a/one.wav"),
                      str(tmp_path / "a/one.wav"), "/abs/path.wav", "loose.wav"]
+
+
+def test_a_list_or_folder_that_names_no_file_is_warned_about_by_name(tmp_path, caplog):
+    (tmp_path / "empty.txt").write_text("# nothing yet\n\n")
+    (tmp_path / "no_audio").mkdir()
+    with caplog.at_level(logging.WARNING):
+        assert collect_inputs([tmp_path / "empty.txt", tmp_path / "no_audio"]) == []
+    assert f"{tmp_path / 'empty.txt'}: the list names no file" in caplog.text
+    assert f"{tmp_path / 'no_audio'}: no audio files" in caplog.text
 
 
 def test_threshold_defaults_come_from_the_operating_point(trained, tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -194,6 +195,39 @@ def test_absolute_paths_and_dot_dot_are_refused_and_the_rest_processed(dataset_f
     assert not (dataset.root / "outside.npy").exists()
     assert len(feature_files(dataset.save_dir)) == 30
     assert sum(len(files) for files in listed_files(dataset.save_dir).values()) == 30
+
+
+def test_a_path_naming_no_file_or_holding_a_line_break_is_refused_and_the_rest_processed(dataset_factory):
+    """'.' would stop the run with a message naming nothing; a line break would split a list line in two."""
+    dataset = dataset_factory(clips_per_class=10)
+    write_wav(dataset.data_dir / "baby_cry" / "two\nlines.wav", duration=0.6)
+    dataset.rows += [{"slice_file_name": name, "classID": "0", "class": "baby cry", "fold": "1"}
+                     for name in (".", "./", "baby_cry/two\nlines.wav")]  # CSV records 32, 33, 34
+    dataset.rewrite_csv()
+
+    outcome = run_preprocessing(options(dataset))
+
+    assert sorted(statuses(outcome).values()) == ["written"] * 30
+    skipped = skipped_rows(dataset.save_dir)
+    assert skipped["."] == (32, "refused: slice_file_name names a folder ('.'), not a file")
+    assert skipped["./"] == (33, "refused: slice_file_name names a folder ('./'), not a file")
+    assert skipped["'baby_cry/two\\nlines.wav'"] == (
+        34, "refused: line break in slice_file_name (the split lists hold one clip per line)")
+    assert sum(len(files) for files in listed_files(dataset.save_dir).values()) == 30
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("  ", "empty class name at CSV line 32; every class needs a name"),
+    ("baby\ncry", "line break inside a class name at CSV line 32"),
+])
+def test_a_class_name_that_is_blank_or_breaks_a_line_is_refused_before_any_work(dataset_factory, name, problem):
+    dataset = dataset_factory(clips_per_class=10)
+    dataset.rows.append({"slice_file_name": "baby_cry/extra.wav", "classID": "3", "class": name, "fold": "1"})
+    dataset.rewrite_csv()
+
+    with pytest.raises(MetadataError, match=re.escape(problem)):
+        run_preprocessing(options(dataset))
+    assert_nothing_written(dataset.save_dir)
 
 
 def test_unusable_files_are_skipped_with_their_reason_and_the_run_goes_on(dataset_factory):
@@ -477,6 +511,20 @@ def test_fold_split_errors_name_unknown_or_shared_folds():
         split_by_fold(clips, ["11"], ["10"])
     with pytest.raises(MetadataError, match=r"fold\(s\) \['9'\] named for both"):
         split_by_fold(clips, ["9"], ["9"])
+
+
+@pytest.mark.parametrize("flags, columns, message", [
+    (["--val_fold", "11"], None, r"fold\(s\) \['11'\] not found in the CSV's fold column"),
+    (["--eval_fold", "1"], ("slice_file_name", "classID", "class"), r"--val_fold/--eval_fold need a 'fold' column"),
+])
+def test_fold_flags_the_csv_cannot_meet_are_refused_before_any_feature_is_made(dataset_factory, flags, columns,
+                                                                              message, caplog):
+    dataset = dataset_factory(clips_per_class=10)
+    if columns:
+        dataset.rewrite_csv(columns=columns)
+    assert preprocessingBabyCrying.main(cli(dataset, *flags)) == 1
+    assert re.search(message, caplog.text)
+    assert feature_files(dataset.save_dir) == []
 
 
 # ---------------------------------------------------------------------------------------

@@ -173,6 +173,24 @@ def test_interrupt_keeps_finished_epochs_and_resume_continues(tmp_path, features
     assert [entry["epoch"] for entry in result["history"]] == [2, 3]
 
 
+def test_an_interrupt_while_an_epoch_is_saved_reports_the_epochs_on_disk(tmp_path, features, monkeypatch, caplog):
+    """Ctrl-C during epoch 2's save: the message names epoch 1, the newest checkpoint there is."""
+    import audioclf.training as training
+
+    original = training.save_checkpoint
+
+    def interrupt_saving_epoch_two(state, checkpoint_dir, epoch, *args, **kwargs):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return original(state, checkpoint_dir, epoch, *args, **kwargs)
+
+    monkeypatch.setattr(training, "save_checkpoint", interrupt_saving_epoch_two)
+    config = make_config(tmp_path, features, epochs=3)
+    assert train_script.main(["--config_path", str(config), "--no_progress"]) == 130
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["checkpoint_epoch0001.pth.tar"]
+    assert "interrupted: epochs up to 1 are saved in" in caplog.text
+
+
 def test_unseen_validation_class_is_an_error(tmp_path, features):
     lists = tmp_path / "lists"
     lists.mkdir()

@@ -5,6 +5,7 @@ import copy
 import json
 import os
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,12 @@ def test_duplicate_key_is_an_error(tmp_path):
 def test_missing_file_names_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.json"):
         Params(tmp_path / "nope.json")
+
+
+def test_a_folder_given_as_the_config_is_a_config_error_naming_it(tmp_path):
+    """train.py, evaluation.py and preprocessing print a ConfigError as one line, not a traceback."""
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(tmp_path))}: cannot read the config file: Is a directory$"):
+        Params(tmp_path)
 
 
 def test_top_level_must_be_object(tmp_path):

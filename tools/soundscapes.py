@@ -159,13 +159,10 @@ def listed_clips(csv_file: str | Path, list_file: str | Path) -> list[Clip]:
 
 
 def clip_path(data_dir: str | Path, clip: Clip) -> Path:
-    """The clip's file under ``data_dir``; SoundscapeError when it resolves outside it (e.g. a symlink)."""
-    root = Path(data_dir).resolve()
-    path = (root / clip.slice_file_name).resolve()
-    if not path.is_relative_to(root):
-        raise SoundscapeError(f"CSV line {clip.line}: {clip.slice_file_name!r} resolves to {path}, outside "
-                              f"--data_dir {root}; soundscapes are built from the data folder only")
-    return path
+    """The clip's file under ``data_dir``, as preprocessing reads it: ``read_metadata`` has refused the
+    paths that leave the folder by their spelling (absolute, ``..``); links the user put inside it
+    (e.g. to audio on another disk) are followed."""
+    return Path(data_dir) / clip.slice_file_name
 
 
 def feature_sample_rate(list_file: str | Path, sample_rate: int | None = None) -> int:
