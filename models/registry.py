@@ -159,12 +159,12 @@ def _check_model_kwargs(entry: ModelEntry, model_kwargs: dict[str, Any]) -> None
 
 def _same_kind(value: Any, default: Any) -> bool:
     """Whether ``value`` may stand where the builder's ``default`` does (JSON types: bool, int, float, str)."""
-    if isinstance(default, bool) or isinstance(value, bool):
-        return isinstance(default, bool) and isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float))
-    if isinstance(default, (int, str)):
-        return isinstance(value, type(default))
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, (int, float)):  # an int stands for a float; True is not a number here
+        return isinstance(value, (int, float) if isinstance(default, float) else int) and not isinstance(value, bool)
+    if isinstance(default, str):
+        return isinstance(value, str)
     return True  # no default, or one of another kind: the builder checks it
 
 
