@@ -16,10 +16,12 @@ offset collars), recall per event-to-background ratio and the wall time, as the 
 (min..max) over the seeds: no seed is picked. ``--json`` also writes each run, with every
 reference event (its clip, EBR, found or not).
 
-Variants (``VARIANTS``) are cumulative, each the previous one plus one piece; ``recipe`` is
-``--config`` (configs/demo.json) exactly as ``make demo`` trains it (today ``soundscapes``: mixing
-plus crops of the bench's own soundscapes of the training clips); ``low_snr`` and ``splice``
-are measured dead ends (each is ``mixing`` plus one change), kept to be repeated.
+Variants (``VARIANTS``) are cumulative, each the previous one plus one piece, on the small CNN of
+``--config`` (default configs/demo_cnn.json, what ``make demo`` trained until it fine-tuned YAMNet);
+``recipe`` is ``--config`` itself with its own features block (for configs/demo_cnn.json today
+``soundscapes``: mixing plus crops of the bench's own soundscapes of the training clips;
+``--variants recipe --config configs/demo.json`` is ``make demo``'s YAMNet recipe); ``low_snr``
+and ``splice`` are measured dead ends (each is ``mixing`` plus one change), kept to be repeated.
 """
 from __future__ import annotations
 
@@ -98,7 +100,7 @@ VARIANTS = (
             {**PIECES_OFF, **MIXING}, tune=True),
     Variant("soundscapes", "+ training crops of soundscapes built from the training clips (train_soundscapes)",
             "whole", {**PIECES_OFF, **MIXING}, tune=True, train_soundscapes=True),
-    Variant(RECIPE, "the config as make demo trains it (--config, its features block)", RECIPE, tune=True),
+    Variant(RECIPE, "--config itself, with its features block", RECIPE, tune=True),
     Variant("low_snr", "+ mixing more often and lower (p 0.8, -12..6 dB: the soundscapes' -6 dB with margin)",
             "whole", {**PIECES_OFF, **MIXING, **LOW_SNR}, tune=True),
     Variant("splice", "+ time splicing (p 0.5): windows where one sound gives way to another", "whole",
@@ -110,7 +112,7 @@ VARIANT_NAMES = tuple(variant.name for variant in VARIANTS)
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=REPO / "configs" / "demo.json",
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "demo_cnn.json",
                         help="training config the variants start from; its paths are replaced per run")
     parser.add_argument("--variants", nargs="+", choices=VARIANT_NAMES, default=list(VARIANT_NAMES[:4]),
                         help=f"variants to run (default: {' '.join(VARIANT_NAMES[:4])})")

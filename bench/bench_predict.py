@@ -10,8 +10,8 @@ The recording is the demo's kind (``make_long_recording``: background, confusers
 10 minutes, written once as 16 kHz mono and once as 44.1 kHz stereo (to include resampling).
 Two untrained models are timed with ``Predictor.predict_long`` (weights do not change speed):
 
-* ``demo``: ``audiocnn`` (width 32, as ``configs/demo.json``) on the demo's features,
-  64 mels x 200 frames (2 s windows, as ``make demo`` preprocesses them);
+* ``demo``: ``audiocnn`` (width 32) on 64 mels x 200 frames (2 s windows), the small CNN the
+  demo trained before it fine-tuned YAMNet (``configs/demo_cnn.json`` is that CNN at width 16, 1 s);
 * ``resnet18`` on the default features, 128 mels x 250 frames (2.5 s windows) at 16 kHz.
 
 Hop = half a window. Goal (from the issue): resnet18 RTF <= 0.05 on 2 cores. The split is

@@ -126,7 +126,7 @@ def test_training_soundscapes_are_the_benchs_own_and_built_only_when_used(tmp_pa
     config = json.loads((work / "runs" / "soundscapes_seed3" / "checkpoints" / bench_detection.RUN_CONFIG).read_text())
     assert config["train_soundscapes"] == str(work / "soundscapes" / "train")
     assert len(read_events_csv(work / "soundscapes" / "train" / "events.csv")) == 2  # half of the 3 mixtures
-    plain = tmp_path / "plain"  # the recipe (configs/demo.json names training soundscapes) with them turned off
+    plain = tmp_path / "plain"  # the recipe (configs/demo_cnn.json names training soundscapes) with them turned off
     args = tiny_args(plain, "recipe")
     args.insert(args.index("batch_size=16") + 1, "train_soundscapes=null")  # one --set flag: a second replaces it
     assert bench_detection.main(args) == 0

@@ -87,10 +87,10 @@ def test_every_shipped_block_equals_the_same_flags_on_the_command_line(tmp_path,
             preprocessingBabyCrying.feature_params_from_args(typed) == feature_params_from_flags(block), path.name
         blocks[path.stem] = preprocessingBabyCrying.feature_params_from_args(from_config)
     # the recipes of issue 10: YAMNet's front end, clips whole up to 5 s
-    for name in ("esc50", "babycry"):
+    for name in ("esc50", "babycry", "demo"):
         assert blocks[name] == FeatureParams.preset("yamnet", max_seconds=5.0)
     assert blocks["fsdd"] == FeatureParams(sample_rate=8000, n_fft=512, n_mels=40, n_frames=100)  # the README's flags
-    assert blocks["demo"] == FeatureParams(n_mels=64, n_frames=100, max_seconds=10.0)  # whole clips (issue 11)
+    assert blocks["demo_cnn"] == FeatureParams(n_mels=64, n_frames=100, max_seconds=10.0)  # whole clips (issue 11)
 
 
 # ---- preprocessingBabyCrying.py --config_path ------------------------------------------
