@@ -38,7 +38,7 @@ demo: $(SETUP)
 	$(PY) -m tools.soundscapes $(DEMO_SOUNDSCAPE_FLAGS) --list $(DEMO_FEATURES)/filenames/train.txt \
 		--out $(DEMO_SOUNDSCAPES)/train --n_mixtures 240 --seed 3 & train=$$!; \
 	$(PY) -m tools.soundscapes $(DEMO_SOUNDSCAPE_FLAGS) --list $(DEMO_FEATURES)/filenames/validation.txt \
-		--out $(DEMO_SOUNDSCAPES)/validation --n_mixtures 40 --seed 1 && \
+		--out $(DEMO_SOUNDSCAPES)/validation --n_mixtures 80 --seed 1 && \
 	$(PY) -m tools.soundscapes $(DEMO_SOUNDSCAPE_FLAGS) --list $(DEMO_FEATURES)/filenames/evaluation.txt \
 		--out $(DEMO_SOUNDSCAPES)/evaluation --n_mixtures 60 --seed 2; status=$$?; \
 	wait $$train && exit $$status

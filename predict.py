@@ -105,6 +105,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help=f"drop events shorter than this, s ({from_point} {defaults.min_duration})")
     long.add_argument("--merge_gap", type=float, default=None,
                       help=f"merge events separated by at most this, s ({from_point} {defaults.merge_gap})")
+    long.add_argument("--edge_trim", type=float, default=None,
+                      help="move each event's onset later and offset earlier by this, s, at most a quarter of its "
+                           f"length: windows hear a sound before it starts and after it ends ({from_point} "
+                           f"{defaults.edge_trim})")
     long.add_argument("--reference", type=Path,
                       help="annotations CSV (file, onset[_s], offset[_s], class): print truth vs detections "
                            "and event/segment F1")
@@ -186,7 +190,8 @@ def detection_settings(args: argparse.Namespace, class_names: list[str], operati
             base = (long_mode[1] if long_mode is not None
                     else dataclasses.replace(base, threshold=operating_point["threshold"]))
         flags = {"threshold": args.threshold, "threshold_low": args.threshold_low,
-                 "median_filter": args.median_filter, "min_duration": args.min_duration, "merge_gap": args.merge_gap}
+                 "median_filter": args.median_filter, "min_duration": args.min_duration, "merge_gap": args.merge_gap,
+                 "edge_trim": args.edge_trim}
         given = {key: value for key, value in flags.items() if value is not None}
         settings[name] = dataclasses.replace(base, **given).validate()
     return settings

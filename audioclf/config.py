@@ -78,6 +78,12 @@ class ConfigKey:
         return self.default is REQUIRED
 
 
+def _detection_grid_check(value: dict) -> tuple[dict, list[str]]:
+    """``detection_grid``: the tuning grid's own check (its fields live in ``audioclf/tuning.py``)."""
+    from audioclf.tuning import grid_problems  # here, not at the top: tuning imports torch
+    return value, grid_problems(value)
+
+
 CONFIG_SCHEMA: dict[str, ConfigKey] = {
     # Data and run folders.
     "datapath": ConfigKey((str,), help="Folder with the .npy features.", is_path=True),
@@ -333,6 +339,12 @@ CONFIG_SCHEMA: dict[str, ConfigKey] = {
     "detection_hop_seconds": ConfigKey(
         (float,), 0.25, "Window hop of long-mode detection tuned on `detection_soundscapes` (seconds).",
         positive=True,
+    ),
+    "detection_grid": ConfigKey(
+        (dict,), {}, "Settings tried when tuning detection on `detection_soundscapes`, replacing the default "
+        "grid's lists by field, e.g. `{\"edge_trims\": [0], \"thresholds\": [0.5, 0.7]}`; fields `thresholds`, "
+        "`median_filters` (odd, windows), `merge_gaps`, `min_durations`, `edge_trims` (s); `{}` is the default grid "
+        "(`audioclf/tuning.py`).", check=_detection_grid_check,
     ),
 }
 

@@ -56,7 +56,7 @@ the softmax probability of the target class, and a clip counts as a detection wh
     chosen on those recordings (``audioclf/tuning.py``: windows every ``detection_hop_seconds``,
     every combination of a small grid, lowest DCASE 2017 event error rate, then highest F1):
     ``hop_seconds``, ``threshold``, ``threshold_low`` (null: 0.7 x threshold), ``median_filter``,
-    ``merge_gap``, ``min_duration``, ``selected_by``, ``n_candidates``, ``recordings``,
+    ``merge_gap``, ``min_duration``, ``edge_trim``, ``selected_by``, ``n_candidates``, ``recordings``,
     ``reference``, ``n_recordings``, ``audio_seconds``, ``n_reference_events`` and ``measured``
     (``events.score_events`` on those recordings: ``dcase2017``, ``event_based``, ...).
 
@@ -91,7 +91,7 @@ from audioclf.listfile import FEATURE_CONFIG
 from audioclf.frontend import FeatureParams
 from audioclf.runtime import amp_dtype_for, fold_batch_norms, resolve_device
 from audioclf.transfer import check_features
-from audioclf.tuning import load_tuning_set, tune_on_recordings
+from audioclf.tuning import detection_grid, load_tuning_set, tune_on_recordings
 from audioclf.windows import default_hop, iter_window_outputs, pool_windows
 from dataloaders.crops import window_loader
 from dataloaders.dataloader import SpectrogramDataset
@@ -411,7 +411,7 @@ def long_mode_text(long_mode: dict) -> str:
             f"({long_mode['audio_seconds'] / 60:.1f} min, {long_mode['n_reference_events']} events): hop "
             f"{long_mode['hop_seconds']:g} s, threshold {long_mode['threshold']:g}, median filter "
             f"{long_mode['median_filter']} windows, merge gap {long_mode['merge_gap']:g} s, min duration "
-            f"{long_mode['min_duration']:g} s\n"
+            f"{long_mode['min_duration']:g} s, edge trim {long_mode.get('edge_trim', 0.0):g} s\n"
             f"  chosen by {long_mode['selected_by']} of {long_mode['n_candidates']}: error rate "
             f"{dcase['error_rate']:.4f}  F1 {dcase['f1']:.4f}  false alarms {dcase['false_alarms_per_hour']:.1f} per hour")
 
@@ -652,7 +652,8 @@ def run_evaluation(params: Params, checkpoint_path: str | Path | None = None, ta
             # The same windows, batches and post-processing as predict.py --long.
             predictor = Predictor(checkpoint, device, amp=params.amp, channels_last=params.channels_last)
             detection[LONG_MODE_KEY] = tune_on_recordings(predictor, tuning_set, params.detection_hop_seconds,
-                                                          batch_size=params.batch_size, progress=show_progress)
+                                                          batch_size=params.batch_size, progress=show_progress,
+                                                          grid=detection_grid(params.detection_grid))
 
     files = [entry.feature_file for entry in evaluation_set.entries]
     metrics, images = write_report(output_dir, files, probabilities, labels, class_names, report, detection,

@@ -84,7 +84,8 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[str]:
 def long_mode_settings(hop_seconds: float, params: DetectionParams) -> dict:
     """The ``long_mode`` entry of ``operating_point.json``: window hop and detection settings."""
     return {"hop_seconds": hop_seconds, "threshold": params.threshold, "threshold_low": params.threshold_low,
-            "median_filter": params.median_filter, "merge_gap": params.merge_gap, "min_duration": params.min_duration}
+            "median_filter": params.median_filter, "merge_gap": params.merge_gap, "min_duration": params.min_duration,
+            "edge_trim": params.edge_trim}
 
 
 def _read_long_mode(entry: dict) -> tuple[float, DetectionParams]:
@@ -94,7 +95,8 @@ def _read_long_mode(entry: dict) -> tuple[float, DetectionParams]:
         raise ValueError(f"hop_seconds must be positive, got {hop_seconds}")
     low = entry["threshold_low"]
     params = DetectionParams(float(entry["threshold"]), None if low is None else float(low),
-                             int(entry["median_filter"]), float(entry["min_duration"]), float(entry["merge_gap"]))
+                             int(entry["median_filter"]), float(entry["min_duration"]), float(entry["merge_gap"]),
+                             float(entry.get("edge_trim", 0.0)))  # absent in operating points written before it
     return hop_seconds, params.validate()
 
 

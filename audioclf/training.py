@@ -565,10 +565,12 @@ def load_latest_for_resume(checkpoint_dir: Path, info: DistInfo) -> tuple[dict |
 # What a resumed run may change: where the files are (every path key: a moved folder), how fast it runs,
 # what evaluation does after it, and (but for a cosine schedule, whose length the saved scheduler holds)
 # how many epochs it lasts.
-RESUME_FREE_KEYS = frozenset({key for key, spec in CONFIG_SCHEMA.items() if spec.is_path} | {
+# Keys only evaluation reads (the detection report and the tuning of long-mode settings).
+EVALUATION_KEYS = frozenset({"max_false_alarm_rate", "detection_soundscapes", "detection_reference",
+                             "detection_hop_seconds", "detection_grid"})
+RESUME_FREE_KEYS = frozenset({key for key, spec in CONFIG_SCHEMA.items() if spec.is_path} | EVALUATION_KEYS | {
     "dataset_name", "eval_batch_size", "num_workers", "feature_cache", "feature_cache_dtype", "prefetch_batches",
-    "device", "amp", "channels_last", "compile", "resume", "keep_checkpoints", "log_every", "max_false_alarm_rate",
-    "detection_hop_seconds", "epochs",
+    "device", "amp", "channels_last", "compile", "resume", "keep_checkpoints", "log_every", "epochs",
 })
 
 

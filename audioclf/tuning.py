@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from audioclf.events import (DetectionParams, Event, dcase2017_metrics, merge_events, read_events_csv, score_events,
-                             unfinished_soundscapes)
+                             trim_edges, unfinished_soundscapes)
 from audioclf.inference import (Predictor, WindowPredictions, align_reference, collect_inputs, detect,
                                 long_mode_settings)
 
@@ -37,15 +39,53 @@ class DetectionGrid:
     median_filters: tuple[int, ...] = (1, 3, 5, 9)  # windows
     merge_gaps: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)  # s
     min_durations: tuple[float, ...] = (0.0, 0.5, 1.0)  # s
+    edge_trims: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3)  # s (events.trim_edges)
 
     def candidates(self) -> list[DetectionParams]:
         """Every combination, in grid order (threshold outermost)."""
-        return [DetectionParams(threshold=threshold, median_filter=size, merge_gap=gap, min_duration=minimum)
-                for threshold, size, gap, minimum in itertools.product(
-                    self.thresholds, self.median_filters, self.merge_gaps, self.min_durations)]
+        return [DetectionParams(threshold=threshold, median_filter=size, merge_gap=gap, min_duration=minimum,
+                                edge_trim=trim)
+                for threshold, size, gap, minimum, trim in itertools.product(
+                    self.thresholds, self.median_filters, self.merge_gaps, self.min_durations, self.edge_trims)]
 
 
 DETECTION_GRID = DetectionGrid()
+# Each grid field -> the DetectionParams setting its values are (config key "detection_grid").
+GRID_SETTINGS = {"thresholds": "threshold", "median_filters": "median_filter", "merge_gaps": "merge_gap",
+                 "min_durations": "min_duration", "edge_trims": "edge_trim"}
+
+
+def grid_problems(overrides: dict) -> list[str]:
+    """What is wrong with ``overrides`` (grid field -> list of values; the config key ``detection_grid``)."""
+    problems = []
+    for field, values in overrides.items():
+        if field not in GRID_SETTINGS:
+            problems.append(f'"detection_grid": unknown field "{field}" (fields: {", ".join(GRID_SETTINGS)})')
+            continue
+        setting = GRID_SETTINGS[field]
+        wanted = int if setting == "median_filter" else (int, float)
+        if not isinstance(values, list) or not values or any(
+                isinstance(value, bool) or not isinstance(value, wanted) or not math.isfinite(value)
+                for value in values):
+            kind = "odd whole numbers of windows" if wanted is int else "finite numbers"
+            problems.append(f'"detection_grid": "{field}" must be a non-empty list of {kind}, got '
+                            f"{json.dumps(values)}")
+            continue
+        for value in values:
+            try:
+                DetectionParams(**{setting: value}).validate()
+            except ValueError as error:
+                problems.append(f'"detection_grid": "{field}" value {value}: {error}'.replace(
+                    "invalid detection settings: ", ""))
+    return problems
+
+
+def detection_grid(overrides: dict) -> DetectionGrid:
+    """``DETECTION_GRID`` with the fields of ``overrides`` replaced (checked: ``grid_problems``)."""
+    problems = grid_problems(overrides)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return dataclasses.replace(DETECTION_GRID, **{field: tuple(values) for field, values in overrides.items()})
 
 
 class TuningError(ValueError):
@@ -56,19 +96,20 @@ def candidate_events(windows: Sequence[WindowPredictions], class_names: Sequence
                      candidates: Sequence[DetectionParams]) -> Iterator[tuple[DetectionParams, list[Event]]]:
     """``(params, detect(windows, ..., {target_class: params}))`` for each candidate, in order.
 
-    ``detect`` runs once per threshold and median filter (without merging or a minimum length);
-    merge gap and minimum duration are then the last two steps of the rules (``events``
-    module docstring) applied to those events, which equals running ``detect`` with them and is
+    ``detect`` runs once per threshold and median filter (without merging, a minimum length or
+    trimming); merge gap, minimum duration and edge trim are then the last three steps of the
+    rules (``events`` module docstring) applied to those events, which equals running ``detect`` with them and is
     far cheaper for a grid (``tests/test_tuning.py`` checks the equality).
     """
     runs: dict[tuple, list[Event]] = {}
     for params in candidates:
         key = (params.threshold, params.threshold_low, params.median_filter)
         if key not in runs:
-            unmerged = dataclasses.replace(params, merge_gap=0.0, min_duration=0.0)
+            unmerged = dataclasses.replace(params, merge_gap=0.0, min_duration=0.0, edge_trim=0.0)
             runs[key] = detect(windows, class_names, {target_class: unmerged})
         merged = merge_events(runs[key], params.merge_gap)
-        yield params, [event for event in merged if event.duration_s >= params.min_duration]
+        yield params, trim_edges([event for event in merged if event.duration_s >= params.min_duration],
+                                 params.edge_trim)
 
 
 def select_detection_params(windows: Sequence[WindowPredictions], class_names: Sequence[str], target_class: str,
@@ -135,7 +176,7 @@ def tune_on_recordings(predictor: Predictor, tuning_set: TuningSet, hop_seconds:
     """Long-mode detection settings chosen on ``tuning_set``'s recordings (``load_tuning_set``); the ``long_mode`` dict.
 
     Keys: ``hop_seconds``, ``threshold``, ``threshold_low``, ``median_filter``, ``merge_gap``,
-    ``min_duration`` (what ``predict.py --long`` uses), ``selected_by``, ``n_candidates``,
+    ``min_duration``, ``edge_trim`` (what ``predict.py --long`` uses), ``selected_by``, ``n_candidates``,
     ``recordings``, ``reference``, ``n_recordings``, ``audio_seconds``, ``n_reference_events`` and
     ``measured`` (``events.score_events`` of the chosen settings: event-based, ``dcase2017``, ...).
     """
@@ -150,9 +191,10 @@ def tune_on_recordings(predictor: Predictor, tuning_set: TuningSet, hop_seconds:
     durations = {prediction.file: prediction.duration_s for prediction in windows}
     scores = score_events(aligned, events, durations, [target_class])
     log.info("detection settings from %d recordings (%.1f min, %d %s events): threshold %.2f, median filter %d, "
-             "merge gap %.1f s, min duration %.1f s: event error rate %.3f, F1 %.3f (DCASE 2017)", len(paths),
-             scores["audio_seconds"] / 60, len(aligned), target_class, params.threshold, params.median_filter,
-             params.merge_gap, params.min_duration, scores["dcase2017"]["error_rate"], scores["dcase2017"]["f1"])
+             "merge gap %.1f s, min duration %.1f s, edge trim %.1f s: event error rate %.3f, F1 %.3f (DCASE 2017)",
+             len(paths), scores["audio_seconds"] / 60, len(aligned), target_class, params.threshold,
+             params.median_filter, params.merge_gap, params.min_duration, params.edge_trim,
+             scores["dcase2017"]["error_rate"], scores["dcase2017"]["f1"])
     return {**long_mode_settings(windows[0].hop_s, params), "selected_by": SELECTION_RULE,
             "n_candidates": len(grid.candidates()), "recordings": str(recordings), "reference": str(reference_csv),
             "n_recordings": len(paths), "audio_seconds": scores["audio_seconds"],

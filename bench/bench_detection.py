@@ -47,8 +47,8 @@ from audioclf.inference import (Predictor, WindowPredictions, align_reference, c
                                 load_operating_point)
 from audioclf.listfile import LISTS_DIR, list_path, read_list
 from audioclf.preprocess import PreprocessOptions, run_preprocessing
-from audioclf.training import train
-from audioclf.tuning import select_detection_params
+from audioclf.training import EVALUATION_KEYS, train
+from audioclf.tuning import DETECTION_GRID, DetectionGrid, detection_grid, select_detection_params
 from bench.common import feature_folder_name, format_table, key_values, machine_info, write_json
 from tools.demo_data import TARGET_CLASS, generate_demo_dataset
 from tools.soundscapes import EVENTS_FILE, MIXTURE_SECONDS, PARTS_FILE, build_soundscapes
@@ -59,8 +59,8 @@ REPO = Path(__file__).resolve().parents[1]
 RUN_CONFIG, RUN_HISTORY = "bench_config.json", "bench_history.json"  # beside the checkpoints: what --reuse checks
 log = logging.getLogger("bench_detection")
 
-# The demo's soundscapes (Makefile): 40 validation mixtures tune, 60 evaluation mixtures (30 min) test.
-SOUNDSCAPES = {"validation": (40, 1), "evaluation": (60, 2)}  # split -> (mixtures, seed)
+# The demo's soundscapes (Makefile): 80 validation mixtures (40 min) tune, 60 evaluation mixtures (30 min) test.
+SOUNDSCAPES = {"validation": (80, 1), "evaluation": (60, 2)}  # split -> (mixtures, seed)
 TRAIN_SOUNDSCAPES = (240, 3)  # make demo's training soundscapes (train_soundscapes): mixtures, seed
 DEMO_CLIPS_PER_CLASS = 80
 DEMO_SEED = 0
@@ -134,8 +134,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work_dir", type=Path, default=REPO / "runs" / "bench_detection",
                         help="data, features, soundscapes and runs (reused when up to date)")
     parser.add_argument("--reuse", action="store_true",
-                        help="skip training a run whose checkpoint was trained with exactly this config "
-                             "(evaluation, tuning and detection still run)")
+                        help="skip training a run whose checkpoint was trained with this config, but for the keys "
+                             "only evaluation reads (evaluation, tuning and detection still run)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     return parser.parse_args(argv)
 
@@ -247,7 +247,8 @@ def background_peak(windows: WindowPredictions, class_id: int, events: Sequence[
     return float(windows.probabilities[free, class_id].max()) if free.any() else 0.0
 
 
-def detect_on_soundscapes(checkpoint: Path, soundscapes: Path) -> tuple[dict, list[dict]]:
+def detect_on_soundscapes(checkpoint: Path, soundscapes: Path, grid: DetectionGrid = DETECTION_GRID
+                          ) -> tuple[dict, list[dict]]:
     """Long mode over ``soundscapes`` with predict.py's settings for this checkpoint: scores and each reference event.
 
     The settings are what ``predict.py --long`` uses without flags (the operating point's
@@ -264,7 +265,8 @@ def detect_on_soundscapes(checkpoint: Path, soundscapes: Path) -> tuple[dict, li
     events = detect(windows, predictor.class_names, settings)
     reference, _ = align_reference(read_events_csv(soundscapes / EVENTS_FILE), paths)
     scores = score_events(reference, events, {w.file: w.duration_s for w in windows}, [TARGET_CLASS])
-    oracle_params, oracle = select_detection_params(windows, predictor.class_names, TARGET_CLASS, reference)
+    oracle_params, oracle = select_detection_params(windows, predictor.class_names, TARGET_CLASS, reference,
+                                                    grid.candidates())
     scores["oracle"] = {"settings": asdict(oracle_params), "error_rate": oracle["error_rate"], "f1": oracle["f1"]}
     scores["settings"] = {name: asdict(params) for name, params in settings.items()}
     class_id = predictor.class_names.index(TARGET_CLASS)
@@ -288,6 +290,11 @@ def recall_by_ebr(per_event: Sequence[dict]) -> dict[str, float]:
     return {ebr: sum(found) / len(found) for ebr, found in sorted(by_ebr.items(), key=lambda item: float(item[0]))}
 
 
+def training_keys(config: dict) -> dict:
+    """A run config without the keys only evaluation reads: what ``--reuse`` compares."""
+    return {key: value for key, value in config.items() if key not in EVALUATION_KEYS}
+
+
 def run_once(bench: Bench, variant: Variant, seed: int) -> dict:
     """Train, evaluate and detect one variant with one seed; its figures."""
     features = bench.feature_dir(variant.features)
@@ -296,8 +303,8 @@ def run_once(bench: Bench, variant: Variant, seed: int) -> dict:
     started = time.perf_counter()
     run_file = Path(params.checkpoint_dir) / RUN_CONFIG
     best = Path(params.checkpoint_dir) / BEST_CHECKPOINT_NAME
-    if bench.args.reuse and best.is_file() and run_file.is_file() and json.loads(run_file.read_text()) == \
-            json.loads(json.dumps(params.to_dict())):
+    if bench.args.reuse and best.is_file() and run_file.is_file() and \
+            training_keys(json.loads(run_file.read_text())) == training_keys(json.loads(json.dumps(params.to_dict()))):
         history = json.loads(run_file.with_name(RUN_HISTORY).read_text())
         log.warning("%s seed %d: reusing %s (trained with this config)", variant.name, seed, best)
     else:
@@ -309,7 +316,8 @@ def run_once(bench: Bench, variant: Variant, seed: int) -> dict:
     trained = time.perf_counter()
     report = run_evaluation(params)
     evaluated = time.perf_counter()
-    scores, per_event = detect_on_soundscapes(Path(params.checkpoint_dir) / BEST_CHECKPOINT_NAME, evaluation)
+    scores, per_event = detect_on_soundscapes(Path(params.checkpoint_dir) / BEST_CHECKPOINT_NAME, evaluation,
+                                              detection_grid(params.detection_grid))
     dcase = scores["dcase2017"]
     result = {
         "variant": variant.name, "seed": seed, "error_rate": dcase["error_rate"], "f1": dcase["f1"],

@@ -57,6 +57,9 @@ def test_detection_params_defaults_and_validation():
         DetectionParams(median_filter=2).validate()
     with pytest.raises(ValueError, match="min_duration"):
         DetectionParams(min_duration=-1).validate()
+    for bad in (-0.1, math.inf, math.nan):
+        with pytest.raises(ValueError, match="edge_trim"):
+            DetectionParams(edge_trim=bad).validate()
 
 
 # ---------------------------------------------------------------------------------------
@@ -94,6 +97,37 @@ def test_detect_events_maps_window_runs_to_cells_then_merges_and_drops_short():
     # a median filter of 3 windows removes the one-window blip at window 5
     smoothed = detect_events(probabilities, 1.0, 2.0, 8.0, DetectionParams(0.5, median_filter=3))
     assert [(e.onset_s, e.offset_s) for e in smoothed] == [(1.5, 3.5)]
+
+
+def test_edge_trim_moves_both_ends_in_by_at_most_a_quarter_of_the_event():
+    # 7 windows of 2 s every 1 s over 8 s: events [1.5, 3.5) and [5.5, 6.5) untrimmed (the test above)
+    probabilities = np.array([0.1, 0.9, 0.7, 0.1, 0.1, 0.6, 0.1])
+    trimmed = detect_events(probabilities, 1.0, 2.0, 8.0, DetectionParams(0.5, median_filter=1, edge_trim=0.3))
+    # 2 s long: 0.3 s off each end; 1 s long: a quarter of it, 0.25 s, so that it keeps half its length
+    assert [(e.onset_s, e.offset_s) for e in trimmed] == [pytest.approx((1.8, 3.2)), pytest.approx((5.75, 6.25))]
+    assert [e.peak_probability for e in trimmed] == [0.9, 0.6]
+    # merging and the minimum length see the untrimmed events: the trim comes last
+    merged = detect_events(probabilities, 1.0, 2.0, 8.0,
+                           DetectionParams(0.5, median_filter=1, merge_gap=2.0, min_duration=5.0, edge_trim=0.3))
+    assert [(e.onset_s, e.offset_s) for e in merged] == [pytest.approx((1.8, 6.2))]
+
+
+def test_a_trimmed_start_waits_until_its_onset_is_final():
+    # 1 s windows every 0.5 s; untrimmed, the event's cells start at 5.25 s and its start is certain
+    # once one cell is active; with edge_trim 0.5 it waits for 2 s (4 x 0.5) of event, so the
+    # reported onset (5.75 s) is the final one
+    hop_s, window_s = 0.5, 1.0
+    params = DetectionParams(threshold=0.5, median_filter=1, edge_trim=0.5)
+    detector = EventDetector(params, hop_s, window_s, class_name="cry")
+    updates = {}
+    for index, p in enumerate([0.0] * 10 + [0.9] * 6 + [0.0] * 6):
+        for update in detector.push([p], index * hop_s + window_s):
+            updates[update.kind] = (update, index)
+    (start, start_index), (end, _) = updates["start"], updates["end"]
+    assert (start.event.onset_s, end.event.onset_s, end.event.offset_s) == (5.75, 5.75, 7.75)  # [5.25, 8.25) trimmed
+    # window 13's cell ends at 5.25 + 2 s = 7.25 s, where window 14's starts: known once window 14 is in
+    # (untrimmed, as in test_incremental_detector_reports_as_soon_as_the_rules_allow, at window 11)
+    assert start_index == 14 and start.decided_s == 14 * hop_s + window_s
 
 
 def test_detect_events_hysteresis_extends_events_below_threshold():
@@ -291,7 +325,10 @@ def batch_reference_events(raw: np.ndarray, hop_s: float, window_s: float, durat
                     float(raw[start:stop].mean()))
               for start, stop in active_runs(hysteresis_mask(smoothed, params.threshold, params.low))
               if bounds[stop] > bounds[start]]
-    return [e for e in merge_events(events, params.merge_gap) if e.duration_s >= params.min_duration]
+    kept = [e for e in merge_events(events, params.merge_gap) if e.duration_s >= params.min_duration]
+    cuts = [min(params.edge_trim, e.duration_s / 4) for e in kept]
+    return [Event(e.file, e.class_name, e.onset_s + cut, e.offset_s - cut, e.peak_probability, e.mean_probability)
+            for e, cut in zip(kept, cuts)]
 
 
 def stream_through(detector: EventDetector, raw: np.ndarray, hop_s: float, window_s: float, duration_s: float,
@@ -321,7 +358,8 @@ def test_incremental_detector_equals_the_batch_rules_on_random_sequences():
         params = DetectionParams(threshold=float(rng.uniform(0.4, 0.9)), threshold_low=None,
                                  median_filter=int(rng.choice([1, 3, 5, 7])),
                                  min_duration=float(rng.choice([0.0, 0.3, 1.0, 2.5])),
-                                 merge_gap=float(rng.choice([0.0, 0.2, 1.0, 3.0])))
+                                 merge_gap=float(rng.choice([0.0, 0.2, 1.0, 3.0])),
+                                 edge_trim=float(rng.choice([0.0, 0.0, 0.1, 0.3, 1.0])))
         expected = batch_reference_events(raw, hop_s, window_s, duration_s, params)
         detector = EventDetector(params, hop_s, window_s)
         updates = stream_through(detector, raw, hop_s, window_s, duration_s, rng)

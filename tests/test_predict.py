@@ -8,6 +8,7 @@ recording with known cry times.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import shutil
@@ -294,6 +295,12 @@ def test_threshold_defaults_come_from_the_operating_point(trained, tmp_path):
             "min_duration": 0.0}}))
     point = load_operating_point(checkpoint, names)
     assert point[LONG_MODE_KEY] is None and point["threshold"] == 0.83
+    # an operating point written before edge_trim existed: its long mode reads with no trim
+    (tmp_path / "scores" / "operating_point.json").write_text(json.dumps(
+        {"target_class": "babycry", "class_id": 0, "threshold": 0.83, LONG_MODE_KEY: {
+            "hop_seconds": 0.25, "threshold": 0.9, "threshold_low": None, "median_filter": 5, "merge_gap": 0.0,
+            "min_duration": 0.0}}))
+    assert load_operating_point(checkpoint, names)[LONG_MODE_KEY] == (0.25, DetectionParams(0.9, None, 5))
     assert predict.long_mode_hop(args, point) is None
     # an exported ONNX model's operating point carries the clip threshold only
     onnx_point = {"target_class": "babycry", "class_id": 0, "threshold": 0.83}
@@ -340,6 +347,19 @@ def test_evaluation_tunes_long_mode_on_soundscapes_and_predict_uses_it(trained, 
     assert predict.long_mode_hop(flags, point) == 0.25
     report = (tmp_path / "scores" / "report.txt").read_text()
     assert "long mode (predict.py --long) on 4 recordings" in report and "error rate" in report
+    flags = predict.parse_args(["--checkpoint", str(checkpoint), "--long", "--edge_trim", "0.3", "x.wav"])
+    assert predict.detection_settings(flags, predictor.class_names, point)[TARGET] == \
+        dataclasses.replace(best, edge_trim=0.3)
+
+    # "detection_grid" replaces the grid's lists: one candidate here, chosen whatever it scores
+    params.update({"detection_grid": {"thresholds": [0.45], "median_filters": [7], "merge_gaps": [0.5],
+                                      "min_durations": [0.25], "edge_trims": [0.2]}})
+    long_mode = run_evaluation(params, checkpoint_path=checkpoint, output_dir=tmp_path / "scores")["detection"][
+        LONG_MODE_KEY]
+    assert long_mode["n_candidates"] == 1
+    assert load_operating_point(checkpoint, predictor.class_names)[LONG_MODE_KEY] == (
+        0.5, DetectionParams(threshold=0.45, median_filter=7, merge_gap=0.5, min_duration=0.25, edge_trim=0.2))
+    assert "edge trim 0.2 s" in (tmp_path / "scores" / "report.txt").read_text()
 
 
 def test_predict_script_end_to_end(trained, tmp_path):

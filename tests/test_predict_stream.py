@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 PARAMS = FeatureParams(sample_rate=16000, n_fft=512, n_mels=32, n_frames=50)  # 0.5 s windows
 TARGET = "babycry"
 HOP_SECONDS = 0.25
-RULES = DetectionParams(threshold=0.5, median_filter=5, min_duration=0.5, merge_gap=0.75)
+RULES = DetectionParams(threshold=0.5, median_filter=5, min_duration=0.5, merge_gap=0.75, edge_trim=0.1)
 
 
 @dataclass
@@ -70,7 +70,7 @@ def rule_flags(setup: Setup) -> list[str]:
     return ["--target_class", TARGET, "--hop_seconds", str(HOP_SECONDS), "--threshold", repr(setup.threshold),
             "--threshold_low", repr(setup.threshold_low),
             "--median_filter", str(RULES.median_filter), "--min_duration", str(RULES.min_duration),
-            "--merge_gap", str(RULES.merge_gap), "--no_progress"]
+            "--merge_gap", str(RULES.merge_gap), "--edge_trim", str(RULES.edge_trim), "--no_progress"]
 
 
 def long_mode_events(setup: Setup, tmp_path: Path, *extra: str) -> list[dict]:
@@ -185,7 +185,8 @@ def test_onnx_export_carries_the_long_mode_settings_and_predict_uses_them(setup,
     checkpoint = run / "model_best.pth.tar"
     checkpoint.write_bytes(setup.checkpoint.read_bytes())
     long_mode = {"hop_seconds": 0.125, "threshold": setup.threshold, "threshold_low": setup.threshold_low,
-                 "median_filter": RULES.median_filter, "merge_gap": RULES.merge_gap, "min_duration": RULES.min_duration}
+                 "median_filter": RULES.median_filter, "merge_gap": RULES.merge_gap, "min_duration": RULES.min_duration,
+                 "edge_trim": RULES.edge_trim}
     (run / "scores" / "operating_point.json").write_text(json.dumps(
         {"target_class": TARGET, "class_id": CLASS_NAMES.index(TARGET), "threshold": 0.999,
          "long_mode": {**long_mode, "selected_by": "lowest error rate", "n_candidates": 4}}))
@@ -205,7 +206,8 @@ def test_onnx_export_carries_the_long_mode_settings_and_predict_uses_them(setup,
     assert "every 0.12 s" in caplog.text  # the hop of the operating point, not half a window (0.25 s)
     explicit_flags = ["--target_class", TARGET, "--hop_seconds", "0.125", "--threshold", repr(setup.threshold),
                       "--threshold_low", repr(setup.threshold_low), "--median_filter", str(RULES.median_filter),
-                      "--min_duration", str(RULES.min_duration), "--merge_gap", str(RULES.merge_gap)]
+                      "--min_duration", str(RULES.min_duration), "--merge_gap", str(RULES.merge_gap),
+                      "--edge_trim", str(RULES.edge_trim)]
     assert predict.main([*stream, *explicit_flags]) == 0
     explicit = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(explicit) >= 2 and defaults == explicit  # the clip threshold (0.999) alone would find nothing

@@ -27,9 +27,11 @@ def test_the_grid_is_every_combination_in_order():
     candidates = DETECTION_GRID.candidates()
     grid = DETECTION_GRID
     assert len(candidates) == (len(grid.thresholds) * len(grid.median_filters) * len(grid.merge_gaps)
-                               * len(grid.min_durations))
+                               * len(grid.min_durations) * len(grid.edge_trims)) == 1536
     assert candidates[0] == DetectionParams(grid.thresholds[0], None, grid.median_filters[0], grid.min_durations[0],
-                                            grid.merge_gaps[0])
+                                            grid.merge_gaps[0], grid.edge_trims[0])
+    assert candidates[1] == DetectionParams(grid.thresholds[0], None, grid.median_filters[0], grid.min_durations[0],
+                                            grid.merge_gaps[0], grid.edge_trims[1])  # edge trim innermost
     assert all(params.validate() for params in candidates)
 
 

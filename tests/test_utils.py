@@ -235,6 +235,20 @@ def test_all_problems_reported_together_one_per_line():
         assert fragment in text
 
 
+def test_detection_grid_names_each_bad_field_and_value():
+    assert Params.from_dict({**MINIMAL, "detection_grid": {"edge_trims": [0, 0.5]}}).detection_grid == \
+        {"edge_trims": [0, 0.5]}
+    error = config_error({**MINIMAL, "detection_grid": {"thresold": [0.5], "thresholds": [0.5, 1.5],
+                                                          "median_filters": [2], "merge_gaps": []}})
+    assert len(error.problems) == 4
+    text = str(error)
+    assert 'unknown field "thresold" (fields: thresholds, median_filters' in text
+    assert '"thresholds" value 1.5: threshold must lie in (0, 1]' in text
+    assert '"median_filters" value 2: median_filter must be an odd number' in text
+    assert '"merge_gaps" must be a non-empty list of finite numbers, got []' in text
+    assert "must be dict" in str(config_error({**MINIMAL, "detection_grid": [0.5]}))
+
+
 def test_int_accepted_for_float():
     params = Params.from_dict({**MINIMAL, "lr": 1, "weight_decay": 0})
     assert params.lr == 1.0 and isinstance(params.lr, float)
