@@ -102,7 +102,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     long.add_argument("--median_filter", type=int, default=None,
                       help=f"median filter length in windows, odd, 1 = off ({from_point} {defaults.median_filter})")
     long.add_argument("--min_duration", type=float, default=None,
-                      help=f"drop events shorter than this, s ({from_point} {defaults.min_duration})")
+                      help=f"drop events shorter than this, s, before --edge_trim ({from_point} "
+                           f"{defaults.min_duration})")
     long.add_argument("--merge_gap", type=float, default=None,
                       help=f"merge events separated by at most this, s ({from_point} {defaults.merge_gap})")
     long.add_argument("--edge_trim", type=float, default=None,

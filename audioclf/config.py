@@ -17,10 +17,12 @@ from typing import Any
 
 import json5
 
+from audioclf.events import GRID_SETTINGS, check_grid
 from audioclf.feature_flags import block_problems
 from audioclf.files import atomic_write_json
 
-__all__ = ["REQUIRED", "ConfigError", "ConfigKey", "CONFIG_SCHEMA", "Params", "config_reference_markdown"]
+__all__ = ["REQUIRED", "ConfigError", "ConfigKey", "CONFIG_SCHEMA", "EVALUATION_KEYS", "Params",
+           "config_reference_markdown"]
 
 
 class _Required:
@@ -72,16 +74,11 @@ class ConfigKey:
     items: type | None = None  # the type of a list's elements
     # Checks the contents of a value of the right type: (normalised value, problems).
     check: Callable[[Any], tuple[Any, list[str]]] | None = None
+    evaluation_only: bool = False  # read by evaluation alone (reports, detection tuning): free on resume
 
     @property
     def required(self) -> bool:
         return self.default is REQUIRED
-
-
-def _detection_grid_check(value: dict) -> tuple[dict, list[str]]:
-    """``detection_grid``: the tuning grid's own check (its fields live in ``audioclf/tuning.py``)."""
-    from audioclf.tuning import grid_problems  # here, not at the top: tuning imports torch
-    return value, grid_problems(value)
 
 
 CONFIG_SCHEMA: dict[str, ConfigKey] = {
@@ -324,29 +321,33 @@ CONFIG_SCHEMA: dict[str, ConfigKey] = {
         0.05,
         "False-alarm rate at which detection reports pick a threshold.",
         minimum=0,
-        maximum=1,
+        maximum=1, evaluation_only=True,
     ),
     "detection_soundscapes": ConfigKey(
         (str,), None,
         "Folder of recordings (e.g. validation soundscapes from `tools.soundscapes`) on which evaluation "
         "picks the long-mode detection settings that `predict.py --long` uses; null for none.",
-        is_path=True,
+        is_path=True, evaluation_only=True,
     ),
     "detection_reference": ConfigKey(
         (str,), None, "Reference events CSV of `detection_soundscapes` (file, onset[_s], offset[_s], class).",
-        is_path=True,
+        is_path=True, evaluation_only=True,
     ),
     "detection_hop_seconds": ConfigKey(
         (float,), 0.25, "Window hop of long-mode detection tuned on `detection_soundscapes` (seconds).",
-        positive=True,
+        positive=True, evaluation_only=True,
     ),
     "detection_grid": ConfigKey(
         (dict,), {}, "Settings tried when tuning detection on `detection_soundscapes`, replacing the default "
-        "grid's lists by field, e.g. `{\"edge_trims\": [0], \"thresholds\": [0.5, 0.7]}`; fields `thresholds`, "
-        "`median_filters` (odd, windows), `merge_gaps`, `min_durations`, `edge_trims` (s); `{}` is the default grid "
-        "(`audioclf/tuning.py`).", check=_detection_grid_check,
+        "grid's lists by field, e.g. `{\"edge_trims\": [0], \"thresholds\": [0.5, 0.7]}`; fields "
+        + ", ".join(f"`{field}`" for field in GRID_SETTINGS) + " (median filters in windows, odd; the other "
+        "durations in s); `{}` is the default grid (`DETECTION_GRID`, `audioclf/events.py`).", check=check_grid,
+        evaluation_only=True,
     ),
 }
+
+# Keys only evaluation reads: changing them needs no new model (a resume or the benches' --reuse allow it).
+EVALUATION_KEYS = frozenset(key for key, spec in CONFIG_SCHEMA.items() if spec.evaluation_only)
 
 # Names people commonly write instead of ours; used only to suggest the right key.
 _KEY_ALIASES: dict[str, str] = {

@@ -85,13 +85,14 @@ from audioclf.checkpoint import (BEST_CHECKPOINT_NAME, CONFUSION_MATRIX_FILE, DE
                                  SCORE_FILE, check_required_keys, checkpoint_windows, load_checkpoint,
                                  model_from_checkpoint, scores_dir)
 from audioclf.config import Params
+from audioclf.events import detection_grid
 from audioclf.files import atomic_write, atomic_write_json, atomic_write_text, check_writable, make_folder
 from audioclf.inference import LONG_MODE_KEY, Predictor
 from audioclf.listfile import FEATURE_CONFIG
 from audioclf.frontend import FeatureParams
 from audioclf.runtime import amp_dtype_for, fold_batch_norms, resolve_device
 from audioclf.transfer import check_features
-from audioclf.tuning import detection_grid, load_tuning_set, tune_on_recordings
+from audioclf.tuning import load_tuning_set, tune_on_recordings
 from audioclf.windows import default_hop, iter_window_outputs, pool_windows
 from dataloaders.crops import window_loader
 from dataloaders.dataloader import SpectrogramDataset

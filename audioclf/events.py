@@ -26,7 +26,7 @@ Still, a model that hears a sound anywhere in its window fires in windows whose 
 before the sound starts and after it ends, so the cells start early and end late by about as
 much at both edges (a fine-tuned YAMNet on 0.96 s windows: 0.15-0.3 s). ``edge_trim`` takes that
 off each end, by at most a quarter of the event's length so that no event vanishes; tuning
-(``tuning.DETECTION_GRID``) picks it on recordings with reference events, with the other settings.
+(``DETECTION_GRID``, ``tuning``) picks it on recordings with reference events, with the other settings.
 
 Scoring follows the DCASE / sed_eval conventions: event-based F1 with a 200 ms onset collar and
 an offset collar of max(200 ms, 20 % of the reference event's length), each reference event
@@ -45,7 +45,9 @@ F1 counts a substitution as a miss and a false alarm: ``2 TP / (n_reference + n_
 from __future__ import annotations
 
 import csv
+import difflib
 import io
+import itertools
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -150,6 +152,71 @@ class DetectionParams:
 # Hysteresis: an event starts at ``threshold`` and lasts while the probability stays above
 # 70 % of it, so a cry whose probability wobbles around the threshold stays one event.
 LOW_THRESHOLD_RATIO = 0.7
+
+
+@dataclass(frozen=True)
+class DetectionGrid:
+    """Detection settings to try (``tuning``): every combination; the threshold_low ratio is the default.
+
+    Each field holds the values of the ``DetectionParams`` setting that ``GRID_SETTINGS`` names.
+    """
+
+    thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+    median_filters: tuple[int, ...] = (1, 3, 5, 9)  # windows
+    merge_gaps: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)  # s
+    min_durations: tuple[float, ...] = (0.0, 0.5, 1.0)  # s
+    edge_trims: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3)  # s
+
+    def candidates(self) -> list[DetectionParams]:
+        """Every combination, in grid order (fields in order: threshold outermost, edge trim innermost)."""
+        return [DetectionParams(**dict(zip(GRID_SETTINGS.values(), values)))
+                for values in itertools.product(*(getattr(self, field) for field in GRID_SETTINGS))]
+
+
+# Each grid field (config key "detection_grid") -> the DetectionParams setting its values are, in grid order.
+GRID_SETTINGS = {"thresholds": "threshold", "median_filters": "median_filter", "merge_gaps": "merge_gap",
+                 "min_durations": "min_duration", "edge_trims": "edge_trim"}
+DETECTION_GRID = DetectionGrid()
+
+
+def check_grid(overrides: dict) -> tuple[dict, list[str]]:
+    """``overrides`` (grid field -> list of values: the config key ``detection_grid``) with its numbers as the
+    settings take them, and what is wrong with it (each field and value named)."""
+    problems, checked = [], {}
+    for field, values in overrides.items():
+        if field not in GRID_SETTINGS:
+            close = difflib.get_close_matches(str(field), GRID_SETTINGS, n=1)
+            hint = f'did you mean "{close[0]}"? ' if close else ""
+            problems.append(f'"detection_grid": unknown field "{field}" ({hint}fields: {", ".join(GRID_SETTINGS)})')
+            continue
+        setting = GRID_SETTINGS[field]
+        whole = setting == "median_filter"
+        if not isinstance(values, list) or not values or any(
+                isinstance(value, bool) or not isinstance(value, int if whole else (int, float))
+                or not math.isfinite(value) for value in values):
+            kind = "odd whole numbers of windows" if whole else "finite numbers"
+            problems.append(f'"detection_grid": "{field}" must be a non-empty list of {kind}, got {json.dumps(values)}')
+            continue
+        values = [value if whole else float(value) for value in values]
+        if len(set(values)) < len(values):
+            problems.append(f'"detection_grid": "{field}" lists a value twice: {json.dumps(values)}')
+            continue
+        for value in values:
+            try:
+                DetectionParams(**{setting: value}).validate()
+            except ValueError as error:
+                problems.append(f'"detection_grid": "{field}" value {value}: '
+                                + str(error).removeprefix("invalid detection settings: "))
+        checked[field] = values
+    return checked, problems
+
+
+def detection_grid(overrides: dict) -> DetectionGrid:
+    """``DETECTION_GRID`` with the fields of ``overrides`` replaced; ValueError naming each bad one (``check_grid``)."""
+    checked, problems = check_grid(overrides)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return replace(DETECTION_GRID, **{field: tuple(values) for field, values in checked.items()})
 
 
 # ---------------------------------------------------------------------------------------

@@ -15,11 +15,13 @@ frames in its graph.
 Memory is bounded (a window, the resampler's filter and the front end's overlap, a few windows
 of probabilities per class), whatever the length of the stream. Latency from the audio to a line, in audio time
 (``latency_bound_s``): a start line comes at most window + hop + (median_filter // 2) hops +
-max(min_duration, 4 x edge_trim) after the event's onset, an end line at most window + hop +
-(median_filter // 2) hops + merge_gap + edge_trim after its offset; add the model's time for one window. Hysteresis adds the
-time the probability spends between ``threshold_low`` and the threshold: an onset is dated back
-to where it rose above ``threshold_low``, and an end waits while a new rise within merge_gap
-has not yet shown whether it reaches the threshold (and merges) or falls back.
+max(min_duration, 4 x edge_trim) after the event's onset (an event shorter than 4 x edge_trim
+starts with its end: up to merge_gap + 3 x edge_trim more), an end line at most window + hop +
+(median_filter // 2) hops + merge_gap + edge_trim after its offset; add the model's time for one
+window. Hysteresis adds the time the probability spends between ``threshold_low`` and the
+threshold: an onset is dated back to where it rose above ``threshold_low``, and an end waits
+while a new rise within merge_gap has not yet shown whether it reaches the threshold (and
+merges) or falls back; each merge with a later run can add up to merge_gap to a start.
 """
 from __future__ import annotations
 
@@ -355,9 +357,12 @@ def write_json_lines(records: Iterable[dict], out) -> int:
 def latency_bound_s(window_s: float, hop_s: float, params: DetectionParams) -> tuple[float, float]:
     """(start, end) latency bounds in audio seconds: window + hop + smoothing delay + the rules' wait."""
     smoothing = (params.median_filter // 2) * hop_s
-    start_wait = max(params.min_duration, 4.0 * params.edge_trim)  # a start's trimmed onset must be final
+    trim = params.edge_trim
+    start_wait = max(params.min_duration, 4.0 * trim)  # a start's trimmed onset must be final
+    if trim > 0 and 4.0 * trim > params.min_duration:  # an event shorter than 4 x trim starts with its end,
+        start_wait = max(start_wait, params.merge_gap + 3.0 * trim)  # 3/4 of its length after its trimmed onset
     return (window_s + hop_s + smoothing + start_wait,
-            window_s + hop_s + smoothing + params.merge_gap + params.edge_trim)  # the trimmed offset is earlier
+            window_s + hop_s + smoothing + params.merge_gap + trim)  # the trimmed offset is earlier
 
 
 def stream_summary(detector: StreamDetector, pcm: PcmFormat, settings: dict[str, DetectionParams]) -> str:

@@ -32,7 +32,7 @@ from audioclf.checkpoint import (CONFIG_FILE, checkpoint_state, latest_checkpoin
 from audioclf.classifier import AudioClassifier, constructor_args
 from audioclf.transfer import (check_features, head_rows, parameter_groups, resolve_normalization,
                                trainable_summary)
-from audioclf.config import CONFIG_SCHEMA, Params
+from audioclf.config import CONFIG_SCHEMA, EVALUATION_KEYS, Params
 from audioclf.files import make_folder
 from audioclf.frontend import FeatureParams, LogScale, log_scale_for
 from audioclf.distributed import (ShardSampler, all_reduce_sum, barrier, broadcast_object, cleanup_distributed,
@@ -565,9 +565,6 @@ def load_latest_for_resume(checkpoint_dir: Path, info: DistInfo) -> tuple[dict |
 # What a resumed run may change: where the files are (every path key: a moved folder), how fast it runs,
 # what evaluation does after it, and (but for a cosine schedule, whose length the saved scheduler holds)
 # how many epochs it lasts.
-# Keys only evaluation reads (the detection report and the tuning of long-mode settings).
-EVALUATION_KEYS = frozenset({"max_false_alarm_rate", "detection_soundscapes", "detection_reference",
-                             "detection_hop_seconds", "detection_grid"})
 RESUME_FREE_KEYS = frozenset({key for key, spec in CONFIG_SCHEMA.items() if spec.is_path} | EVALUATION_KEYS | {
     "dataset_name", "eval_batch_size", "num_workers", "feature_cache", "feature_cache_dtype", "prefetch_batches",
     "device", "amp", "channels_last", "compile", "resume", "keep_checkpoints", "log_every", "epochs",

@@ -3,7 +3,8 @@
 ``load_tuning_set`` reads and checks the recordings and their reference (before any scoring);
 ``tune_on_recordings`` runs the model over every recording exactly as ``predict.py --long``
 does (``Predictor.predict_long``: the same windows, the same batches-to-probabilities helper),
-then tries every combination of ``DETECTION_GRID`` with the same post-processing
+then tries every combination of a ``DetectionGrid`` (``events.DETECTION_GRID``, or the config's
+``detection_grid`` over it) with the same post-processing
 (``inference.detect``, see ``candidate_events``) and keeps the settings with the lowest DCASE
 2017 task 2 event error rate (onset only, 500 ms collar), then the highest F1 with the same
 matching; the first such
@@ -13,79 +14,19 @@ combination in grid order wins a tie. Evaluation writes the result into
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import json
 import logging
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from audioclf.events import (DetectionParams, Event, dcase2017_metrics, merge_events, read_events_csv, score_events,
-                             trim_edges, unfinished_soundscapes)
+from audioclf.events import (DETECTION_GRID, DetectionGrid, DetectionParams, Event, dcase2017_metrics, merge_events,
+                             read_events_csv, score_events, trim_edges, unfinished_soundscapes)
 from audioclf.inference import (Predictor, WindowPredictions, align_reference, collect_inputs, detect,
                                 long_mode_settings)
 
 log = logging.getLogger(__name__)
 
 SELECTION_RULE = "lowest DCASE 2017 event error rate (onset only, 500 ms collar), then highest event F1"
-
-
-@dataclass(frozen=True)
-class DetectionGrid:
-    """The post-processing settings tried: every combination (the threshold_low ratio is the default)."""
-
-    thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
-    median_filters: tuple[int, ...] = (1, 3, 5, 9)  # windows
-    merge_gaps: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)  # s
-    min_durations: tuple[float, ...] = (0.0, 0.5, 1.0)  # s
-    edge_trims: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3)  # s (events.trim_edges)
-
-    def candidates(self) -> list[DetectionParams]:
-        """Every combination, in grid order (threshold outermost)."""
-        return [DetectionParams(threshold=threshold, median_filter=size, merge_gap=gap, min_duration=minimum,
-                                edge_trim=trim)
-                for threshold, size, gap, minimum, trim in itertools.product(
-                    self.thresholds, self.median_filters, self.merge_gaps, self.min_durations, self.edge_trims)]
-
-
-DETECTION_GRID = DetectionGrid()
-# Each grid field -> the DetectionParams setting its values are (config key "detection_grid").
-GRID_SETTINGS = {"thresholds": "threshold", "median_filters": "median_filter", "merge_gaps": "merge_gap",
-                 "min_durations": "min_duration", "edge_trims": "edge_trim"}
-
-
-def grid_problems(overrides: dict) -> list[str]:
-    """What is wrong with ``overrides`` (grid field -> list of values; the config key ``detection_grid``)."""
-    problems = []
-    for field, values in overrides.items():
-        if field not in GRID_SETTINGS:
-            problems.append(f'"detection_grid": unknown field "{field}" (fields: {", ".join(GRID_SETTINGS)})')
-            continue
-        setting = GRID_SETTINGS[field]
-        wanted = int if setting == "median_filter" else (int, float)
-        if not isinstance(values, list) or not values or any(
-                isinstance(value, bool) or not isinstance(value, wanted) or not math.isfinite(value)
-                for value in values):
-            kind = "odd whole numbers of windows" if wanted is int else "finite numbers"
-            problems.append(f'"detection_grid": "{field}" must be a non-empty list of {kind}, got '
-                            f"{json.dumps(values)}")
-            continue
-        for value in values:
-            try:
-                DetectionParams(**{setting: value}).validate()
-            except ValueError as error:
-                problems.append(f'"detection_grid": "{field}" value {value}: {error}'.replace(
-                    "invalid detection settings: ", ""))
-    return problems
-
-
-def detection_grid(overrides: dict) -> DetectionGrid:
-    """``DETECTION_GRID`` with the fields of ``overrides`` replaced (checked: ``grid_problems``)."""
-    problems = grid_problems(overrides)
-    if problems:
-        raise ValueError("; ".join(problems))
-    return dataclasses.replace(DETECTION_GRID, **{field: tuple(values) for field, values in overrides.items()})
 
 
 class TuningError(ValueError):
@@ -190,8 +131,8 @@ def tune_on_recordings(predictor: Predictor, tuning_set: TuningSet, hop_seconds:
     events = detect(windows, predictor.class_names, {target_class: params})
     durations = {prediction.file: prediction.duration_s for prediction in windows}
     scores = score_events(aligned, events, durations, [target_class])
-    log.info("detection settings from %d recordings (%.1f min, %d %s events): threshold %.2f, median filter %d, "
-             "merge gap %.1f s, min duration %.1f s, edge trim %.1f s: event error rate %.3f, F1 %.3f (DCASE 2017)",
+    log.info("detection settings from %d recordings (%.1f min, %d %s events): threshold %g, median filter %d, "
+             "merge gap %g s, min duration %g s, edge trim %g s: event error rate %.3f, F1 %.3f (DCASE 2017)",
              len(paths), scores["audio_seconds"] / 60, len(aligned), target_class, params.threshold,
              params.median_filter, params.merge_gap, params.min_duration, params.edge_trim,
              scores["dcase2017"]["error_rate"], scores["dcase2017"]["f1"])

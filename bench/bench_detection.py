@@ -39,16 +39,18 @@ from pathlib import Path
 import numpy as np
 
 from audioclf.checkpoint import BEST_CHECKPOINT_NAME
+from audioclf.config import EVALUATION_KEYS
 from audioclf.evaluation import run_evaluation
-from audioclf.events import DCASE2017_ONSET_COLLAR_S, Event, match_events, read_events_csv, score_events
+from audioclf.events import (DCASE2017_ONSET_COLLAR_S, DETECTION_GRID, DetectionGrid, Event, detection_grid, match_events,
+                             read_events_csv, score_events)
 from audioclf.feature_flags import block_problems, feature_params_from_flags
 from audioclf.files import atomic_write_json
 from audioclf.inference import (Predictor, WindowPredictions, align_reference, collect_inputs, detect,
                                 load_operating_point)
 from audioclf.listfile import LISTS_DIR, list_path, read_list
 from audioclf.preprocess import PreprocessOptions, run_preprocessing
-from audioclf.training import EVALUATION_KEYS, train
-from audioclf.tuning import DETECTION_GRID, DetectionGrid, detection_grid, select_detection_params
+from audioclf.training import train
+from audioclf.tuning import select_detection_params
 from bench.common import feature_folder_name, format_table, key_values, machine_info, write_json
 from tools.demo_data import TARGET_CLASS, generate_demo_dataset
 from tools.soundscapes import EVENTS_FILE, MIXTURE_SECONDS, PARTS_FILE, build_soundscapes

@@ -94,7 +94,7 @@ def stream_command(checkpoint: Path, threshold: float, onnx: Path | None = None)
                "--hop_seconds", str(HOP_SECONDS), "--threshold", f"{threshold:.6f}",
                "--threshold_low", f"{threshold:.6f}",
                "--median_filter", str(DETECTION.median_filter), "--min_duration", str(DETECTION.min_duration),
-               "--merge_gap", str(DETECTION.merge_gap)]
+               "--merge_gap", str(DETECTION.merge_gap), "--edge_trim", str(DETECTION.edge_trim)]
     return command
 
 

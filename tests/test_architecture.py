@@ -148,7 +148,7 @@ def test_the_pipeline_writes_its_files_atomically():
 
 def test_predict_takes_its_detection_defaults_from_detection_params():
     tree = ast.parse((REPO / "predict.py").read_text())
-    flags = {"--threshold", "--threshold_low", "--median_filter", "--min_duration", "--merge_gap"}
+    flags = {"--threshold", "--threshold_low", "--median_filter", "--min_duration", "--merge_gap", "--edge_trim"}
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument" and node.args:
             flag = getattr(node.args[0], "value", None)
@@ -160,7 +160,8 @@ def test_predict_takes_its_detection_defaults_from_detection_params():
     assert numbers == []  # no threshold or duration of its own
     args = predict.parse_args(["x.wav", "--checkpoint", "c.pth.tar"])
     # flags left out are None (not given): the operating point's settings, else DetectionParams' defaults
-    assert (args.threshold, args.threshold_low, args.median_filter, args.min_duration, args.merge_gap) == (None,) * 5
+    assert (args.threshold, args.threshold_low, args.median_filter, args.min_duration, args.merge_gap,
+            args.edge_trim) == (None,) * 6
     assert predict.detection_settings(args, ["babycry", "noise"], None)["babycry"] == DetectionParams()
 
 

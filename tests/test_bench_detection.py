@@ -89,8 +89,9 @@ def test_reuse_skips_training_only_for_the_same_config(bench_results, caplog):
     caplog.clear()
     args = tiny_args(work, "fixed")
     args.insert(args.index("batch_size=16") + 1, 'detection_grid={"edge_trims": [0]}')  # one more --set value
-    assert bench_detection.main(args + ["--reuse"]) == 0
+    assert bench_detection.main(args + ["--reuse", "--json", str(again)]) == 0
     assert checkpoint.stat().st_mtime_ns == trained_at and "reusing" in caplog.text
+    assert json.loads(again.read_text())["runs"][0]["oracle"]["settings"]["edge_trim"] == 0.0  # the config's grid
     # another config (here one more epoch; a later flag wins) trains again
     assert bench_detection.main(tiny_args(work, "fixed") + ["--reuse", "--epochs", "2"]) == 0
     assert checkpoint.stat().st_mtime_ns != trained_at

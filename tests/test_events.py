@@ -12,6 +12,7 @@ from audioclf.events import (DCASE2017_ONSET_COLLAR_S, DetectionParams, Event, E
                              format_comparison, hysteresis_mask, match_events, median_filter,
                              merge_events, read_events_csv, score_events, segment_based_metrics, window_cells,
                              write_events_csv)
+from audioclf.streaming import latency_bound_s
 
 
 def ev(onset: float, offset: float, name: str = "cry", file: str = "a.wav") -> Event:
@@ -400,6 +401,31 @@ def test_incremental_detector_reports_as_soon_as_the_rules_allow():
         + params.merge_gap
     assert end_index < len(probabilities) - 1  # not held back until the end of the input
     assert detector.finish(len(probabilities) * hop_s + window_s) == []
+
+
+@pytest.mark.parametrize("min_duration, merge_gap, edge_trim", [
+    (0.0, 0.0, 0.0), (1.0, 1.0, 0.0), (0.0, 2.0, 0.3), (0.5, 0.5, 0.1), (1.0, 0.0, 0.3), (0.0, 0.0, 1.0)])
+def test_a_single_event_is_reported_within_the_latency_bounds(min_duration, merge_gap, edge_trim):
+    # one burst of 1..12 windows, each window pushed as soon as its audio is in; no hysteresis band
+    hop_s, window_s = 0.5, 1.0
+    params = DetectionParams(threshold=0.5, threshold_low=0.5, median_filter=3, min_duration=min_duration,
+                             merge_gap=merge_gap, edge_trim=edge_trim)
+    start_bound, end_bound = latency_bound_s(window_s, hop_s, params)
+    worst_start = 0.0
+    for length in range(1, 13):
+        detector = EventDetector(params, hop_s, window_s)
+        probabilities = [0.0] * 6 + [0.9] * length + [0.0] * 20
+        updates = []
+        for index, p in enumerate(probabilities):
+            updates += detector.push([p], index * hop_s + window_s)
+        updates += detector.finish(len(probabilities) * hop_s + window_s)
+        if not updates:  # shorter than min_duration
+            continue
+        start, end = updates
+        worst_start = max(worst_start, start.decided_s - start.event.onset_s)
+        assert start.decided_s - start.event.onset_s <= start_bound + 1e-9, length
+        assert end.decided_s - end.event.offset_s <= end_bound + 1e-9, length
+    assert worst_start > 0
 
 
 def test_end_of_input_closes_an_open_event():

@@ -148,8 +148,10 @@ def test_resume_refuses_a_changed_training_setting_and_leaves_the_run_as_it_was(
                                          r"\['cry', "):
         train(Params(make_config(tmp_path, features, epochs=2, trainlist=str(renamed / "train.txt"),
                                  vallist=str(renamed / "validation.txt"))), resume=True, show_progress=False)
-    # more epochs of a schedule that does not depend on them, a faster loader and a detection target resume fine
-    result = train(Params(make_config(tmp_path, features, epochs=2, num_workers=0, target_class="babycry")),
+    # more epochs of a schedule that does not depend on them, a faster loader, a detection target and
+    # evaluation's own keys (its tuning grid) resume fine
+    result = train(Params(make_config(tmp_path, features, epochs=2, num_workers=0, target_class="babycry",
+                                      detection_grid={"edge_trims": [0.0]}, max_false_alarm_rate=0.1)),
                    resume=True, show_progress=False)
     assert [entry["epoch"] for entry in result["history"]] == [2]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from audioclf.events import DetectionParams, Event
+from audioclf.events import DETECTION_GRID, DetectionGrid, DetectionParams, Event
 from audioclf.inference import WindowPredictions, detect
-from audioclf.tuning import DETECTION_GRID, DetectionGrid, candidate_events, select_detection_params
+from audioclf.tuning import candidate_events, select_detection_params
 
 CLASSES = ["babycry", "other"]
 HOP_S, WINDOW_S = 0.5, 1.0

@@ -238,11 +238,15 @@ def test_all_problems_reported_together_one_per_line():
 def test_detection_grid_names_each_bad_field_and_value():
     assert Params.from_dict({**MINIMAL, "detection_grid": {"edge_trims": [0, 0.5]}}).detection_grid == \
         {"edge_trims": [0, 0.5]}
+    assert Params.from_dict({**MINIMAL, "detection_grid": {"merge_gaps": [0, 1]}}).detection_grid == \
+        {"merge_gaps": [0.0, 1.0]}  # numbers as the settings take them
     error = config_error({**MINIMAL, "detection_grid": {"thresold": [0.5], "thresholds": [0.5, 1.5],
-                                                          "median_filters": [2], "merge_gaps": []}})
-    assert len(error.problems) == 4
+                                                          "median_filters": [2], "merge_gaps": [],
+                                                          "edge_trims": [0.1, 0.1]}})
+    assert len(error.problems) == 5
     text = str(error)
-    assert 'unknown field "thresold" (fields: thresholds, median_filters' in text
+    assert 'unknown field "thresold" (did you mean "thresholds"? fields: thresholds, median_filters' in text
+    assert '"edge_trims" lists a value twice: [0.1, 0.1]' in text
     assert '"thresholds" value 1.5: threshold must lie in (0, 1]' in text
     assert '"median_filters" value 2: median_filter must be an odd number' in text
     assert '"merge_gaps" must be a non-empty list of finite numbers, got []' in text
