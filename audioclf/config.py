@@ -200,6 +200,13 @@ CONFIG_SCHEMA: dict[str, ConfigKey] = {
         "where it cannot compile, training warns once and runs without it.",
     ),
     "resume": ConfigKey((bool,), False, "Resume from the latest checkpoint in `checkpoint_dir`."),
+    "best_by": ConfigKey(
+        (str,), "validation", "Which epoch `model_best.pth.tar` (what evaluation and prediction use) holds: "
+        "`validation` (the highest validation accuracy, then the lowest validation loss) or `last_epoch` (the "
+        "final one: for a validation list drawn from the training recordings' sources, which saturates while the "
+        "schedule still improves the model on new ones, e.g. FSDD's unseen speakers).",
+        choices=("validation", "last_epoch"),
+    ),
     "keep_checkpoints": ConfigKey(
         (int,), 5, "Epoch checkpoints to keep (0 keeps all); model_best is kept.", minimum=0,
     ),

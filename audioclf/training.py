@@ -704,7 +704,7 @@ def _train(params: Params, info: DistInfo, device: torch.device, resume: bool, s
             sync_buffers(model, info)
             val_metrics = evaluate(eval_runner, data.val_loader, options, info, params.eval_batch_size)
             scheduler.step()
-            is_best = is_better(val_metrics, best)
+            is_best = params.best_by == "last_epoch" or is_better(val_metrics, best)
             if is_best:
                 best = {"accuracy": val_metrics["accuracy"], "loss": val_metrics["loss"], "epoch": epoch}
             metrics = {"train": train_metrics, "validation": val_metrics, "lr": lr}
@@ -727,6 +727,7 @@ def _train(params: Params, info: DistInfo, device: torch.device, resume: bool, s
         if writer is not None:
             writer.close()
     if info.is_main and history:
-        log.info("best validation accuracy %.4f at epoch %d; checkpoints in %s", best["accuracy"], best["epoch"],
+        log.info("model_best: epoch %d (%s), validation accuracy %.4f; checkpoints in %s", best["epoch"],
+                 "the last" if params.best_by == "last_epoch" else "best on validation", best["accuracy"],
                  checkpoint_dir)
     return {"history": history, "best_accuracy": best["accuracy"], "best_epoch": best["epoch"]}

@@ -39,6 +39,17 @@ def features(tmp_path_factory) -> Path:
     return make_feature_dataset(tmp_path_factory.mktemp("data"))
 
 
+def test_best_by_last_epoch_makes_model_best_the_final_epoch(tmp_path, features):
+    result = train(Params(make_config(tmp_path, features, epochs=3, best_by="last_epoch", lr=0.05)),
+                   show_progress=False)
+    accuracies = [entry["validation"]["accuracy"] for entry in result["history"]]
+    best = load_checkpoint(tmp_path / "checkpoints" / "model_best.pth.tar")
+    assert best["epoch"] == best["best_epoch"] == 3 and result["best_epoch"] == 3
+    assert result["best_accuracy"] == accuracies[-1]
+    last = load_checkpoint(tmp_path / "checkpoints" / "checkpoint_epoch0003.pth.tar")["model"]
+    assert all(torch.equal(best["model"][name], tensor) for name, tensor in last.items())
+
+
 def test_model_best_rule_is_accuracy_then_loss():
     best = {"accuracy": 0.9, "loss": 0.30, "epoch": 4}
     assert is_better({"accuracy": 0.95, "loss": 0.90}, best)  # higher accuracy wins whatever the loss
