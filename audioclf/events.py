@@ -275,20 +275,15 @@ def window_cells(n_windows: int, hop_s: float, window_s: float, duration_s: floa
     return np.minimum(bounds, bounds[-1])
 
 
-def trimmed_edge(duration_s: float, edge_trim: float) -> float:
-    """How far each end of an event ``duration_s`` long moves in: ``edge_trim``, at most a quarter of its length."""
-    return min(edge_trim, duration_s / 4.0)
+def trim_event(event: Event, edge_trim: float) -> Event:
+    """``event`` with each end moved in by ``edge_trim``, at most a quarter of its length (the last rule)."""
+    cut = min(edge_trim, event.duration_s / 4.0)
+    return replace(event, onset_s=event.onset_s + cut, offset_s=event.offset_s - cut) if cut else event
 
 
 def trim_edges(events: Sequence[Event], edge_trim: float) -> list[Event]:
-    """Each event with its onset moved later and its offset earlier by ``trimmed_edge`` (the last rule)."""
-    if edge_trim == 0:
-        return list(events)
-    trimmed = []
-    for event in events:
-        cut = trimmed_edge(event.duration_s, edge_trim)
-        trimmed.append(replace(event, onset_s=event.onset_s + cut, offset_s=event.offset_s - cut))
-    return trimmed
+    """``trim_event`` on each event."""
+    return [trim_event(event, edge_trim) for event in events]
 
 
 def _merge_pair(last: Event, event: Event) -> Event:
@@ -528,7 +523,7 @@ class EventDetector:
             mean = current.mean_probability if current is not None else run.total / run.count
             self._current_started = True  # refers to current, or to the run once it ends
             event = Event(self.file, self.class_name, onset, offset, peak, mean)
-            updates.append(EventUpdate("start", trim_edges([event], params.edge_trim)[0], self._audio_s))
+            updates.append(EventUpdate("start", trim_event(event, params.edge_trim), self._audio_s))
         return updates
 
     def _report_end(self) -> list[EventUpdate]:
@@ -536,7 +531,7 @@ class EventDetector:
         self._current, self._current_started = None, False
         if event.duration_s < self.params.min_duration:
             return []
-        event = trim_edges([event], self.params.edge_trim)[0]
+        event = trim_event(event, self.params.edge_trim)
         updates = [] if started else [EventUpdate("start", event, self._audio_s)]
         return updates + [EventUpdate("end", event, self._audio_s)]
 
