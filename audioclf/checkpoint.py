@@ -74,16 +74,19 @@ def epoch_checkpoint_path(checkpoint_dir: str | os.PathLike[str], epoch: int) ->
 def checkpoint_state(model: AudioClassifier, optimizer: torch.optim.Optimizer, scheduler: Any,
                      scaler: torch.amp.GradScaler, *, epoch: int, best: dict, config: dict, model_args: dict,
                      class_names: list[str], feature_params: dict | None, feature_shape: tuple[int, int],
-                     rng_state: dict, metrics: dict, windows: dict | None = None) -> dict:
+                     rng_state: dict, metrics: dict, windows: dict | None = None,
+                     averaged: nn.Module | None = None, averaged_updates: int = 0) -> dict:
     """Everything needed to resume, evaluate or serve (loadable with ``weights_only=True``).
 
     ``model`` is the plain model (not a DDP wrapper); ``best`` is ``{"accuracy", "loss", "epoch"}``;
     ``config`` the resolved config (``Params.to_dict()``); ``feature_shape`` the model's input
     ``(n_mels, window frames)``; ``windows`` ``{"frames", "hop"}``: the windows that score a clip
     (``audioclf.windows``), default one window of ``feature_shape[1]`` frames every half window.
+    With ``averaged`` (the moving average of the weights, ``ema_decay``), ``model`` holds the average:
+    what evaluation and prediction use; the trained weights are ``training_model``, for resuming.
     """
-    return {
-        "model": model.state_dict(),
+    state = {
+        "model": (model if averaged is None else averaged).state_dict(),
         "optimizer": optimizer.state_dict(),
         "lr_scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),
@@ -103,6 +106,15 @@ def checkpoint_state(model: AudioClassifier, optimizer: torch.optim.Optimizer, s
         "rng_state": rng_state,
         "metrics": metrics,
     }
+    if averaged is not None:
+        state.update(training_model=model.state_dict(), ema_updates=int(averaged_updates))
+    return state
+
+
+def training_weights(checkpoint: dict) -> dict:
+    """The weights a resumed run continues training: ``training_model`` when the checkpoint's
+    ``model`` is a moving average of them, else ``model``."""
+    return checkpoint.get("training_model", checkpoint["model"])
 
 
 def checkpoint_windows(checkpoint: dict) -> tuple[int, int]:

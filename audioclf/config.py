@@ -170,6 +170,12 @@ CONFIG_SCHEMA: dict[str, ConfigKey] = {
         minimum=0, maximum=1,
     ),
     "grad_clip": ConfigKey((float,), 0.0, "Max gradient norm; 0 turns clipping off.", minimum=0),
+    "ema_decay": ConfigKey(
+        (float,), 0.0, "Keep an exponential moving average of the weights, updated after every step with this "
+        "decay (its rate warms up as min(decay, (1 + n) / (10 + n)) after n steps); validation, `model_best` and "
+        "every checkpoint's served weights are the average. 0 turns it off; 0.99-0.999 are usual (closer to 1 "
+        "for runs of many steps).", minimum=0, maximum=0.9999,
+    ),
     # Runtime.
     "num_workers": ConfigKey(
         (int,), 2, "DataLoader worker processes when reading one .npy per clip (`feature_cache`: false); the "

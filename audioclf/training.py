@@ -28,8 +28,9 @@ from audioclf.augment import (BackgroundMixer, SpecAugment, add_noise, mix_label
                               random_equalization, random_gain, random_lowpass, random_time_shift, random_time_stretch,
                               time_splice)
 from audioclf.checkpoint import (CONFIG_FILE, checkpoint_state, latest_checkpoint, list_checkpoints, load_checkpoint,
-                                 save_checkpoint, unwrap)
+                                 save_checkpoint, training_weights, unwrap)
 from audioclf.classifier import AudioClassifier, constructor_args
+from audioclf.ema import WeightAverage
 from audioclf.transfer import (check_features, head_rows, parameter_groups, resolve_normalization,
                                trainable_summary)
 from audioclf.config import CONFIG_SCHEMA, EVALUATION_KEYS, Params
@@ -443,9 +444,10 @@ def to_device(inputs: torch.Tensor, targets: torch.Tensor, options: StepOptions)
 
 def train_one_epoch(model: nn.Module, loader: Loader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler, options: StepOptions, epoch: int, show_progress: bool = True,
-                    info: DistInfo = DistInfo()) -> dict:
+                    info: DistInfo = DistInfo(), averaged: WeightAverage | None = None) -> dict:
     """One pass over ``loader``; returns ``{"loss", "accuracy", "samples_per_s", "n"}`` over every
-    process's examples (summed across processes; the progress bar shows this process's)."""
+    process's examples (summed across processes; the progress bar shows this process's).
+    ``averaged`` (``ema_decay``) follows the weights after every optimizer step."""
     model.train()
     loss_avg, acc_avg = RunningAverage(), RunningAverage()
     start = time.perf_counter()
@@ -485,6 +487,8 @@ def train_one_epoch(model: nn.Module, loader: Loader, criterion: nn.Module, opti
             nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
         scaler.step(optimizer)
         scaler.update()
+        if averaged is not None:
+            averaged.update()
         predicted = logits.argmax(1)
         if soft is None:
             hits = (predicted == targets).sum().item()
@@ -534,13 +538,15 @@ def evaluate(model: nn.Module, loader: Loader, options: StepOptions, info: DistI
 # ---------------------------------------------------------------------------------------
 
 def training_checkpoint(model: nn.Module, optimizer, scheduler, scaler, epoch: int, best: dict, params: Params,
-                        model_args: dict, data: Data, metrics: dict) -> dict:
+                        model_args: dict, data: Data, metrics: dict, averaged: WeightAverage | None = None) -> dict:
     """This epoch's checkpoint in the format of ``audioclf.checkpoint.checkpoint_state``."""
     train_set = data.train_set
     return checkpoint_state(unwrap(model), optimizer, scheduler, scaler, epoch=epoch, best=best,
                             config=params.to_dict(), model_args=model_args, class_names=train_set.class_names,
                             feature_params=train_set.info.feature_params, feature_shape=(train_set.n_mels, data.window),
-                            rng_state=rng_state(), metrics=metrics, windows={"frames": data.window, "hop": data.hop})
+                            rng_state=rng_state(), metrics=metrics, windows={"frames": data.window, "hop": data.hop},
+                            averaged=None if averaged is None else averaged.module,
+                            averaged_updates=0 if averaged is None else averaged.updates)
 
 
 def refuse_to_overwrite(checkpoint_dir: Path, resume: bool) -> None:
@@ -668,7 +674,7 @@ def _train(params: Params, info: DistInfo, device: torch.device, resume: bool, s
     criterion = build_criterion(params, data.train_set, device)
     start_epoch, best = 1, {"accuracy": -1.0, "loss": math.inf, "epoch": 0}
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
+        model.load_state_dict(training_weights(checkpoint))
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["lr_scheduler"])
         if checkpoint["scaler"]:  # empty when the saved run had no fp16 scaler (CPU, bf16)
@@ -681,11 +687,19 @@ def _train(params: Params, info: DistInfo, device: torch.device, resume: bool, s
             seed_everything(params.seed + info.rank + 1000 * start_epoch)
         log.info("resumed from %s: continuing at epoch %d (best val acc %.4f at epoch %d)",
                  latest, start_epoch, best["accuracy"], best["epoch"])
+    # The moving average of the weights (ema_decay): made once the model has its device, memory format and
+    # resumed weights; validation, model_best and the served checkpoint use it.
+    averaged = WeightAverage(model, params.ema_decay) if params.ema_decay > 0 else None
+    if averaged is not None and checkpoint is not None:
+        averaged.load(checkpoint["model"], checkpoint.get("ema_updates", 0))
     wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if info.enabled else model
     # Checkpoints keep saving `model`; only the steps run through the compiled wrappers.
     train_runner = maybe_compile(wrapped, params.compile)
-    eval_runner = train_runner if wrapped is model else maybe_compile(model, params.compile)
+    if averaged is not None:
+        eval_runner = maybe_compile(averaged.module, params.compile)
+    else:
+        eval_runner = train_runner if wrapped is model else maybe_compile(model, params.compile)
     writer = None
     if info.is_main:
         from tensorboardX import SummaryWriter
@@ -700,8 +714,10 @@ def _train(params: Params, info: DistInfo, device: torch.device, resume: bool, s
             started = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
             train_metrics = train_one_epoch(train_runner, data.train_loader, criterion, optimizer, scaler, options,
-                                            epoch, show_progress, info)
+                                            epoch, show_progress, info, averaged)
             sync_buffers(model, info)
+            if averaged is not None:
+                sync_buffers(averaged.module, info)
             val_metrics = evaluate(eval_runner, data.val_loader, options, info, params.eval_batch_size)
             scheduler.step()
             is_best = params.best_by == "last_epoch" or is_better(val_metrics, best)
@@ -711,7 +727,7 @@ def _train(params: Params, info: DistInfo, device: torch.device, resume: bool, s
             history.append({"epoch": epoch, **metrics})
             if info.is_main:
                 state = training_checkpoint(model, optimizer, scheduler, scaler, epoch, best, params, model_args,
-                                            data, metrics)
+                                            data, metrics, averaged)
                 save_checkpoint(state, checkpoint_dir, epoch, is_best, keep=params.keep_checkpoints)
                 saved_epoch = epoch
                 log_scalars(writer, epoch, train_metrics, val_metrics, lr)
