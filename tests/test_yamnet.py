@@ -15,7 +15,7 @@ import torch
 from audioclf.frontend import FeatureExtractor, FeatureParams, tf_mel_matrix
 from models import PretrainedWeightsUnavailable, get_model, get_model_entry
 from models.convert import ConversionError, carrier_saved_model, main as convert_main, read_keras_h5, read_yamnet
-from models.layers import same_padding
+from models.layers import SameConv2d, same_padding
 from models.tf_bundle import TensorBundle
 from models.yamnet import (N_AUDIOSET_CLASSES, PATCH_FRAMES, YAMNet, audioset_class_names, patch_starts,
                            pool_patch_logits, yamnet_frames, yamnet_padded_length)
@@ -193,6 +193,22 @@ def test_same_padding_like_tensorflow():
     assert same_padding(3, 3, 2) == (1, 1)
     assert same_padding(64, 3, 1) == (1, 1)
     assert same_padding(64, 1, 1) == (0, 0)
+
+
+@pytest.mark.parametrize("kernel,stride,groups", [(3, 1, 1), (3, 2, 1), (1, 1, 1), (3, 1, 4), (3, 2, 4), (5, 2, 4)])
+@pytest.mark.parametrize("size", [(96, 64), (7, 5), (3, 2)])
+def test_same_conv_equals_padding_then_convolving(kernel, stride, groups, size):
+    # the conv pads symmetric cases itself (no copy of the input); the result must be what padding first gives
+    torch.manual_seed(0)
+    conv = SameConv2d(4, 8, kernel, stride=stride, groups=groups)
+    x = torch.randn(2, 4, *size)
+    (top, bottom), (left, right) = (same_padding(n, kernel, stride) for n in size)
+    expected = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (left, right, top, bottom)), conv.weight,
+                                          conv.bias, stride, 0, 1, groups)
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        output = conv(x.to(memory_format=memory_format))
+        assert output.shape == expected.shape
+        assert torch.allclose(output, expected, atol=1e-5), memory_format
 
 
 def test_patches_every_48_frames():
