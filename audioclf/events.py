@@ -15,12 +15,16 @@ start and end as soon as they are certain; ``detect_events`` (long mode) feeds i
 sequence, live streaming feeds it as the audio arrives: one state machine, the same events.
 
 Time rule. Window ``i`` covers the audio ``[i * hop, min(i * hop + window, duration))``. A
-window's decision is attributed to the stretch of time nearest its centre: window ``i`` owns
-the cell between the midpoints of its centre and its neighbours' centres, the first cell starts
-at 0 s and the last ends at the end of the file. With full windows the cells are
-``[c_i - hop / 2, c_i + hop / 2)`` with ``c_i = i * hop + window / 2``; they tile the file
-without overlap, so an event is the union of its windows' cells and its boundaries have a
-resolution of one hop. (The union of the windows themselves would stretch every event by up to
+window's decision is attributed to the stretch of time around its centre: window ``i`` owns
+the cell between the midpoints of its centre and its neighbours' centres; the first cell starts
+as far before its centre as the second does (or at 0 s), the last ends at the end of the file,
+where an event still sounding closes when the audio stops (a file of one window is its one
+cell). With full windows the cells are ``[c_i - hop / 2, c_i + hop / 2)`` with
+``c_i = i * hop + window / 2``; they tile the file from half a hop before the first centre to
+its end, so an event is the union of its windows' cells and its boundaries have a resolution of
+one hop. (A first cell from 0 s would give every cry of the file's first second the onset 0 s,
+since the first window fires for a cry anywhere in it: up to ``(window - hop) / 2`` earlier than
+the same cry later in the file, 0.36 s for YAMNet's 0.96-s windows every 0.25 s.) (The union of the windows themselves would stretch every event by up to
 a window on each side: a window whose edge grazes a cry is not evidence that the cry was there.)
 Still, a model that hears a sound anywhere in its window fires in windows whose centre lies
 before the sound starts and after it ends, so the cells start early and end late by about as
@@ -271,8 +275,12 @@ def window_cells(n_windows: int, hop_s: float, window_s: float, duration_s: floa
     """
     starts, ends = window_bounds(n_windows, hop_s, window_s, duration_s)
     centres = np.maximum.accumulate((starts + np.maximum(ends, starts)) / 2.0)
-    bounds = np.concatenate([[0.0], (centres[:-1] + centres[1:]) / 2.0, [max(duration_s, 0.0)]])
-    return np.minimum(bounds, bounds[-1])
+    duration_s = max(duration_s, 0.0)
+    if n_windows < 2:  # one window: the whole file
+        return np.array([0.0, duration_s])[: n_windows + 1]
+    first = max(centres[0] - (centres[1] - centres[0]) / 2.0, 0.0)
+    bounds = np.concatenate([[first], (centres[:-1] + centres[1:]) / 2.0, [duration_s]])
+    return np.minimum(bounds, duration_s)
 
 
 def trim_event(event: Event, edge_trim: float) -> Event:
@@ -399,20 +407,27 @@ class EventDetector:
 
     def _bound(self, index: int) -> float | None:
         """Start of window ``index``'s cell (end of ``index - 1``'s), or None while unknown."""
-        if index == 0:
-            return 0.0
-        if self._duration_s is not None and index == self._n_pushed:
-            return max(self._duration_s, 0.0)
+        finished = self._duration_s is not None
+        end = max(self._duration_s, 0.0) if finished else math.inf
+        if finished and self._n_pushed < 2:  # one window: the whole file
+            return 0.0 if index == 0 else end
+        if index == 0:  # as wide around the first centre as the cell after it
+            if self._n_centres < 2:
+                return None
+            return min(max(self._centres[0] - (self._centres[1] - self._centres[0]) / 2.0, 0.0), end)
+        if finished and index == self._n_pushed:
+            return end
         if index >= self._n_centres:
             return None
-        bound = (self._centres[index - 1] + self._centres[index]) / 2.0
-        return bound if self._duration_s is None else min(bound, max(self._duration_s, 0.0))
+        return min((self._centres[index - 1] + self._centres[index]) / 2.0, end)
 
     def _known_bound(self, index: int) -> float:
-        """A lower bound of ``_bound(index)``: the latest known cell boundary up to it."""
-        while (bound := self._bound(index)) is None:
+        """A lower bound of ``_bound(index)``: the latest known cell boundary up to it (0 before any)."""
+        while index > 0 and (bound := self._bound(index)) is None:
             index -= 1
-        return bound
+        if index == 0:
+            bound = self._bound(0)
+        return 0.0 if bound is None else bound
 
     # -- feeding ---------------------------------------------------------------------------
 

@@ -68,12 +68,35 @@ def test_detection_params_defaults_and_validation():
 # ---------------------------------------------------------------------------------------
 
 def test_window_cells_tile_the_file_around_window_centres():
-    # 5 full windows of 2 s every 1 s in 6 s: centres 1..5 s, cells split halfway between them
-    np.testing.assert_allclose(window_cells(5, 1.0, 2.0, 6.0), [0, 1.5, 2.5, 3.5, 4.5, 6.0])
+    # 5 full windows of 2 s every 1 s in 6 s: centres 1..5 s, cells split halfway between them, the first
+    # starting as far before its centre as the second (not at 0 s), the last ending at the end of the file
+    np.testing.assert_allclose(window_cells(5, 1.0, 2.0, 6.0), [0.5, 1.5, 2.5, 3.5, 4.5, 6.0])
     # a padded last window [4, 5.5) is centred on its real audio (4.75 s)
-    np.testing.assert_allclose(window_cells(5, 1.0, 2.0, 5.5), [0, 1.5, 2.5, 3.5, 4.375, 5.5])
+    np.testing.assert_allclose(window_cells(5, 1.0, 2.0, 5.5), [0.5, 1.5, 2.5, 3.5, 4.375, 5.5])
+    # YAMNet's windows every 0.25 s; a first cell never starts before the file
+    np.testing.assert_allclose(window_cells(3, 0.25, 0.96, 2.0), [0.355, 0.605, 0.855, 2.0])
+    np.testing.assert_allclose(window_cells(3, 2.0, 2.0, 6.0), [0.0, 2.0, 4.0, 6.0])
     # a file shorter than one window: one cell, the whole file
     np.testing.assert_allclose(window_cells(1, 1.0, 2.0, 0.7), [0, 0.7])
+
+
+def test_a_cry_in_the_first_second_gets_the_onset_a_later_one_would():
+    # YAMNet-like windows (0.96 s every 0.25 s); the model fires for a cry anywhere in a window. A cry from
+    # 0.8 s to 3 s fires windows 0.. (window 0 spans 0-0.96 s); the same cry 10 s later fires from the
+    # window whose span first reaches it. Both onsets must sit as far before their cry.
+    hop, window, duration = 0.25, 0.96, 20.0
+    n = int((duration - window) / hop) + 1
+    starts = np.arange(n) * hop
+
+    def onset_of(cry_start: float, cry_end: float) -> float:
+        fires = (starts < cry_end) & (starts + window > cry_start)
+        events = detect_events(fires.astype(float), hop, window, duration, DetectionParams(threshold=0.5))
+        assert len(events) == 1
+        return events[0].onset_s
+
+    early, late = onset_of(0.8, 3.0) - 0.8, onset_of(10.8, 13.0) - 10.8
+    assert early == pytest.approx(late, abs=hop)
+    assert abs(early) < DCASE2017_ONSET_COLLAR_S  # within DCASE 2017's collar (0 s was 0.8 s off)
 
 
 def test_detect_events_maps_window_runs_to_cells_then_merges_and_drops_short():
@@ -139,9 +162,9 @@ def test_detect_events_hysteresis_extends_events_below_threshold():
     assert events[0].mean_probability == pytest.approx(0.7)
     without = detect_events(probabilities, 0.5, 1.0, 3.5, DetectionParams(0.8, threshold_low=0.8, median_filter=1))
     assert [(e.onset_s, e.offset_s) for e in without] == [(1.25, 1.75)]
-    # events at the file edges reach 0 s and the file's end
+    # events at the file edges: from half a hop before the first centre (1 s), to the file's end
     edges = detect_events(np.array([0.9, 0.1, 0.9]), 1.0, 2.0, 4.0, DetectionParams(0.5, median_filter=1))
-    assert [(e.onset_s, e.offset_s) for e in edges] == [(0.0, 1.5), (2.5, 4.0)]
+    assert [(e.onset_s, e.offset_s) for e in edges] == [(0.5, 1.5), (2.5, 4.0)]
     assert detect_events(np.zeros(0), 1.0, 2.0, 0.0, DetectionParams()) == []
 
 
