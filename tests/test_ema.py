@@ -7,11 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from audioclf.checkpoint import checkpoint_windows, model_from_checkpoint
 from audioclf.ema import WARMUP, WeightAverage
-from audioclf.training import StepOptions, evaluate, train
-from dataloaders.crops import window_loader
-from dataloaders.dataloader import SpectrogramDataset
+from audioclf.training import train
+from test_distributed import single_process_validation
 from tools.synthetic_features import make_config, make_feature_dataset
 from utils import Params, load_checkpoint
 
@@ -56,14 +54,6 @@ def test_average_follows_the_weights_with_a_warming_up_rate():
 def test_decay_outside_zero_one_is_refused():
     with pytest.raises(ValueError, match="ema_decay must be in"):
         WeightAverage(nn.Linear(2, 2), decay=1.0)
-
-
-def single_process_validation(checkpoint: dict, features: Path) -> dict:
-    model = model_from_checkpoint(checkpoint)
-    dataset = SpectrogramDataset(features / "filenames/validation.txt", features)
-    options = StepOptions(torch.device("cpu"), None, False, None, 0.0, 0.0)
-    window, hop = checkpoint_windows(checkpoint)
-    return evaluate(model, window_loader(dataset, window, hop, batch_size=4), options)
 
 
 def test_checkpoints_serve_the_average_and_validation_scores_it(tmp_path, features):
