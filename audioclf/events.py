@@ -270,9 +270,10 @@ def window_cells(n_windows: int, hop_s: float, window_s: float, duration_s: floa
     """Boundaries ``(n_windows + 1,)`` of the time cells the windows own (see the module docstring).
 
     Cell ``i`` is ``[bounds[i], bounds[i + 1])``: from the midpoint between window ``i - 1``'s
-    and window ``i``'s centres to the midpoint with window ``i + 1``; the first cell starts at 0
-    and the last ends at ``duration_s``. A window is centred on the audio it covers, so a
-    padded last window is centred on its real samples.
+    and window ``i``'s centres to the midpoint with window ``i + 1``; the first cell starts as far
+    before its centre as the second (not before 0), the last ends at ``duration_s``, and one
+    window's cell is the whole file. A window is centred on the audio it covers, so a padded last
+    window is centred on its real samples.
     """
     starts, ends = window_bounds(n_windows, hop_s, window_s, duration_s)
     centres = np.maximum.accumulate((starts + np.maximum(ends, starts)) / 2.0)
