@@ -7,7 +7,8 @@ as TensorFlow's ``ExponentialMovingAverage(num_updates=...)`` does, ``min(decay,
 after n updates, so the first steps' random-ish weights fade fast and a short run is not an
 average of mostly its start. Validation, ``model_best`` and every consumer of a checkpoint use the
 average (checkpoint key ``model``); the trained weights travel beside it (``training_model``), for
-resuming. This is timm's ``ModelEmaV3`` and the torchvision references' ``--model-ema``.
+resuming. The model EMA of timm and of the torchvision references (``--model-ema``), with TensorFlow's
+warm-up.
 """
 from __future__ import annotations
 

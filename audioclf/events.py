@@ -22,10 +22,11 @@ where an event still sounding closes when the audio stops (a file of one window 
 cell). With full windows the cells are ``[c_i - hop / 2, c_i + hop / 2)`` with
 ``c_i = i * hop + window / 2``; they tile the file from half a hop before the first centre to
 its end, so an event is the union of its windows' cells and its boundaries have a resolution of
-one hop. (A first cell from 0 s would give every cry of the file's first second the onset 0 s,
+one hop. A first cell from 0 s would give every cry of the file's first second the onset 0 s,
 since the first window fires for a cry anywhere in it: up to ``(window - hop) / 2`` earlier than
-the same cry later in the file, 0.36 s for YAMNet's 0.96-s windows every 0.25 s.) (The union of the windows themselves would stretch every event by up to
-a window on each side: a window whose edge grazes a cry is not evidence that the cry was there.)
+the same cry later in the file, 0.36 s for YAMNet's 0.96-s windows every 0.25 s. (The union of
+the windows themselves would stretch every event by up to a window on each side: a window whose
+edge grazes a cry is not evidence that the cry was there.)
 Still, a model that hears a sound anywhere in its window fires in windows whose centre lies
 before the sound starts and after it ends, so the cells start early and end late by about as
 much at both edges (a fine-tuned YAMNet on 0.96 s windows: 0.15-0.3 s). ``edge_trim`` takes that

@@ -687,13 +687,13 @@ def _train(params: Params, info: DistInfo, device: torch.device, resume: bool, s
             seed_everything(params.seed + info.rank + 1000 * start_epoch)
         log.info("resumed from %s: continuing at epoch %d (best val acc %.4f at epoch %d)",
                  latest, start_epoch, best["accuracy"], best["epoch"])
-    # The moving average of the weights (ema_decay): made once the model has its device, memory format and
-    # resumed weights; validation, model_best and the served checkpoint use it.
+    wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if info.enabled else model
+    # The moving average of the weights (ema_decay): made once the model has its device, memory format, resumed
+    # weights and (DDP) rank 0's weights on every process; validation, model_best and the served checkpoint use it.
     averaged = WeightAverage(model, params.ema_decay) if params.ema_decay > 0 else None
     if averaged is not None and checkpoint is not None:
         averaged.load(checkpoint["model"], checkpoint.get("ema_updates", 0))
-    wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if info.enabled else model
     # Checkpoints keep saving `model`; only the steps run through the compiled wrappers.
     train_runner = maybe_compile(wrapped, params.compile)
     if averaged is not None:

@@ -19,13 +19,20 @@ class SameConv2d(nn.Conv2d):
 
     A stride-2 3x3 conv over an even size pads one sample at the end only (PyTorch's symmetric
     ``padding=1`` would shift every output by one), so weights trained in TensorFlow see the
-    neighbourhoods they were trained on.
+    neighbourhoods they were trained on. It computes its padding itself: constructing one with a
+    ``padding`` or a ``padding_mode`` other than zeros is an error.
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if isinstance(self.padding, str) or any(self.padding) or self.padding_mode != "zeros":
+            raise ValueError(f"SameConv2d pads as TensorFlow's 'same' itself; got padding={self.padding!r}, "
+                             f"padding_mode={self.padding_mode!r}")
 
     def forward(self, x: Tensor) -> Tensor:
         top, bottom = same_padding(x.shape[-2], self.kernel_size[0], self.stride[0])
         left, right = same_padding(x.shape[-1], self.kernel_size[1], self.stride[1])
-        if top == bottom and left == right:  # symmetric (every stride-1 conv): the conv pads, without a copy
+        if top == bottom and left == right:  # symmetric (stride 1, odd kernel): the conv pads, without a copy
             return F.conv2d(x, self.weight, self.bias, self.stride, (top, left), self.dilation, self.groups)
         return F.conv2d(F.pad(x, (left, right, top, bottom)), self.weight, self.bias, self.stride, 0, self.dilation,
                         self.groups)

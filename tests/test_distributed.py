@@ -73,3 +73,19 @@ def test_torchrun_two_processes_train_log_once_and_resume(tmp_path):
     assert "continuing at epoch 3" in resumed.stderr
     assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")][-1] == "checkpoint_epoch0003.pth.tar"
     assert load_checkpoint(tmp_path / "checkpoints/checkpoint_epoch0003.pth.tar")["epoch"] == 3
+
+
+@pytest.mark.timeout(300)
+def test_torchrun_moving_average_is_rank_zeros_on_every_process(tmp_path):
+    # Few steps, so an average that began from each process's own random head would still differ across
+    # processes, and the sharded validation figures would then not be those of the saved (rank 0's) average.
+    features = make_feature_dataset(tmp_path, per_class=(16, 5, 4))
+    config = make_config(tmp_path, features, epochs=1, batch_size=8, device="cpu", ema_decay=0.9)
+    run = torchrun(config)
+    assert run.returncode == 0, run.stderr[-3000:]
+    checkpoint = load_checkpoint(tmp_path / "checkpoints" / "checkpoint_epoch0001.pth.tar")
+    assert checkpoint["ema_updates"] > 0 and "training_model" in checkpoint
+    logged = checkpoint["metrics"]["validation"]
+    reference = single_process_validation(checkpoint, features)
+    assert logged["accuracy"] == pytest.approx(reference["accuracy"], abs=1e-12)
+    assert logged["loss"] == pytest.approx(reference["loss"], rel=1e-6)

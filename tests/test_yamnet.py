@@ -195,6 +195,12 @@ def test_same_padding_like_tensorflow():
     assert same_padding(64, 1, 1) == (0, 0)
 
 
+@pytest.mark.parametrize("padding", [{"padding": 1}, {"padding": "same"}, {"padding_mode": "reflect"}])
+def test_same_conv_refuses_a_padding_of_its_own(padding):
+    with pytest.raises(ValueError, match="SameConv2d pads as TensorFlow's 'same' itself"):
+        SameConv2d(4, 8, 3, **padding)
+
+
 @pytest.mark.parametrize("kernel,stride,groups", [(3, 1, 1), (3, 2, 1), (1, 1, 1), (3, 1, 4), (3, 2, 4), (5, 2, 4)])
 @pytest.mark.parametrize("size", [(96, 64), (7, 5), (3, 2)])
 def test_same_conv_equals_padding_then_convolving(kernel, stride, groups, size):
