@@ -15,8 +15,9 @@ frames in its graph.
 Memory is bounded (a window, the resampler's filter and the front end's overlap, a few windows
 of probabilities per class), whatever the length of the stream. Latency from the audio to a line, in audio time
 (``latency_bound_s``): a start line comes at most window + hop + (median_filter // 2) hops +
-max(min_duration, 4 x edge_trim) after the event's onset (an event shorter than 4 x edge_trim
-starts with its end: up to merge_gap + 3 x edge_trim more), an end line at most window + hop +
+max(min_duration, 4 x edge_trim), plus merge_gap when that is not 0, after the event's onset (a
+piece too short to start alone waits up to merge_gap for the next to join it; an event shorter
+than 4 x edge_trim starts with its end), an end line at most window + hop +
 (median_filter // 2) hops + merge_gap + edge_trim after its offset; add the model's time for one
 window. Hysteresis adds the time the probability spends between ``threshold_low`` and the
 threshold: an onset is dated back to where it rose above ``threshold_low``, and an end waits
@@ -359,8 +360,8 @@ def latency_bound_s(window_s: float, hop_s: float, params: DetectionParams) -> t
     smoothing = (params.median_filter // 2) * hop_s
     trim = params.edge_trim
     start_wait = max(params.min_duration, 4.0 * trim)  # a start's trimmed onset must be final
-    if trim > 0 and 4.0 * trim > params.min_duration:  # an event shorter than 4 x trim starts with its end,
-        start_wait = max(start_wait, params.merge_gap + 3.0 * trim)  # 3/4 of its length after its trimmed onset
+    if start_wait > 0:  # a piece too short to start alone waits up to merge_gap for the next to join it (or
+        start_wait += params.merge_gap  # for its own end, which also covers an event shorter than 4 x trim)
     return (window_s + hop_s + smoothing + start_wait,
             window_s + hop_s + smoothing + params.merge_gap + trim)  # the trimmed offset is earlier
 

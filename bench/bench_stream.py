@@ -15,8 +15,8 @@ For each model (random weights: speed does not depend on them) on the demo-style
 * **latency**: the same command fed in real time (paced writes of 50 ms) for ``--live_seconds``;
   each JSON line's latency is the wall time from the moment the event's onset (start line) or
   offset (end line) was written to the pipe until the line was read, split into the detector's
-  wait in audio time (``stream_s - time_s``, bounded by window + hop + smoothing + min_duration
-  or merge_gap) and the processing delay (the rest). The threshold is set to the 90th percentile
+  wait in audio time (``stream_s - time_s``, bounded by ``streaming.latency_bound_s``) and the
+  processing delay (the rest). The threshold is set to the 90th percentile
   of the model's probability for babycry on the recording, so a random model has events too.
 * **ONNX vs PyTorch**: milliseconds per window of ``Predictor.classify_waveforms`` (PyTorch
   front end + model) and the exported model in onnxruntime, one thread, batches of 1 and 32;

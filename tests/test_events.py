@@ -451,6 +451,22 @@ def test_a_single_event_is_reported_within_the_latency_bounds(min_duration, merg
     assert worst_start > 0
 
 
+def test_a_piece_too_short_to_start_alone_is_reported_within_the_start_bound_once_merged():
+    # a one-window piece (0.48 s, under the 0.5 s minimum) and, within the 1 s merge gap, a longer one: the
+    # event's start waits for the second piece, measured from the first piece's onset
+    hop_s, window_s = 0.48, 0.96
+    params = DetectionParams(threshold=0.5, threshold_low=0.5, median_filter=1, min_duration=0.5, merge_gap=1.0)
+    start_bound, _ = latency_bound_s(window_s, hop_s, params)
+    detector = EventDetector(params, hop_s, window_s)
+    updates = []
+    for index, p in enumerate([0.0, 0.9, 0.0, 0.0, 0.9, 0.9, 0.9] + [0.0] * 8):
+        updates += detector.push([p], index * hop_s + window_s)
+    start = next(update for update in updates if update.kind == "start")
+    assert start.event.onset_s == pytest.approx(0.72)  # the first piece's cell
+    latency = start.decided_s - start.event.onset_s
+    assert window_s + hop_s + params.min_duration < latency <= start_bound + 1e-9  # more than the wait alone
+
+
 def test_end_of_input_closes_an_open_event():
     detector = EventDetector(DetectionParams(threshold=0.5, median_filter=1), 1.0, 2.0, class_name="cry")
     updates = detector.push([0.1, 0.9, 0.9], audio_s=4.0)
