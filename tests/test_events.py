@@ -467,6 +467,23 @@ def test_a_piece_too_short_to_start_alone_is_reported_within_the_start_bound_onc
     assert window_s + hop_s + params.min_duration < latency <= start_bound + 1e-9  # more than the wait alone
 
 
+def test_lines_come_within_the_latency_bounds_on_random_sequences():
+    # random on/off sequences, pushed one window at a time as their audio arrives, over the rules' settings
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        hop_s, window_s = float(rng.choice([0.25, 0.48, 0.5])), float(rng.choice([0.5, 0.96, 1.0]))
+        params = DetectionParams(threshold=0.5, threshold_low=0.5, median_filter=int(rng.choice([1, 3, 5])),
+                                 min_duration=float(rng.choice([0, 0.5, 1])), merge_gap=float(rng.choice([0, 0.5, 1])),
+                                 edge_trim=float(rng.choice([0, 0.1, 0.3])))
+        start_bound, end_bound = latency_bound_s(window_s, hop_s, params)
+        probabilities = (rng.uniform(size=int(rng.integers(2, 30))) > rng.uniform(0.2, 0.8)) * 0.9
+        detector = EventDetector(params, hop_s, window_s)
+        for index, p in enumerate(probabilities):
+            for update in detector.push([p], index * hop_s + window_s):  # (finish decides at the file's end)
+                edge = update.event.onset_s if update.kind == "start" else update.event.offset_s
+                assert update.decided_s - edge <= (start_bound if update.kind == "start" else end_bound) + 1e-9
+
+
 def test_end_of_input_closes_an_open_event():
     detector = EventDetector(DetectionParams(threshold=0.5, median_filter=1), 1.0, 2.0, class_name="cry")
     updates = detector.push([0.1, 0.9, 0.9], audio_s=4.0)
