@@ -166,8 +166,7 @@ class DetectionGrid:
     Each field holds the values of the ``DetectionParams`` setting that ``GRID_SETTINGS`` names.
     """
 
-    # down to 0.1: a fine-tuned YAMNet's tuned threshold sat at 0.3, the old floor, in 11 of 12 demo runs (README)
-    thresholds: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+    thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
     median_filters: tuple[int, ...] = (1, 3, 5, 9)  # windows
     merge_gaps: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)  # s
     min_durations: tuple[float, ...] = (0.0, 0.5, 1.0)  # s

@@ -27,7 +27,7 @@ def test_the_grid_is_every_combination_in_order():
     candidates = DETECTION_GRID.candidates()
     grid = DETECTION_GRID
     assert len(candidates) == (len(grid.thresholds) * len(grid.median_filters) * len(grid.merge_gaps)
-                               * len(grid.min_durations) * len(grid.edge_trims)) == 1920
+                               * len(grid.min_durations) * len(grid.edge_trims)) == 1536
     assert candidates[0] == DetectionParams(grid.thresholds[0], None, grid.median_filters[0], grid.min_durations[0],
                                             grid.merge_gaps[0], grid.edge_trims[0])
     assert candidates[1] == DetectionParams(grid.thresholds[0], None, grid.median_filters[0], grid.min_durations[0],
@@ -48,13 +48,8 @@ def test_selection_finds_the_settings_that_remove_a_blip_and_bridge_a_dip():
     assert (scores["error_rate"], scores["f1"]) == (0.0, 1.0)
     events = detect([a, b], CLASSES, {"babycry": params})
     assert [(e.file, e.onset_s) for e in events] == [("a.wav", 2.25)]
-    # the first such settings in grid order: at the lowest threshold (0.1, staying while >= 0.07) the dip
-    # to 0.2 no longer splits the cry, and a 1 s minimum drops the blips (one cell each)
-    assert params == DetectionParams(threshold=0.1, median_filter=1, merge_gap=0.0, min_duration=1.0)
-    # from 0.3 up, the dip ends the run: a 0.5 s merge gap bridges it (one 0.5 s cell)
-    higher = DetectionGrid(thresholds=(0.3, 0.5)).candidates()
-    params, scores = select_detection_params([a, b], CLASSES, "babycry", reference, higher)
-    assert (scores["error_rate"], scores["f1"]) == (0.0, 1.0)
+    # the first such settings in grid order: at the lowest threshold and no median filter, a 0.5 s merge
+    # gap bridges the dip (one 0.5 s cell) and a 1 s minimum drops the blips (one cell each)
     assert params == DetectionParams(threshold=0.3, median_filter=1, merge_gap=0.5, min_duration=1.0)
 
 
