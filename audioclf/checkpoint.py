@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from audioclf.classifier import AudioClassifier
+from audioclf.ema import WeightAverage
 from audioclf.windows import default_hop
 from audioclf.files import atomic_write
 
@@ -75,7 +76,7 @@ def checkpoint_state(model: AudioClassifier, optimizer: torch.optim.Optimizer, s
                      scaler: torch.amp.GradScaler, *, epoch: int, best: dict, config: dict, model_args: dict,
                      class_names: list[str], feature_params: dict | None, feature_shape: tuple[int, int],
                      rng_state: dict, metrics: dict, windows: dict | None = None,
-                     averaged: nn.Module | None = None, averaged_updates: int = 0) -> dict:
+                     averaged: WeightAverage | None = None) -> dict:
     """Everything needed to resume, evaluate or serve (loadable with ``weights_only=True``).
 
     ``model`` is the plain model (not a DDP wrapper); ``best`` is ``{"accuracy", "loss", "epoch"}``;
@@ -86,7 +87,7 @@ def checkpoint_state(model: AudioClassifier, optimizer: torch.optim.Optimizer, s
     what evaluation and prediction use; the trained weights are ``training_model``, for resuming.
     """
     state = {
-        "model": (model if averaged is None else averaged).state_dict(),
+        "model": (model if averaged is None else averaged.module).state_dict(),
         "optimizer": optimizer.state_dict(),
         "lr_scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),
@@ -107,7 +108,7 @@ def checkpoint_state(model: AudioClassifier, optimizer: torch.optim.Optimizer, s
         "metrics": metrics,
     }
     if averaged is not None:
-        state.update(training_model=model.state_dict(), ema_updates=int(averaged_updates))
+        state.update(training_model=model.state_dict(), ema_updates=averaged.updates)
     return state
 
 

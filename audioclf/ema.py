@@ -36,8 +36,9 @@ class WeightAverage:
         """The tensors the average follows, matched by name (state dicts share the modules' storage)."""
         source, target = model.state_dict(), self.module.state_dict()
         pairs = [(target[name], value) for name, value in source.items()]
-        self._floats = [(mine, theirs) for mine, theirs in pairs if mine.is_floating_point()]
-        self._others = [(mine, theirs) for mine, theirs in pairs if not mine.is_floating_point()]
+        self._mine = [mine for mine, _ in pairs if mine.is_floating_point()]  # averaged
+        self._theirs = [theirs for mine, theirs in pairs if mine.is_floating_point()]
+        self._others = [(mine, theirs) for mine, theirs in pairs if not mine.is_floating_point()]  # copied
 
     def rate(self) -> float:
         """The weight the average keeps at the next update."""
@@ -46,10 +47,8 @@ class WeightAverage:
     @torch.no_grad()
     def update(self) -> None:
         """One step towards the model's current weights."""
-        weight = 1.0 - self.rate()
-        if self._floats:
-            mine, theirs = zip(*self._floats)
-            torch._foreach_lerp_(list(mine), list(theirs), weight)
+        if self._mine:
+            torch._foreach_lerp_(self._mine, self._theirs, 1.0 - self.rate())
         for mine, theirs in self._others:
             mine.copy_(theirs)
         self.updates += 1

@@ -266,6 +266,11 @@ def window_bounds(n_windows: int, hop_s: float, window_s: float, duration_s: flo
     return starts, np.minimum(starts + window_s, max(duration_s, 0.0))
 
 
+def first_cell_start(first_centre: float, second_centre: float) -> float:
+    """Where the first window's cell starts: as far before its centre as the second's, not before 0 s."""
+    return max(first_centre - (second_centre - first_centre) / 2.0, 0.0)
+
+
 def window_cells(n_windows: int, hop_s: float, window_s: float, duration_s: float) -> np.ndarray:
     """Boundaries ``(n_windows + 1,)`` of the time cells the windows own (see the module docstring).
 
@@ -280,8 +285,8 @@ def window_cells(n_windows: int, hop_s: float, window_s: float, duration_s: floa
     duration_s = max(duration_s, 0.0)
     if n_windows < 2:  # one window: the whole file
         return np.array([0.0, duration_s])[: n_windows + 1]
-    first = max(centres[0] - (centres[1] - centres[0]) / 2.0, 0.0)
-    bounds = np.concatenate([[first], (centres[:-1] + centres[1:]) / 2.0, [duration_s]])
+    bounds = np.concatenate([[first_cell_start(centres[0], centres[1])], (centres[:-1] + centres[1:]) / 2.0,
+                             [duration_s]])
     return np.minimum(bounds, duration_s)
 
 
@@ -416,7 +421,7 @@ class EventDetector:
         if index == 0:  # as wide around the first centre as the cell after it
             if self._n_centres < 2:
                 return None
-            return min(max(self._centres[0] - (self._centres[1] - self._centres[0]) / 2.0, 0.0), end)
+            return min(first_cell_start(self._centres[0], self._centres[1]), end)
         if finished and index == self._n_pushed:
             return end
         if index >= self._n_centres:
@@ -425,10 +430,9 @@ class EventDetector:
 
     def _known_bound(self, index: int) -> float:
         """A lower bound of ``_bound(index)``: the latest known cell boundary up to it (0 before any)."""
-        while index > 0 and (bound := self._bound(index)) is None:
+        while index > 0 and self._bound(index) is None:
             index -= 1
-        if index == 0:
-            bound = self._bound(0)
+        bound = self._bound(index)
         return 0.0 if bound is None else bound
 
     # -- feeding ---------------------------------------------------------------------------

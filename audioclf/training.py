@@ -545,8 +545,7 @@ def training_checkpoint(model: nn.Module, optimizer, scheduler, scaler, epoch: i
                             config=params.to_dict(), model_args=model_args, class_names=train_set.class_names,
                             feature_params=train_set.info.feature_params, feature_shape=(train_set.n_mels, data.window),
                             rng_state=rng_state(), metrics=metrics, windows={"frames": data.window, "hop": data.hop},
-                            averaged=None if averaged is None else averaged.module,
-                            averaged_updates=0 if averaged is None else averaged.updates)
+                            averaged=averaged)
 
 
 def refuse_to_overwrite(checkpoint_dir: Path, resume: bool) -> None:
