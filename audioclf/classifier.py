@@ -54,6 +54,7 @@ class AudioClassifier(nn.Module):
         self.multi_label = multi_label
         self.backbone_frozen = False
         self.batch_norm_frozen = False
+        self.n_frozen_layers = 0
         self.normalize = InputNormalization(n_mels, center_per_clip)
         self.backbone = get_model(model_name, num_classes, pretrained=pretrained, in_channels=1,
                                   head_from_pretrained=head_from_pretrained, **(model_args or {}))
@@ -94,8 +95,27 @@ class AudioClassifier(nn.Module):
         self.batch_norm_frozen = True
         self.train(self.training)
 
+    def frozen_layers(self) -> nn.Sequential:
+        """The backbone's first ``n_frozen_layers`` layers (its registry entry's ``layers``; empty if none)."""
+        if not self.n_frozen_layers:
+            return nn.Sequential()
+        return get_model_entry(self.model_name).get_layers(self.backbone)[:self.n_frozen_layers]
+
+    def freeze_layers(self, n_layers: int) -> None:
+        """Keep the backbone's first ``n_layers`` layers as loaded: no gradients, and in eval mode when
+        training (batch-norm statistics stay the loaded ones, no dropout); ValueError for a model without a
+        list of layers (``ModelEntry.layers``) or a count beyond it."""
+        layers = get_model_entry(self.model_name).get_layers(self.backbone)
+        if not 0 < n_layers <= len(layers):
+            raise ValueError(f"model '{self.model_name}' has {len(layers)} layers to freeze, not {n_layers}")
+        self.n_frozen_layers = n_layers
+        for parameter in self.frozen_layers().parameters():
+            parameter.requires_grad_(False)
+        self.train(self.training)
+
     def train(self, mode: bool = True) -> "AudioClassifier":
         super().train(mode)
+        self.frozen_layers().eval()
         if self.batch_norm_frozen:
             for module in self.backbone.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):

@@ -31,7 +31,7 @@ from audioclf.checkpoint import (CONFIG_FILE, checkpoint_state, latest_checkpoin
                                  save_checkpoint, training_weights, unwrap)
 from audioclf.classifier import AudioClassifier, constructor_args
 from audioclf.ema import WeightAverage
-from audioclf.transfer import (check_features, head_rows, parameter_groups, resolve_normalization,
+from audioclf.transfer import (apply_freezing, check_features, head_rows, parameter_groups, resolve_normalization,
                                trainable_summary)
 from audioclf.config import CONFIG_SCHEMA, EVALUATION_KEYS, Params
 from audioclf.files import make_folder
@@ -241,10 +241,7 @@ def build_model(params: Params, train_set: SpectrogramDataset, window: int | Non
                             multi_label=params.multi_label)
     model = AudioClassifier(**args, pretrained=params.pretrained,
                             head_from_pretrained=head_rows(params, train_set.class_names))
-    if params.freeze_backbone:
-        model.freeze_backbone()
-    elif params.freeze_bn:
-        model.freeze_batch_norm()
+    apply_freezing(params, model)
     if normalization != "none":
         mean, std = feature_statistics(train_set, per_band=normalization != "global", seed=params.seed,
                                        center_per_clip=center)

@@ -9,8 +9,9 @@
 - **Head.** ``head_classes`` maps dataset classes to pretrained classes whose classifier rows
   they start from (the rest start at zero); ``{}`` gives a fresh head (``head_rows``).
 - **Fine-tuning.** ``freeze_backbone`` trains the classifier only, with frozen batch-norm
-  statistics (a linear probe); ``backbone_lr_scale`` gives the backbone a fraction of the head's
-  learning rate (``parameter_groups``).
+  statistics (a linear probe); ``freeze_layers`` keeps the backbone's first layers as loaded and
+  ``freeze_bn`` its batch-norm statistics (``apply_freezing``); ``backbone_lr_scale`` gives the
+  backbone a fraction of the head's learning rate (``parameter_groups``).
 """
 from __future__ import annotations
 
@@ -107,6 +108,19 @@ def head_rows(params: Params, class_names: Sequence[str]) -> list[int | None] | 
     if problems:
         raise TransferError('"head_classes": ' + "; ".join(problems))
     return [pretrained_names.index(mapping[name]) if name in mapping else None for name in class_names]
+
+
+def apply_freezing(params: Params, model: AudioClassifier) -> None:
+    """What the config keeps as loaded: ``freeze_backbone``, ``freeze_layers`` and ``freeze_bn``."""
+    if params.freeze_backbone:
+        model.freeze_backbone()
+    elif params.freeze_bn:
+        model.freeze_batch_norm()
+    if params.freeze_layers:
+        try:
+            model.freeze_layers(params.freeze_layers)
+        except ValueError as error:
+            raise TransferError(f'"freeze_layers": {error}') from None
 
 
 def parameter_groups(params: Params, model: AudioClassifier) -> list[dict]:

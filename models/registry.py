@@ -42,6 +42,9 @@ class ModelEntry:
     multi_label: bool = False
     # Feature preset (audioclf.frontend.PRESETS) the pretrained weights were trained on; None: any.
     frontend: Optional[str] = None
+    # Dotted path of the nn.Sequential of the backbone's layers in input order, the first of them
+    # holding the first conv (config "freeze_layers" keeps a prefix of it); None: no such list.
+    layers: Optional[str] = None
 
     def builder_arguments(self) -> list[str]:
         """Keyword arguments the builder accepts besides ``num_classes`` (``model_args``)."""
@@ -55,6 +58,13 @@ class ModelEntry:
     def set_first_conv(self, model: nn.Module, conv: nn.Conv2d) -> None:
         """Replace the input conv layer."""
         model.set_submodule(self.first_conv, conv)
+
+    def get_layers(self, model: nn.Module) -> nn.Sequential:
+        """The backbone's layers in input order (``layers``); ValueError naming the models that have them."""
+        if self.layers is None:
+            have = [name for name, entry in sorted(_MODEL_REGISTRY.items()) if entry.layers is not None]
+            raise ValueError(f"model '{self.name}' has no list of layers to freeze; models with one: {', '.join(have)}")
+        return model.get_submodule(self.layers)
 
     def get_classifier(self, model: nn.Module) -> nn.Linear:
         """The final linear layer producing the logits."""
@@ -80,11 +90,13 @@ def register_model(
     finalize: Optional[Callable[[nn.Module], None]] = None,
     multi_label: bool = False,
     frontend: Optional[str] = None,
+    layers: Optional[str] = None,
 ) -> Callable[[ModelBuilder], ModelBuilder]:
     """Decorator adding a ``builder(num_classes, **model_kwargs) -> nn.Module`` under ``name``.
 
     ``multi_label=True`` marks a pretrained head whose classes are independent (sigmoid, not
-    softmax); ``frontend`` names the feature preset the pretrained weights expect.
+    softmax); ``frontend`` names the feature preset the pretrained weights expect; ``layers`` is
+    the dotted path of the layer sequence ``freeze_layers`` freezes a prefix of.
     """
 
     def decorator(builder: ModelBuilder) -> ModelBuilder:
@@ -102,6 +114,7 @@ def register_model(
             finalize=finalize,
             multi_label=multi_label,
             frontend=frontend,
+            layers=layers,
         )
         return builder
 

@@ -74,6 +74,7 @@ def resnet50(num_classes: int) -> nn.Module:
     "densenet",
     weights=TorchvisionWeights("DenseNet201_Weights.IMAGENET1K_V1"),
     first_conv="features.conv0",
+    layers="features",
     classifier="classifier",
     min_input_size=(32, 32),
     remap_state_dict=remap_legacy_densenet_keys,
@@ -115,6 +116,7 @@ def inception_v3(num_classes: int, dropout: float = 0.5) -> nn.Module:
     "efficientnetv2_s",
     weights=TorchvisionWeights("EfficientNet_V2_S_Weights.IMAGENET1K_V1"),
     first_conv="features.0.0",
+    layers="features",
     classifier="classifier.1",
     min_input_size=(32, 32),
 )
@@ -127,6 +129,7 @@ def efficientnet_v2_s(num_classes: int, dropout: float = 0.2) -> nn.Module:
     "mobilenetv3_small",
     weights=TorchvisionWeights("MobileNet_V3_Small_Weights.IMAGENET1K_V1"),
     first_conv="features.0.0",
+    layers="features",
     classifier="classifier.3",
     min_input_size=(32, 32),
 )

@@ -193,6 +193,7 @@ YAMNET_AUDIOSET = ConvertedWeights(
     weights=YAMNET_AUDIOSET,
     first_conv="features.0.conv",
     classifier="classifier",
+    layers="features",
     min_input_size=(16, PATCH_FRAMES),
     native_in_channels=1,
     multi_label=True,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -109,6 +110,52 @@ def test_freeze_bn_needs_pretrained_weights(tmp_path):
     with pytest.raises(ConfigError, match='"freeze_bn": true keeps pretrained batch-norm statistics, so it needs '
                                           '"pretrained": true'):
         Params(make_config(tmp_path, features, freeze_bn=True))
+
+
+def test_freeze_layers_keeps_the_first_layers_as_loaded_and_fine_tunes_the_rest(tmp_path, yamnet_weights):
+    """freeze_layers 6: every tensor of layers 0-5 (weights and BN statistics) is the pretrained one; layer 6 on moves."""
+    pretrained, trained = pretrained_and_trained(tmp_path, 1, freeze_layers=6)
+    frozen = [key for key in pretrained if key.split(".")[:2] == ["backbone", "features"]
+              and int(key.split(".")[2]) < 6]
+    assert len(frozen) == 6 + 5 * 12  # the first conv and its BN (6 tensors), then 5 separable blocks of 12
+    for key in frozen:
+        assert torch.equal(trained[key], pretrained[key]), key
+    moved = {key for key in pretrained if not torch.equal(trained[key], pretrained[key])}
+    assert {"backbone.features.6.depthwise.conv.weight", "backbone.features.6.depthwise.bn.running_mean",
+            "backbone.classifier.weight"} <= moved
+
+
+def test_freeze_layers_stays_in_eval_mode_and_out_of_the_optimizer():
+    """model.train() leaves frozen layers in eval mode; their parameters get no gradient and no optimizer group."""
+    model = AudioClassifier(**constructor_args("yamnet", 2, 64, {}))
+    model.freeze_layers(2)
+    model.train()
+    layers = model.backbone.features
+    assert not any(module.training for layer in layers[:2] for module in layer.modules())
+    assert all(module.training for layer in layers[2:] for module in layer.modules()) and model.training
+    model(torch.randn(2, 1, 64, 96)).sum().backward()
+    assert all(p.grad is None and not p.requires_grad for p in layers[:2].parameters())
+    assert all(p.grad is not None for p in layers[2:].parameters() if p.requires_grad)  # (BN scales: fixed at 1)
+    assert sum(p.requires_grad for p in layers[2:].parameters()) == 12 * 4  # 2 conv weights + 2 BN shifts per block
+    params = SimpleNamespace(lr=0.1, backbone_lr_scale=0.1, freeze_backbone=False)  # the keys parameter_groups reads
+    trained = {id(p) for group in parameter_groups(params, model) for p in group["params"]}
+    assert trained == {id(p) for p in model.parameters() if p.requires_grad}
+    assert not trained & {id(p) for p in layers[:2].parameters()}
+
+
+def test_freeze_layers_errors_name_the_key_and_the_limit(tmp_path):
+    """Beyond the model's layers, a model without a layer list, from scratch, or with freeze_backbone: clear errors."""
+    with pytest.raises(ValueError, match="model 'yamnet' has 14 layers to freeze, not 15"):
+        AudioClassifier(**constructor_args("yamnet", 2, 64, {})).freeze_layers(15)
+    with pytest.raises(ValueError, match="model 'resnet18' has no list of layers to freeze; models with one: "
+                                         "densenet, efficientnetv2_s, mobilenetv3_small, yamnet"):
+        AudioClassifier(**constructor_args("resnet18", 2, 64, {})).freeze_layers(1)
+    features = make_feature_dataset(tmp_path, per_class=(2, 1, 1), n_mels=16, n_frames=20)
+    with pytest.raises(ConfigError, match='"freeze_layers" keeps pretrained layers as loaded, so it needs '
+                                          '"pretrained": true'):
+        Params(make_config(tmp_path, features, freeze_layers=2))
+    with pytest.raises(ConfigError, match='"freeze_backbone": true already freezes every layer'):
+        Params(make_config(tmp_path, features, freeze_layers=2, freeze_backbone=True, pretrained=True))
 
 
 def test_frozen_model_keeps_batch_norm_in_eval_mode_when_training():
