@@ -599,10 +599,15 @@ def events_match(reference: Event, estimated: Event, t_collar: float = ONSET_COL
 def match_events(reference: Sequence[Event], estimated: Sequence[Event], t_collar: float = ONSET_COLLAR_S,
                  percentage_of_length: float = OFFSET_COLLAR_FRACTION, evaluate_offset: bool = True
                  ) -> list[tuple[int, int]]:
-    """One-to-one ``(reference index, estimated index)`` pairs: a maximum bipartite matching."""
+    """One-to-one ``(reference index, estimated index)`` pairs: a maximum bipartite matching.
+
+    Only events of the same file and class can match, so each reference event is tried against
+    those alone (``_by_file``): linear in the number of files, not quadratic in all events.
+    """
+    same_file_and_class = _by_file(estimated, with_class=True)
     candidates: dict[int, list[int]] = {
-        r: [e for e, est in enumerate(estimated)
-            if events_match(ref, est, t_collar, percentage_of_length, evaluate_offset)]
+        r: [e for e in same_file_and_class.get((ref.file, ref.class_name), ())
+            if events_match(ref, estimated[e], t_collar, percentage_of_length, evaluate_offset)]
         for r, ref in enumerate(reference)}
     owner: dict[int, int] = {}  # estimated index -> reference index
 
@@ -625,17 +630,28 @@ def count_substitutions(reference: Sequence[Event], estimated: Sequence[Event], 
                         t_collar: float, percentage_of_length: float, evaluate_offset: bool) -> int:
     """Unmatched reference events an unmatched detection of another class matches on time (sed_eval's greedy)."""
     matched_reference, matched_estimated = {r for r, _ in matches}, {e for _, e in matches}
-    free = [e for e in range(len(estimated)) if e not in matched_estimated]
+    free = {file: [e for e in indices if e not in matched_estimated]
+            for (file,), indices in _by_file(estimated, with_class=False).items()}
     substitutions = 0
     for r, ref in enumerate(reference):
         if r in matched_reference:
             continue
-        for e in free:
+        same_file = free.get(ref.file, [])
+        for e in same_file:
             if events_match(ref, estimated[e], t_collar, percentage_of_length, evaluate_offset, same_class=False):
-                free.remove(e)
+                same_file.remove(e)
                 substitutions += 1
                 break
     return substitutions
+
+
+def _by_file(events: Sequence[Event], with_class: bool) -> dict[tuple, list[int]]:
+    """Indices of ``events`` (in order) per ``(file, class)`` or per ``(file,)``."""
+    groups: dict[tuple, list[int]] = {}
+    for index, event in enumerate(events):
+        key = (event.file, event.class_name) if with_class else (event.file,)
+        groups.setdefault(key, []).append(index)
+    return groups
 
 
 def _prf(tp: int, fp: int, fn: int) -> dict:

@@ -1,6 +1,7 @@
 """Tests for audioclf/events.py on hand-made examples: smoothing, hysteresis, time rule, metrics."""
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -8,8 +9,8 @@ import numpy as np
 import pytest
 
 from audioclf.events import (DCASE2017_ONSET_COLLAR_S, DetectionParams, Event, EventDetector, EventUpdate, active_runs,
-                             dcase2017_metrics, detect_events, event_based_metrics, false_alarms_per_hour,
-                             format_comparison, hysteresis_mask, match_events, median_filter,
+                             dcase2017_metrics, detect_events, event_based_metrics, events_match,
+                             false_alarms_per_hour, format_comparison, hysteresis_mask, match_events, median_filter,
                              merge_events, read_events_csv, score_events, segment_based_metrics, window_cells,
                              write_events_csv)
 from audioclf.streaming import latency_bound_s
@@ -210,6 +211,36 @@ def test_event_matching_is_one_to_one_and_maximal():
     # nothing to find and nothing found is perfect; nothing found of something scores 0
     assert event_based_metrics([], [])["f1"] == 1.0
     assert event_based_metrics([ev(0, 1)], [])["f1"] == 0.0
+
+
+def test_matching_over_many_files_equals_a_brute_force_maximum_matching():
+    """Random events in several files and classes: as many pairs as the best assignment, every pair a real match,
+    and the substitutions sed_eval's greedy pass over all unmatched events would count."""
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        def events(n: int) -> list[Event]:
+            onsets = rng.uniform(0, 4, n)
+            return [Event(f"f{rng.integers(3)}.wav", ["cry", "dog"][rng.integers(2)], on, on + rng.uniform(0.2, 2))
+                    for on in onsets]
+        reference, estimated = events(int(rng.integers(0, 5))), events(int(rng.integers(0, 5)))
+        pairs = match_events(reference, estimated, t_collar=0.5, evaluate_offset=False)
+        assert all(events_match(reference[r], estimated[e], 0.5, evaluate_offset=False) for r, e in pairs)
+        assert len({r for r, _ in pairs}) == len({e for _, e in pairs}) == len(pairs)
+        best = 0
+        for assignment in itertools.permutations(range(len(estimated) + len(reference)), len(reference)):
+            best = max(best, sum(e < len(estimated) and events_match(reference[r], estimated[e], 0.5,
+                                                                     evaluate_offset=False)
+                                 for r, e in enumerate(assignment)))
+        assert len(pairs) == best
+        free = [e for e in range(len(estimated)) if e not in {e for _, e in pairs}]
+        expected = 0
+        for r in sorted(set(range(len(reference))) - {r for r, _ in pairs}):
+            hit = next((e for e in free if events_match(reference[r], estimated[e], 0.5, evaluate_offset=False,
+                                                        same_class=False)), None)
+            if hit is not None:
+                free.remove(hit)
+                expected += 1
+        assert dcase2017_metrics(reference, estimated)["substitutions"] == expected
 
 
 def test_dcase2017_metric_matches_onsets_only_within_500_ms():
