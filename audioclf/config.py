@@ -124,7 +124,8 @@ CONFIG_SCHEMA: dict[str, ConfigKey] = {
         (int,), 0, "Keep the backbone's first N layers as loaded while the rest fine-tunes: no gradients, and "
         "their batch-norm statistics stay the pretrained ones (YAMNet: 14 layers, the first conv then 13 "
         "separable blocks). Early layers hold generic features, and not back-propagating through them "
-        "saves time: 6 cut `make demo`'s training by a fifth. Needs `pretrained`; 0 freezes none.", minimum=0,
+        "saves time: 6 cut the demo recipe's training by a fifth on one thread, a tenth on two. Needs "
+        "`pretrained`; 0 freezes none.", minimum=0,
     ),
     "backbone_lr_scale": ConfigKey(
         (float,), 1.0, "Backbone learning rate as a fraction of `lr` (the classifier gets `lr`), e.g. 0.1 to "
