@@ -107,7 +107,8 @@ class AudioClassifier(nn.Module):
         list of layers (``ModelEntry.layers``) or a count beyond it."""
         layers = get_model_entry(self.model_name).get_layers(self.backbone)
         if not 0 < n_layers <= len(layers):
-            raise ValueError(f"model '{self.model_name}' has {len(layers)} layers to freeze, not {n_layers}")
+            raise ValueError(f"model '{self.model_name}' has {len(layers)} layers to freeze, not {n_layers}: "
+                             f"set it to 1-{len(layers)} (0 freezes none)")
         self.n_frozen_layers = n_layers
         for parameter in self.frozen_layers().parameters():
             parameter.requires_grad_(False)

@@ -122,10 +122,12 @@ CONFIG_SCHEMA: dict[str, ConfigKey] = {
     ),
     "freeze_layers": ConfigKey(
         (int,), 0, "Keep the backbone's first N layers as loaded while the rest fine-tunes: no gradients, and "
-        "their batch-norm statistics stay the pretrained ones (YAMNet: 14 layers, the first conv then 13 "
-        "separable blocks). Early layers hold generic features, and not back-propagating through them "
-        "saves time: 6 cut the demo recipe's training by a fifth on one thread, a tenth on two. Needs "
-        "`pretrained`; 0 freezes none.", minimum=0,
+        "their batch-norm statistics stay the pretrained ones. A layer is an entry of the backbone's "
+        "`features`: `yamnet` 14 (its first conv, then 13 separable blocks), `mobilenetv3_small` 13, `densenet` "
+        "12 (conv0, norm0, relu0 and pool0 each count), `efficientnetv2_s` 8; other models have none. Early "
+        "layers hold generic features, and not back-propagating through them saves time: 6 cut the demo "
+        "recipe's training by a fifth on one thread, a tenth on two. Needs `pretrained`, not with "
+        "`freeze_backbone`; 0 freezes none.", minimum=0,
     ),
     "backbone_lr_scale": ConfigKey(
         (float,), 1.0, "Backbone learning rate as a fraction of `lr` (the classifier gets `lr`), e.g. 0.1 to "

@@ -55,7 +55,7 @@ import io
 import itertools
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -602,9 +602,9 @@ def match_events(reference: Sequence[Event], estimated: Sequence[Event], t_colla
     """One-to-one ``(reference index, estimated index)`` pairs: a maximum bipartite matching.
 
     Only events of the same file and class can match, so each reference event is tried against
-    those alone (``_by_file``): linear in the number of files, not quadratic in all events.
+    those alone: the pairs scanned grow with the events per file and class, not with all events.
     """
-    same_file_and_class = _by_file(estimated, with_class=True)
+    same_file_and_class = _indices_by(estimated, lambda event: (event.file, event.class_name))
     candidates: dict[int, list[int]] = {
         r: [e for e in same_file_and_class.get((ref.file, ref.class_name), ())
             if events_match(ref, estimated[e], t_collar, percentage_of_length, evaluate_offset)]
@@ -631,7 +631,7 @@ def count_substitutions(reference: Sequence[Event], estimated: Sequence[Event], 
     """Unmatched reference events an unmatched detection of another class matches on time (sed_eval's greedy)."""
     matched_reference, matched_estimated = {r for r, _ in matches}, {e for _, e in matches}
     free = {file: [e for e in indices if e not in matched_estimated]
-            for (file,), indices in _by_file(estimated, with_class=False).items()}
+            for file, indices in _indices_by(estimated, lambda event: event.file).items()}
     substitutions = 0
     for r, ref in enumerate(reference):
         if r in matched_reference:
@@ -645,12 +645,11 @@ def count_substitutions(reference: Sequence[Event], estimated: Sequence[Event], 
     return substitutions
 
 
-def _by_file(events: Sequence[Event], with_class: bool) -> dict[tuple, list[int]]:
-    """Indices of ``events`` (in order) per ``(file, class)`` or per ``(file,)``."""
-    groups: dict[tuple, list[int]] = {}
+def _indices_by(events: Sequence[Event], key: Callable[[Event], Hashable]) -> dict[Hashable, list[int]]:
+    """The indices of ``events``, in order, grouped by ``key(event)``."""
+    groups: dict[Hashable, list[int]] = {}
     for index, event in enumerate(events):
-        key = (event.file, event.class_name) if with_class else (event.file,)
-        groups.setdefault(key, []).append(index)
+        groups.setdefault(key(event), []).append(index)
     return groups
 
 

@@ -63,7 +63,8 @@ class ModelEntry:
         """The backbone's layers in input order (``layers``); ValueError naming the models that have them."""
         if self.layers is None:
             have = [name for name, entry in sorted(_MODEL_REGISTRY.items()) if entry.layers is not None]
-            raise ValueError(f"model '{self.name}' has no list of layers to freeze; models with one: {', '.join(have)}")
+            raise ValueError(f"model '{self.name}' has no list of layers to freeze (models with one: "
+                             f"{', '.join(have)}); set it to 0 or use one of those")
         return model.get_submodule(self.layers)
 
     def get_classifier(self, model: nn.Module) -> nn.Linear:

@@ -5,6 +5,7 @@ feature sets of one 96-frame patch per clip, so each trains in seconds.
 """
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,7 +19,7 @@ from audioclf.config import ConfigError
 from audioclf.frontend import FeatureParams
 from audioclf.listfile import FEATURE_CONFIG, LISTS_DIR
 from audioclf.training import build_optimizer, build_scheduler, train
-from audioclf.transfer import TransferError, parameter_groups
+from audioclf.transfer import TransferError, apply_freezing, parameter_groups
 from models.yamnet import audioset_class_names
 from tools.synthetic_features import make_config, make_feature_dataset
 from utils import Params
@@ -113,7 +114,7 @@ def test_freeze_bn_needs_pretrained_weights(tmp_path):
 
 
 def test_freeze_layers_keeps_the_first_layers_as_loaded_and_fine_tunes_the_rest(tmp_path, yamnet_weights):
-    """freeze_layers 6: every tensor of layers 0-5 (weights and BN statistics) is the pretrained one; layer 6 on moves."""
+    """freeze_layers 6: layers 0-5 (weights, BN statistics) stay the pretrained ones; layer 6 on moves."""
     pretrained, trained = pretrained_and_trained(tmp_path, 1, freeze_layers=6)
     frozen = [key for key in pretrained if key.split(".")[:2] == ["backbone", "features"]
               and int(key.split(".")[2]) < 6]
@@ -129,10 +130,13 @@ def test_freeze_layers_stays_in_eval_mode_and_out_of_the_optimizer():
     """model.train() leaves frozen layers in eval mode; their parameters get no gradient and no optimizer group."""
     model = AudioClassifier(**constructor_args("yamnet", 2, 64, {}))
     model.freeze_layers(2)
+    model.eval()
     model.train()
+    for instance in (model, copy.deepcopy(model).train()):  # (a deep copy, as the weight average makes)
+        layers = instance.backbone.features
+        assert not any(module.training for layer in layers[:2] for module in layer.modules())
+        assert all(module.training for layer in layers[2:] for module in layer.modules()) and instance.training
     layers = model.backbone.features
-    assert not any(module.training for layer in layers[:2] for module in layer.modules())
-    assert all(module.training for layer in layers[2:] for module in layer.modules()) and model.training
     model(torch.randn(2, 1, 64, 96)).sum().backward()
     assert all(p.grad is None and not p.requires_grad for p in layers[:2].parameters())
     assert all(p.grad is not None for p in layers[2:].parameters() if p.requires_grad)  # (BN scales: fixed at 1)
@@ -145,11 +149,15 @@ def test_freeze_layers_stays_in_eval_mode_and_out_of_the_optimizer():
 
 def test_freeze_layers_errors_name_the_key_and_the_limit(tmp_path):
     """Beyond the model's layers, a model without a layer list, from scratch, or with freeze_backbone: clear errors."""
-    with pytest.raises(ValueError, match="model 'yamnet' has 14 layers to freeze, not 15"):
-        AudioClassifier(**constructor_args("yamnet", 2, 64, {})).freeze_layers(15)
-    with pytest.raises(ValueError, match="model 'resnet18' has no list of layers to freeze; models with one: "
-                                         "densenet, efficientnetv2_s, mobilenetv3_small, yamnet"):
-        AudioClassifier(**constructor_args("resnet18", 2, 64, {})).freeze_layers(1)
+    freeze = SimpleNamespace(freeze_backbone=False, freeze_bn=False, freeze_layers=15)  # what apply_freezing reads
+    with pytest.raises(TransferError, match=r'^"freeze_layers": model \'yamnet\' has 14 layers to freeze, not 15: '
+                                            r"set it to 1-14 \(0 freezes none\)$"):
+        apply_freezing(freeze, AudioClassifier(**constructor_args("yamnet", 2, 64, {})))
+    with pytest.raises(TransferError, match=r'^"freeze_layers": model \'resnet18\' has no list of layers to freeze '
+                                            r"\(models with one: densenet, efficientnetv2_s, mobilenetv3_small, "
+                                            r"yamnet\); set it to 0 or use one of those$"):
+        apply_freezing(SimpleNamespace(**{**vars(freeze), "freeze_layers": 1}),
+                       AudioClassifier(**constructor_args("resnet18", 2, 64, {})))
     features = make_feature_dataset(tmp_path, per_class=(2, 1, 1), n_mels=16, n_frames=20)
     with pytest.raises(ConfigError, match='"freeze_layers" keeps pretrained layers as loaded, so it needs '
                                           '"pretrained": true'):
