@@ -110,7 +110,7 @@ class AudioClassifier(nn.Module):
             raise ValueError(f"model '{self.model_name}' has {len(layers)} layers to freeze, not {n_layers}: "
                              f"set it to 1-{len(layers)} (0 freezes none)")
         self.n_frozen_layers = n_layers
-        for parameter in self.frozen_layers().parameters():
+        for parameter in layers[:n_layers].parameters():
             parameter.requires_grad_(False)
         self.train(self.training)
 
